@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: demo test check docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP) $@
+
+demo: $(STAMP)  ## set up and run the whole pipeline on this machine
+	$(BIN)/churnwatch demo $(DEMO_ARGS)
+
+test: $(TEST_STAMP)  ## set up and run the full test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: $(TEST_STAMP)  ## lint, format check, types
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy churnwatch pipeline producers consumers models
+
+docs: $(STAMP)  ## regenerate docs/events.md from the record declarations
+	$(BIN)/churnwatch docs events
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .churnwatch

@@ -1,0 +1,287 @@
+"""The ``churnwatch`` command line.
+
+Exit codes: 0 ok, 1 runtime failure (broker unreachable, ...), 2 bad usage or
+bad settings (the message names the key).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from churnwatch.settings import ConfigError, Settings, load_settings
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="CHURNWATCH_CONFIG",
+    help="Settings file (default: configs/default.yaml). CHURNWATCH_* variables override it.",
+)
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """churnwatch: early warning for customers who are slipping away.
+
+    Start with `churnwatch demo`: it runs the whole pipeline on this machine.
+    """
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        ctx.obj = load_settings(config)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@cli.command()
+@click.pass_context
+def broker(ctx: click.Context) -> None:
+    """Run the embedded Kafka-protocol broker (Tansu) until Ctrl-C."""
+    from churnwatch.broker import BrokerError, EmbeddedBroker
+
+    b = _settings(ctx).broker
+    try:
+        with EmbeddedBroker(b.host, b.port, b.startup_timeout_seconds) as running:
+            click.echo(f"broker ready on {running.bootstrap_servers} (memory only; Ctrl-C stops)")
+            _wait_for_signal()
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("broker stopped")
+
+
+@cli.group()
+def topics() -> None:
+    """Manage churnwatch's Kafka topics."""
+
+
+@topics.command("create")
+@click.pass_context
+def topics_create(ctx: click.Context) -> None:
+    """Create the missing topics with the configured partition count."""
+    from churnwatch.topics import TopicsError, ensure_topics
+
+    try:
+        created = ensure_topics(_settings(ctx))
+    except TopicsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
+
+
+@cli.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run the Faust worker (state, rules, warnings) until Ctrl-C."""
+    from faust import Worker
+    from prometheus_client import start_http_server
+
+    from churnwatch.topics import TopicsError, ensure_topics
+    from pipeline.app import create_app
+
+    settings = _settings(ctx)
+    try:
+        ensure_topics(settings)
+    except TopicsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if settings.worker.metrics_port:
+        start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
+    pipeline = create_app(settings)
+    click.echo(
+        f"worker {settings.worker.app_id}: {settings.kafka.bootstrap_servers}, "
+        f"clock={settings.clock.mode}, store={settings.worker.store}"
+    )
+    Worker(pipeline.app, loglevel=settings.worker.log_level).execute_from_commandline()
+
+
+@cli.command()
+@click.option("--customers", type=click.IntRange(min=1), help="Number of customers.")
+@click.option("--seed", type=int, help="Random seed; the same seed gives the same events.")
+@click.option("--start", help="First simulated day, YYYY-MM-DD (UTC).")
+@click.option("--days", type=click.IntRange(min=60), help="Simulated days.")
+@click.option(
+    "--days-per-second",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Accelerated clock: simulated days per real second; 0 = as fast as possible.",
+)
+@click.option(
+    "--ground-truth",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write who churns and how (CSV).",
+)
+@click.pass_context
+def simulate(
+    ctx: click.Context,
+    customers: int | None,
+    seed: int | None,
+    start: str | None,
+    days: int | None,
+    days_per_second: float,
+    ground_truth: Path | None,
+) -> None:
+    """Produce simulated customers' events (with known ground truth) to Kafka."""
+    from churnwatch.topics import TopicsError, ensure_topics
+    from producers.produce import produce
+    from producers.simulator import iter_paced, parse_start, write_ground_truth
+    from producers.simulator import simulate as run_simulation
+
+    settings = _settings(ctx)
+    sim = settings.simulator
+    try:
+        events, truth = run_simulation(
+            customers or sim.customers,
+            sim.seed if seed is None else seed,
+            parse_start(start or sim.start),
+            days or sim.days,
+            sim.owners,
+            sim.malformed,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    truth_path = ground_truth or Path(sim.ground_truth_path)
+    write_ground_truth(truth, truth_path)
+    churners = sum(t.churned for t in truth)
+    click.echo(
+        f"{len(truth)} customers ({churners} will churn), {len(events)} events; "
+        f"ground truth in {truth_path}"
+    )
+    try:
+        ensure_topics(settings)
+    except TopicsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with click.progressbar(length=len(events), label="producing") as bar:
+        done = 0
+
+        def progress(stats: object) -> None:
+            nonlocal done
+            sent = stats.sent  # type: ignore[attr-defined]
+            bar.update(sent - done)
+            done = sent
+
+        try:
+            stats = produce(settings, iter_paced(events, days_per_second), stop, progress)
+        except KeyboardInterrupt:
+            stop.set()
+            raise
+    click.echo(
+        f"sent {stats.sent}, delivered {stats.delivered}, failed {stats.failed} "
+        f"({stats.malformed} deliberately malformed)"
+    )
+    if stats.failed:
+        sys.exit(1)
+
+
+@cli.group()
+def warnings() -> None:
+    """Look at warnings."""
+
+
+@warnings.command("tail")
+@click.option("--from-beginning", is_flag=True, help="Show every warning so far, then follow.")
+@click.pass_context
+def warnings_tail(ctx: click.Context, from_beginning: bool) -> None:
+    """Print warnings readably as they arrive (Ctrl-C stops)."""
+    from consumers.warnings_view import format_warning, tail_warnings
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        tail_warnings(_settings(ctx), stop, lambda w: click.echo(format_warning(w)), from_beginning)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=10),
+    help="Stop after this many seconds (default: when the simulated history is processed).",
+)
+@click.option(
+    "--summary",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JSON summary here at the end.",
+)
+@click.option("--customers", type=click.IntRange(min=1), help="Simulated customers.")
+@click.option(
+    "--days-per-second",
+    type=click.FloatRange(min=0),
+    default=12.0,
+    show_default=True,
+    help="Accelerated clock for the simulated history.",
+)
+@click.option("--quiet", is_flag=True, help="Do not print each warning, only progress.")
+@click.pass_context
+def demo(
+    ctx: click.Context,
+    duration: float | None,
+    summary: Path | None,
+    customers: int | None,
+    days_per_second: float,
+    quiet: bool,
+) -> None:
+    """Run everything on this machine: broker, worker, simulator and the warnings view."""
+    from churnwatch.broker import BrokerError
+    from churnwatch.demo import run_demo
+
+    try:
+        result = run_demo(
+            _settings(ctx),
+            duration=duration,
+            summary_path=summary,
+            customers=customers,
+            days_per_second=days_per_second,
+            show_warnings=not quiet,
+        )
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(0 if result else 1)
+
+
+@cli.group()
+def docs() -> None:
+    """Generate documentation from the code."""
+
+
+@docs.command("events")
+@click.option("--check", is_flag=True, help="Fail if docs/events.md is out of date.")
+def docs_events(check: bool) -> None:
+    """Write docs/events.md from the record declarations."""
+    from churnwatch.docs import EVENTS_MD, render_events_md
+
+    text = render_events_md()
+    if check:
+        if not EVENTS_MD.exists() or EVENTS_MD.read_text(encoding="utf-8") != text:
+            raise click.ClickException(f"{EVENTS_MD} is out of date: run churnwatch docs events")
+        click.echo(f"{EVENTS_MD} is up to date")
+        return
+    EVENTS_MD.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {EVENTS_MD}")
+
+
+def main() -> None:
+    cli(prog_name="churnwatch")
+
+
+if __name__ == "__main__":
+    main()

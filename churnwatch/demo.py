@@ -1,0 +1,278 @@
+"""The whole pipeline on loopback: ``churnwatch demo`` (what ``make demo`` runs).
+
+Starts the embedded broker, the Faust worker (a child process), the simulator
+on an accelerated clock and the warnings view; prints progress; stops
+everything on Ctrl-C or when done, leaving no process behind; optionally
+writes a JSON summary that compares the warnings with the simulator's truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from churnwatch.broker import EmbeddedBroker, free_port, port_is_free, start_child, stop_child
+from churnwatch.settings import Settings
+from churnwatch.topics import ensure_topics
+from consumers.warnings_view import format_warning, tail_warnings
+from pipeline.events import Topic, WarningRecord
+from producers.produce import ProduceStats, produce
+from producers.simulator import (
+    GroundTruth,
+    iter_paced,
+    parse_start,
+    simulate,
+    write_ground_truth,
+)
+
+
+@dataclass
+class Tally:
+    """What the warnings view has seen."""
+
+    opened_by_type: Counter[str] = field(default_factory=Counter)
+    resolved: int = 0
+    opened_for: dict[str, list[tuple[str, datetime]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    seen_ids: set[tuple[str, str]] = field(default_factory=set)
+    last_change: float = field(default_factory=time.monotonic)
+
+    def add(self, w: WarningRecord) -> None:
+        if (w.warning_id, w.status) in self.seen_ids:
+            return  # redelivered after a worker restart: the same episode
+        self.seen_ids.add((w.warning_id, w.status))
+        self.last_change = time.monotonic()
+        if w.status == "opened":
+            self.opened_by_type[w.warning_type] += 1
+            self.opened_for[w.customer_id].append((w.warning_type, w.opened_at))
+        else:
+            self.resolved += 1
+
+
+def events_processed(metrics_port: int) -> int | None:
+    """Messages the worker has consumed from the event topics, from its /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            text = response.read().decode()
+    except OSError:
+        return None
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "churnwatch_events_consumed":
+            total += sum(
+                s.value
+                for s in family.samples
+                if s.name.endswith("_total") and s.labels.get("topic") != Topic.TICKS.value
+            )
+    return int(total)
+
+
+def dead_letter_count(settings: Settings) -> int:
+    consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
+    try:
+        name = settings.topic(Topic.DEAD_LETTERS)
+        tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+        return int(sum(consumer.end_offsets(tps).values())) if tps else 0
+    finally:
+        consumer.close()
+
+
+def summarise(
+    truth: list[GroundTruth], tally: Tally, stats: ProduceStats, processed: int, dead: int
+) -> dict[str, Any]:
+    """The demo summary: how well the warnings match the simulator's truth.
+
+    A churner counts as warned when a warning opened on or after the onset of
+    its change in behaviour; a steady customer (never churns, including the
+    seasonal and one-off look-alikes) counts as warned by any warning at all.
+    """
+    churners = [t for t in truth if t.churned]
+    steady = [t for t in truth if not t.churned]
+
+    def warned_after_onset(t: GroundTruth) -> bool:
+        onset = t.onset
+        return any(onset is not None and at >= onset for _, at in tally.opened_for[t.customer_id])
+
+    by_profile: dict[str, dict[str, int]] = {}
+    for t in truth:
+        row = by_profile.setdefault(t.profile, {"customers": 0, "warned": 0})
+        row["customers"] += 1
+        warned = warned_after_onset(t) if t.churned else bool(tally.opened_for[t.customer_id])
+        row["warned"] += warned
+    return {
+        "events_produced": stats.sent,
+        "events_malformed_sent": stats.malformed,
+        "events_processed": processed,
+        "dead_letters": dead,
+        "warnings": dict(sorted(tally.opened_by_type.items())),
+        "warnings_resolved": tally.resolved,
+        "churners_total": len(churners),
+        "churners_warned": sum(warned_after_onset(t) for t in churners),
+        "steady_total": len(steady),
+        "steady_warned": sum(bool(tally.opened_for[t.customer_id]) for t in steady),
+        "by_profile": dict(sorted(by_profile.items())),
+    }
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(
+    settings: Settings,
+    duration: float | None = None,
+    summary_path: Path | None = None,
+    customers: int | None = None,
+    days_per_second: float = 12.0,
+    show_warnings: bool = True,
+) -> bool:
+    """Run the demo; True if it ran to the end (or the duration) without failing."""
+    say = print
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    started = time.monotonic()
+    host = settings.broker.host
+    port = settings.broker.port
+    if not port_is_free(host, port):
+        port = free_port(host)
+        say(f"port {settings.broker.port} is busy; the demo broker uses {port} instead")
+    metrics_port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="churnwatch-demo-"))
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": f"{host}:{port}"})}
+    )
+    sim = settings.simulator
+    events, truth = simulate(
+        customers or sim.customers,
+        sim.seed,
+        parse_start(sim.start),
+        sim.days,
+        sim.owners,
+        sim.malformed,
+    )
+    write_ground_truth(truth, workdir / "ground_truth.csv")
+    say(
+        f"simulating {len(truth)} customers ({sum(t.churned for t in truth)} will churn) over "
+        f"{sim.days} days: {len(events)} events at {days_per_second:g} simulated days/s"
+    )
+    broker = EmbeddedBroker(host, port, settings.broker.startup_timeout_seconds)
+    worker = None
+    stop = threading.Event()
+    tally = Tally()
+    stats = ProduceStats()
+    threads: list[threading.Thread] = []
+    interrupted = False
+    failed = False
+    processed = 0
+    try:
+        broker.start()
+        say(f"broker ready on {broker.bootstrap_servers}")
+        ensure_topics(settings)
+        env = dict(
+            os.environ,
+            CHURNWATCH_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+            CHURNWATCH_WORKER__DATA_DIR=str(workdir / "worker"),
+            CHURNWATCH_WORKER__METRICS_PORT=str(metrics_port),
+            CHURNWATCH_CLOCK__MODE="event",
+        )
+        worker_log = workdir / "worker.log"
+        worker = start_child(
+            [sys.executable, "-m", "churnwatch.cli", "worker"], env=env, log=worker_log
+        )
+        say(f"worker started (pid {worker.pid}, log {worker_log})")
+
+        def on_warning(w: WarningRecord) -> None:
+            tally.add(w)
+            if show_warnings and w.status == "opened":
+                say(format_warning(w))
+
+        producer_error: list[BaseException] = []
+
+        def producer() -> None:
+            try:
+                produce(settings, iter_paced(events, days_per_second), stop, stats=stats)
+            except Exception as exc:
+                producer_error.append(exc)
+
+        threads = [
+            threading.Thread(target=producer, name="simulator", daemon=True),
+            threading.Thread(
+                target=tail_warnings, args=(settings, stop, on_warning), name="view", daemon=True
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        say("simulator and warnings view running; Ctrl-C stops everything")
+        last_progress = 0.0
+        while True:
+            time.sleep(0.5)
+            elapsed = time.monotonic() - started
+            if worker.poll() is not None:
+                say(f"the worker exited (code {worker.returncode}); its log:")
+                say(worker_log.read_text(errors="replace")[-3000:])
+                failed = True
+                break
+            processed = events_processed(metrics_port) or processed
+            producing = threads[0].is_alive()
+            if producer_error:
+                say(f"the simulator failed: {producer_error[0]!r}")
+                failed = True
+                break
+            if elapsed - last_progress >= 5:
+                last_progress = elapsed
+                say(
+                    f"[{elapsed:5.0f}s] simulated up to {stats.last_event_time or '...'}: "
+                    f"produced {stats.sent}, processed {processed}, "
+                    f"warnings opened {sum(tally.opened_by_type.values())}"
+                )
+            caught_up = not producing and processed >= stats.sent > 0
+            if caught_up and time.monotonic() - tally.last_change > 3:
+                say("the simulated history is fully processed")
+                break
+            if duration is not None and elapsed >= duration:
+                say(f"--duration {duration:g}s reached")
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        say("\ninterrupted: stopping")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=35)
+        dead = 0
+        if broker.proc is not None:
+            try:
+                dead = dead_letter_count(settings)
+            except Exception as exc:  # the summary is still worth writing
+                say(f"could not count dead letters: {exc}")
+        if worker is not None:
+            stop_child(worker, timeout=20)
+        broker.stop()
+        summary = summarise(truth, tally, stats, processed, dead)
+        summary["seconds"] = round(time.monotonic() - started, 1)
+        shutil.rmtree(workdir, ignore_errors=True)
+    say(json.dumps({k: v for k, v in summary.items() if k != "by_profile"}, indent=2))
+    if summary_path is not None:
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        say(f"summary written to {summary_path}")
+    if interrupted:
+        raise SystemExit(130)
+    return not failed

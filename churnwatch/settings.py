@@ -1,0 +1,207 @@
+"""The one settings object of churnwatch.
+
+Loaded from a YAML file (``configs/default.yaml`` unless ``--config`` or
+``CHURNWATCH_CONFIG`` names another) with ``CHURNWATCH_`` environment
+overrides, ``__`` for nesting: ``CHURNWATCH_KAFKA__PARTITIONS=8``.
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    topic_prefix: str = Field("churn", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(4, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+
+
+class BrokerSettings(_Section):
+    """The embedded Tansu broker used by the demo and the tests."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(19092, ge=1, le=65535)
+    startup_timeout_seconds: float = Field(20.0, gt=0)
+
+
+class WorkerSettings(_Section):
+    app_id: str = "churnwatch"
+    store: str = "rocksdb://"
+    data_dir: str = ".churnwatch/worker"
+    broker_session_timeout: float = Field(6.0, gt=0)
+    broker_rebalance_timeout: float = Field(6.0, gt=0)
+    broker_heartbeat_interval: float = Field(1.0, gt=0)
+    standby_replicas: int = Field(0, ge=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+
+class ClockSettings(_Section):
+    """Which clock drives sweeps over silent customers.
+
+    ``event``: the event-time watermark of each partition (replay, simulation);
+    ``wall``: the real clock (live).
+    """
+
+    mode: Literal["event", "wall"] = "event"
+    sweep_every_hours: float = Field(24.0, gt=0)
+    wall_tick_seconds: float = Field(60.0, gt=0)
+
+
+class SalesDropThresholds(_Section):
+    min_expected_orders: float = Field(5.0, gt=0)
+    enter_ratio: float = Field(0.4, gt=0, lt=1)
+    exit_ratio: float = Field(0.7, gt=0, le=1)
+    enter_silence_ratio: float = Field(3.0, gt=1)
+    exit_silence_ratio: float = Field(2.0, gt=0)
+    min_silence_days: float = Field(28.0, gt=0)
+    longest_gap_margin: float = Field(1.2, ge=0)
+    seasonal_tolerance: float = Field(0.4, gt=0, le=1)
+
+
+class OverdueDebtThresholds(_Section):
+    enter_days_past_due: float = Field(30.0, gt=0)
+    exit_days_past_due: float = Field(10.0, ge=0)
+    min_overdue_amount: float = Field(100.0, ge=0)
+
+
+class CoolingEngagementThresholds(_Section):
+    min_expected_contacts: float = Field(5.0, gt=0)
+    enter_ratio: float = Field(0.2, gt=0, lt=1)
+    exit_ratio: float = Field(0.5, gt=0, le=1)
+    enter_silence_days: float = Field(60.0, gt=0)
+    exit_silence_days: float = Field(21.0, gt=0)
+    enter_silence_gaps: float = Field(4.0, gt=1)
+    exit_silence_gaps: float = Field(2.0, gt=0)
+
+
+class WarningThresholds(_Section):
+    recent_weeks: int = Field(8, ge=2, le=11)
+    baseline_weeks: int = Field(26, ge=4, le=44)
+    high_value_revenue: float = Field(50_000.0, ge=0)
+    sales_drop: SalesDropThresholds = SalesDropThresholds()
+    overdue_debt: OverdueDebtThresholds = OverdueDebtThresholds()
+    cooling_engagement: CoolingEngagementThresholds = CoolingEngagementThresholds()
+
+
+class SimulatorSettings(_Section):
+    customers: int = Field(300, ge=1)
+    seed: int = 7
+    start: str = "2024-10-07"
+    days: int = Field(540, ge=60)
+    owners: int = Field(6, ge=1)
+    malformed: int = Field(5, ge=0)
+    ground_truth_path: str = ".churnwatch/ground_truth.csv"
+
+
+class Settings(BaseSettings):
+    """Everything a churnwatch process needs; frozen once loaded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHURNWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    broker: BrokerSettings = BrokerSettings()
+    worker: WorkerSettings = WorkerSettings()
+    clock: ClockSettings = ClockSettings()
+    warnings: WarningThresholds = WarningThresholds()
+    simulator: SimulatorSettings = SimulatorSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    def topic(self, name: str) -> str:
+        """Full, versioned topic name, e.g. ``churn.orders.v1``."""
+        return f"{self.kafka.topic_prefix}.{name}"
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Connection options for kafka-python clients (never logged: holds the password)."""
+        k = self.kafka
+        options: dict[str, Any] = {
+            "bootstrap_servers": k.bootstrap_servers.split(","),
+            "security_protocol": k.security_protocol,
+        }
+        if k.sasl_mechanism:
+            options["sasl_mechanism"] = k.sasl_mechanism
+            options["sasl_plain_username"] = k.sasl_username
+            options["sasl_plain_password"] = (
+                k.sasl_password.get_secret_value() if k.sasl_password else None
+            )
+        if k.ssl_cafile:
+            options["ssl_cafile"] = k.ssl_cafile
+        return options
+
+
+class ConfigError(Exception):
+    """A settings file or override is wrong; the message names the key."""
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"invalid settings in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file, apply ``CHURNWATCH_`` environment overrides and validate.
+
+    ``overrides`` (nested dicts) are merged over the file, below the environment;
+    tests use them to pick a port or a topic prefix.
+    """
+    config_path = Path(path or os.environ.get("CHURNWATCH_CONFIG") or DEFAULT_CONFIG)
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"settings file not found: {config_path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"settings file {config_path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"settings file {config_path} must hold a mapping at the top level")
+    merged = _deep_merge(raw, overrides)
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(str(config_path), exc)) from exc
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _deep_merge(result[key], value)
+        else:
+            result[key] = value
+    return result

@@ -1,0 +1,155 @@
+"""When the worker evaluates its customers (pure: no I/O, no Faust).
+
+Events only update state (:func:`pipeline.features.apply_event`); the rules
+run in sweeps at fixed boundaries of the clock (every day by default), over
+every customer of a partition. Because the rules never run "at the time of
+whichever event happened to arrive", the warnings do not depend on how the
+input topics interleave, and a batch run over history that sweeps at the same
+boundaries produces the same warnings.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+from churnwatch.settings import WarningThresholds
+from pipeline.events import CustomerEvent, WarningRecord
+from pipeline.features import CustomerState, apply_event, new_state, to_epoch
+from pipeline.rules import evaluate
+
+T = TypeVar("T")
+
+
+def due_sweeps(last_sweep: float, watermark: float, every_seconds: float) -> list[float]:
+    """Sweep times (multiples of ``every_seconds``) in ``(last_sweep, watermark]``.
+
+    With ``last_sweep`` 0 (never swept) only the latest boundary is due, so a
+    worker starting on old data does not sweep its whole history at once.
+    """
+    latest = math.floor(watermark / every_seconds) * every_seconds
+    if latest <= last_sweep:
+        return []
+    if last_sweep <= 0:
+        return [latest]
+    first = math.floor(last_sweep / every_seconds) * every_seconds + every_seconds
+    count = int(round((latest - first) / every_seconds)) + 1
+    return [first + i * every_seconds for i in range(count)]
+
+
+def sweep(
+    states: Iterable[CustomerState], as_of: float, thresholds: WarningThresholds
+) -> list[tuple[CustomerState, list[WarningRecord]]]:
+    """Re-evaluate silent customers at ``as_of``; returns only those whose episodes changed."""
+    changed = []
+    for state in states:
+        records = evaluate(state, as_of, thresholds)
+        if records:
+            changed.append((state, records))
+    return changed
+
+
+class Watermark:
+    """Event-time watermark of each partition, across several input topics.
+
+    Topics are read at different speeds, so the newest event time of one topic
+    says nothing about events still unread on another. The watermark of a
+    partition is therefore the oldest "newest event time" among its topics that
+    still have unread messages (their unread events can only be newer, since
+    each topic partition is in event-time order); when nothing is unread, it is
+    the newest event time seen. It never goes back.
+    """
+
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = tuple(topics)
+        self.latest: dict[tuple[str, int], float] = {}
+        self.offset: dict[tuple[str, int], int] = {}
+        self.value: dict[int, float] = {}
+
+    def observe(
+        self, topic: str, partition: int, offset: int, event_time: float | None = None
+    ) -> None:
+        """Record a consumed message (``event_time`` None: unusable, but read)."""
+        key = (topic, partition)
+        self.offset[key] = max(offset, self.offset.get(key, -1))
+        if event_time is not None:
+            self.latest[key] = max(event_time, self.latest.get(key, event_time))
+
+    def advance(self, partition: int, highwater: Callable[[str, int], int | None]) -> float:
+        """Recompute the partition's watermark.
+
+        ``highwater(topic, partition)`` is the offset after the last message of
+        that topic partition, or None while unknown.
+        """
+        lagging: list[float] = []
+        seen: list[float] = []
+        for topic in self.topics:
+            key = (topic, partition)
+            end = highwater(topic, partition)
+            # An unknown end (no fetch answered yet) may hide older events.
+            unread = end is None or self.offset.get(key, -1) + 1 < end
+            if key in self.latest:
+                seen.append(self.latest[key])
+                if unread:
+                    lagging.append(self.latest[key])
+            elif unread:
+                return self.value.get(partition, 0.0)  # nothing known yet about its events
+        if seen:
+            candidate = min(lagging) if lagging else max(seen)
+            self.value[partition] = max(self.value.get(partition, 0.0), candidate)
+        return self.value.get(partition, 0.0)
+
+
+def run_history(
+    events: Iterable[CustomerEvent], thresholds: WarningThresholds, every_seconds: float
+) -> tuple[dict[str, CustomerState], list[WarningRecord]]:
+    """The worker's logic over a whole history in one process (events in time order).
+
+    Sweeps run at the same boundaries as in the stream: before an event at
+    time ``t`` is applied, every boundary up to ``t`` is swept.
+    """
+    states: dict[str, CustomerState] = {}
+    records: list[WarningRecord] = []
+    last_sweep = 0.0
+    for event in events:
+        event_ts = to_epoch(event.occurred_at)
+        for boundary in due_sweeps(last_sweep, event_ts, every_seconds):
+            for _state, changed in sweep(states.values(), boundary, thresholds):
+                records.extend(changed)
+            last_sweep = boundary
+        state = states.get(event.customer_id)
+        if state is None:
+            state = states[event.customer_id] = new_state(event.customer_id)
+        apply_event(state, event)
+    return states, records
+
+
+class ReorderBuffer(Generic[T]):
+    """Holds each partition's events until the watermark says none older can come.
+
+    Topics are consumed at different speeds; applying an event from a topic
+    that is read ahead would let a sweep see the future. Events wait here and
+    are released in event-time order, so every sweep sees exactly the events
+    before its boundary, as in a batch run.
+    """
+
+    def __init__(self) -> None:
+        self._heaps: dict[int, list[tuple[float, int, T]]] = {}
+        self._seq = itertools.count()
+
+    def push(self, partition: int, event_time: float, item: T) -> None:
+        heapq.heappush(self._heaps.setdefault(partition, []), (event_time, next(self._seq), item))
+
+    def release(self, partition: int, before: float, inclusive: bool = False) -> list[T]:
+        """Pop the items older than ``before`` (or at it, if ``inclusive``), oldest first."""
+        heap = self._heaps.get(partition, [])
+        out: list[T] = []
+        while heap and (heap[0][0] < before or (inclusive and heap[0][0] == before)):
+            out.append(heapq.heappop(heap)[2])
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(h) for h in self._heaps.values())

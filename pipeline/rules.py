@@ -1,0 +1,276 @@
+"""Warning rules and their episodes (pure: no I/O, no Faust).
+
+Each rule reads :class:`~pipeline.features.Features` and thresholds and says
+whether the customer is in the warning condition, with the evidence. Episodes
+add hysteresis: a warning opens when the *enter* threshold is crossed and
+resolves only past the gentler *exit* threshold, so it does not flap. Ids are
+deterministic (customer, type, opening time), so a replay or a redelivery
+produces the same records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from churnwatch.settings import (
+    CoolingEngagementThresholds,
+    OverdueDebtThresholds,
+    SalesDropThresholds,
+    WarningThresholds,
+)
+from pipeline.events import Severity, WarningRecord, WarningType
+from pipeline.features import CustomerState, Features, read_features
+
+SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A rule's answer: ``active`` given whether an episode is already open."""
+
+    active: bool
+    severity: Severity
+    summary: str
+    evidence: dict[str, float]
+    action: str
+
+
+def _grade(base: int, revenue_52w: float, thresholds: WarningThresholds) -> Severity:
+    if revenue_52w >= thresholds.high_value_revenue:
+        base += 1
+    return SEVERITIES[max(0, min(base, len(SEVERITIES) - 1))]
+
+
+def sales_drop(
+    f: Features, t: SalesDropThresholds, all_t: WarningThresholds, is_open: bool
+) -> Verdict:
+    """Orders below the customer's own baseline, or silence far beyond its usual gap."""
+    expected_orders = f.orders_baseline_per_week * all_t.recent_weeks
+    expected_amount = f.amount_baseline_per_week * all_t.recent_weeks
+    baseline_known = f.history_weeks >= all_t.recent_weeks + all_t.baseline_weeks
+    comparable = baseline_known and expected_orders >= t.min_expected_orders
+    ratio = f.amount_recent / expected_amount if comparable and expected_amount > 0 else None
+
+    silence_ratio = None
+    if (
+        f.days_since_last_order is not None
+        and f.mean_order_gap_days > 0
+        and f.orders_total >= 4
+        and f.history_weeks >= all_t.baseline_weeks
+    ):
+        silence_ratio = f.days_since_last_order / f.mean_order_gap_days
+
+    # A quiet season is not a drop: when the same weeks last year are known and
+    # either this year holds up against them, or last year was just as far
+    # below the usual level, the customer is following its own season.
+    last_year = f.amount_same_weeks_last_year
+    seasonal = last_year is not None and (
+        f.amount_recent >= t.seasonal_tolerance * last_year
+        or last_year <= t.enter_ratio * expected_amount
+    )
+    # Silence counts once it is longer than any pause of the past year too
+    # (a customer that always pauses in winter is not silent in winter).
+    silence_limit = max(
+        t.min_silence_days,
+        t.enter_silence_ratio * f.mean_order_gap_days,
+        t.longest_gap_margin * f.longest_gap_past_year_days,
+    )
+    if is_open:
+        dropped = ratio is not None and ratio < t.exit_ratio
+        silent = silence_ratio is not None and silence_ratio >= t.exit_silence_ratio
+    else:
+        dropped = ratio is not None and ratio <= t.enter_ratio
+        silent = silence_ratio is not None and (f.days_since_last_order or 0) >= silence_limit
+    active = (dropped or silent) and not seasonal
+
+    evidence: dict[str, float] = {
+        "orders_recent": f.orders_recent,
+        "orders_expected": round(expected_orders, 1),
+        "amount_recent": round(f.amount_recent, 2),
+        "amount_expected": round(expected_amount, 2),
+        "revenue_52w": round(f.revenue_52w, 2),
+    }
+    if ratio is not None:
+        evidence["amount_change_pct"] = round((ratio - 1) * 100, 1)
+    if f.days_since_last_order is not None:
+        evidence["days_since_last_order"] = round(f.days_since_last_order, 1)
+        evidence["usual_gap_days"] = round(f.mean_order_gap_days, 1)
+        evidence["longest_gap_past_year_days"] = round(f.longest_gap_past_year_days, 1)
+    if f.amount_same_weeks_last_year is not None:
+        evidence["amount_same_weeks_last_year"] = round(f.amount_same_weeks_last_year, 2)
+
+    weeks = all_t.recent_weeks
+    if silent and silence_ratio is not None and not dropped:
+        summary = (
+            f"no order for {f.days_since_last_order:.0f} days; usually one every "
+            f"{f.mean_order_gap_days:.0f} days, longest pause in the past year "
+            f"{f.longest_gap_past_year_days:.0f} days"
+        )
+        base = 2 if silence_ratio >= 2 * t.enter_silence_ratio else 1
+    else:
+        change = f"{(ratio - 1) * 100:+.0f}%" if ratio is not None else "n/a"
+        summary = (
+            f"{f.orders_recent:.0f} orders worth {f.amount_recent:,.0f} in the last {weeks} "
+            f"weeks, usually {expected_orders:.0f} worth {expected_amount:,.0f}; {change}"
+        )
+        base = 2 if ratio is not None and ratio <= t.enter_ratio / 2 else 1
+    return Verdict(
+        active=active,
+        severity=_grade(base, f.revenue_52w, all_t),
+        summary=summary,
+        evidence=evidence,
+        action="Call the customer this week: ask what changed and whether a competitor is "
+        "quoting; review open quotes and recent complaints before the call.",
+    )
+
+
+def overdue_debt(
+    f: Features, t: OverdueDebtThresholds, all_t: WarningThresholds, is_open: bool
+) -> Verdict:
+    """Unpaid invoices past due, by amount and age."""
+    if is_open:
+        active = f.max_days_past_due > t.exit_days_past_due and f.overdue_amount > 0
+    else:
+        active = (
+            f.max_days_past_due >= t.enter_days_past_due
+            and f.overdue_amount >= t.min_overdue_amount
+        )
+    base = 3 if f.max_days_past_due > 90 else 2 if f.max_days_past_due > 60 else 1
+    return Verdict(
+        active=active,
+        severity=_grade(base, f.revenue_52w, all_t),
+        summary=(
+            f"{f.overdue_amount:,.0f} overdue on {f.overdue_invoices} invoice(s); oldest "
+            f"{f.max_days_past_due:.0f} days past due (open balance {f.open_balance:,.0f})"
+        ),
+        evidence={
+            "overdue_amount": f.overdue_amount,
+            "overdue_invoices": f.overdue_invoices,
+            "max_days_past_due": round(f.max_days_past_due, 1),
+            "open_balance": f.open_balance,
+            "revenue_52w": round(f.revenue_52w, 2),
+        },
+        action="Ask finance for the statement, then call the customer about the overdue "
+        "invoices; agree a payment date and check for a dispute behind the delay.",
+    )
+
+
+def cooling_engagement(
+    f: Features, t: CoolingEngagementThresholds, all_t: WarningThresholds, is_open: bool
+) -> Verdict:
+    """The customer reaches out (calls, replies, logs in) far less than it used to."""
+    expected = f.inbound_baseline_per_week * all_t.recent_weeks
+    baseline_known = f.history_weeks >= all_t.recent_weeks + all_t.baseline_weeks
+    comparable = baseline_known and expected >= t.min_expected_contacts
+    ratio = f.inbound_recent / expected if comparable else None
+    silence = f.days_since_last_inbound
+    silence_known = silence is not None and f.history_weeks >= all_t.baseline_weeks
+    # Silence is judged against the customer's own rhythm: a customer who calls
+    # monthly is not cold after 45 quiet days, one who calls weekly may be.
+    usual_gap = 7 * all_t.recent_weeks / expected if expected > 0 else 0.0
+    if is_open:
+        cooled = ratio is not None and ratio < t.exit_ratio
+        silent = silence_known and (silence or 0) >= max(
+            t.exit_silence_days, t.exit_silence_gaps * usual_gap
+        )
+    else:
+        cooled = ratio is not None and ratio <= t.enter_ratio
+        silent = silence_known and (silence or 0) >= max(
+            t.enter_silence_days, t.enter_silence_gaps * usual_gap
+        )
+    evidence: dict[str, float] = {
+        "inbound_recent": f.inbound_recent,
+        "inbound_expected": round(expected, 1),
+        "revenue_52w": round(f.revenue_52w, 2),
+    }
+    if ratio is not None:
+        evidence["inbound_change_pct"] = round((ratio - 1) * 100, 1)
+    if silence is not None:
+        evidence["days_since_last_inbound"] = round(silence, 1)
+        evidence["usual_inbound_gap_days"] = round(usual_gap, 1)
+    base = 1 if (ratio or 0) > t.enter_ratio / 2 else 2
+    return Verdict(
+        active=cooled or silent,
+        severity=_grade(base, f.revenue_52w, all_t),
+        summary=(
+            f"{f.inbound_recent:.0f} inbound contacts in the last {all_t.recent_weeks} weeks, "
+            f"usually {expected:.0f}; last one {silence or 0:.0f} days ago"
+        ),
+        evidence=evidence,
+        action="Visit or call the decision maker (not only the buyer) and ask for honest "
+        "feedback; offer a business review.",
+    )
+
+
+def warning_id(customer_id: str, warning_type: str, opened_ts: float) -> str:
+    digest = hashlib.sha256(f"{customer_id}|{warning_type}|{int(opened_ts)}".encode()).hexdigest()
+    return f"w-{digest[:16]}"
+
+
+def _as_datetime(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def evaluate(
+    state: CustomerState, as_of: float, thresholds: WarningThresholds
+) -> list[WarningRecord]:
+    """Re-evaluate every rule for ``state`` at ``as_of``; open/resolve episodes in ``state``.
+
+    Returns the warning records to emit (usually none).
+    """
+    features = read_features(state, as_of, thresholds.recent_weeks, thresholds.baseline_weeks)
+    verdicts: dict[WarningType, Verdict] = {
+        "sales_drop": sales_drop(
+            features, thresholds.sales_drop, thresholds, "sales_drop" in state.episodes
+        ),
+        "overdue_debt": overdue_debt(
+            features, thresholds.overdue_debt, thresholds, "overdue_debt" in state.episodes
+        ),
+        "cooling_engagement": cooling_engagement(
+            features,
+            thresholds.cooling_engagement,
+            thresholds,
+            "cooling_engagement" in state.episodes,
+        ),
+    }
+    out: list[WarningRecord] = []
+    for warning_type, verdict in verdicts.items():
+        episode = state.episodes.get(warning_type)
+        if verdict.active and episode is None:
+            wid = warning_id(state.customer_id, warning_type, as_of)
+            state.episodes[warning_type] = [wid, as_of, verdict.severity]
+            out.append(_record(state, warning_type, verdict, "opened", wid, as_of, as_of))
+        elif not verdict.active and episode is not None:
+            del state.episodes[warning_type]
+            out.append(
+                _record(state, warning_type, verdict, "resolved", episode[0], episode[1], as_of)
+            )
+    return out
+
+
+def _record(
+    state: CustomerState,
+    warning_type: WarningType,
+    verdict: Verdict,
+    status: str,
+    wid: str,
+    opened_ts: float,
+    at_ts: float,
+) -> WarningRecord:
+    return WarningRecord(
+        warning_id=wid,
+        status="opened" if status == "opened" else "resolved",
+        warning_type=warning_type,
+        customer_id=state.customer_id,
+        customer_name=state.name,
+        owner=state.owner,
+        segment=state.segment,
+        severity=verdict.severity,
+        opened_at=_as_datetime(opened_ts),
+        at=_as_datetime(at_ts),
+        summary=verdict.summary,
+        evidence=verdict.evidence,
+        recommended_action=verdict.action,
+    )

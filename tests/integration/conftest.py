@@ -1,0 +1,116 @@
+"""A real Kafka-protocol broker for the whole session, and workers per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from churnwatch.broker import EmbeddedBroker, free_port, start_child, stop_child
+from churnwatch.demo import events_processed
+from churnwatch.settings import Settings, load_settings
+from churnwatch.topics import ensure_topics
+from pipeline.events import Topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker("127.0.0.1", free_port(), startup_timeout=30) as running:
+        yield running
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process these settings."""
+    return {
+        "CHURNWATCH_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "CHURNWATCH_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "CHURNWATCH_WORKER__APP_ID": settings.worker.app_id,
+        "CHURNWATCH_WORKER__STORE": settings.worker.store,
+        "CHURNWATCH_WORKER__DATA_DIR": settings.worker.data_dir,
+        "CHURNWATCH_WORKER__METRICS_PORT": str(settings.worker.metrics_port),
+        "CHURNWATCH_CLOCK__MODE": settings.clock.mode,
+    }
+
+
+@pytest.fixture
+def stream_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    """Settings with a unique topic prefix and consumer group for this test."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    settings = load_settings(
+        kafka={"bootstrap_servers": broker.bootstrap_servers, "topic_prefix": prefix},
+        worker={
+            "app_id": f"cw-{prefix}",
+            "store": "memory://",
+            "data_dir": str(tmp_path / "worker"),
+            "metrics_port": free_port(),
+        },
+    )
+    ensure_topics(settings)
+    return settings
+
+
+@pytest.fixture
+def worker(stream_settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """Start ``churnwatch worker`` as a real child process; stopped after the test."""
+    procs = []
+    log = tmp_path / "worker.log"
+
+    def start() -> Any:
+        env = dict(os.environ, **settings_env(stream_settings))
+        proc = start_child([sys.executable, "-m", "churnwatch.cli", "worker"], env=env, log=log)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        stop_child(proc)
+    if any(p.returncode not in (0, -15) for p in procs):
+        print(log.read_text(errors="replace")[-4000:])
+
+
+def produce_raw(settings: Settings, messages: list[tuple[Topic, str, bytes]]) -> None:
+    producer = KafkaProducer(**settings.kafka_client_options())
+    for topic, key, value in messages:
+        producer.send(settings.topic(topic), key=key.encode(), value=value)
+    producer.flush()
+    producer.close()
+
+
+def read_topic(settings: Settings, topic: Topic) -> list[bytes]:
+    """Everything on ``topic`` right now."""
+    consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
+    name = settings.topic(topic)
+    tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    out: list[bytes] = []
+    deadline = time.monotonic() + 20
+    while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=300).values():
+            out.extend(m.value for m in batch)
+    consumer.close()
+    return out
+
+
+def wait_processed(settings: Settings, count: int, proc: Any, timeout: float = 120) -> None:
+    """Until the worker has consumed ``count`` event messages, then a moment to flush."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the worker died"
+        seen = events_processed(settings.worker.metrics_port)
+        if seen is not None and seen >= count:
+            time.sleep(2)  # let the last sends reach the broker
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"worker processed {seen} of {count} events in {timeout}s")

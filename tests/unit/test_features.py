@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pipeline.features import (
+    MAX_OPEN_INVOICES,
+    RING_WEEKS,
+    CustomerState,
+    apply_event,
+    new_state,
+    read_features,
+)
+from tests.factories import T0
+
+
+def feed(state: CustomerState, events) -> CustomerState:
+    for event in events:
+        apply_event(state, event)
+    return state
+
+
+def test_weekly_orders_fill_the_recent_window(event_factory):
+    state = feed(
+        new_state("C1"),
+        [event_factory("order", at=T0 + timedelta(weeks=w), amount=100.0) for w in range(12)],
+    )
+    f = read_features(state, T0 + timedelta(weeks=11, days=1), recent_weeks=8, baseline_weeks=26)
+    assert f.orders_recent == 8
+    assert f.amount_recent == 800.0
+    assert f.orders_total == 12
+    assert round(f.mean_order_gap_days) == 7
+    assert round(f.days_since_last_order or 0) == 1
+
+
+def test_a_redelivered_event_is_applied_once(event_factory):
+    order = event_factory("order")
+    state = new_state("C1")
+    assert apply_event(state, order) is True
+    assert apply_event(state, order) is False
+    assert state.orders_total == 1
+
+
+def test_overdue_amount_and_days_past_due(event_factory):
+    state = feed(
+        new_state("C1"),
+        [
+            event_factory("invoice", invoice_id="A", amount=500.0),
+            event_factory("invoice", invoice_id="B", amount=300.0, at=T0 + timedelta(days=20)),
+            event_factory("payment", invoice_id="B", amount=300.0, at=T0 + timedelta(days=40)),
+        ],
+    )
+    f = read_features(state, T0 + timedelta(days=75))
+    assert f.overdue_amount == 500.0
+    assert f.overdue_invoices == 1
+    assert round(f.max_days_past_due) == 45
+    assert f.open_balance == 500.0
+
+
+def test_payment_against_unknown_invoice_settles_the_oldest(event_factory):
+    state = feed(
+        new_state("C1"),
+        [
+            event_factory("invoice", invoice_id="A", amount=100.0),
+            event_factory("invoice", invoice_id="B", amount=100.0, at=T0 + timedelta(days=5)),
+            event_factory("payment", invoice_id="ZZZ", amount=150.0, at=T0 + timedelta(days=6)),
+        ],
+    )
+    assert [inv[0] for inv in state.open_invoices] == ["B"]
+    assert state.open_invoices[0][1] == 50.0
+
+
+def test_state_stays_bounded_however_long_the_history(event_factory):
+    events = []
+    for i in range(400):
+        at = T0 + timedelta(days=3 * i)
+        events.append(event_factory("order", at=at))
+        events.append(event_factory("invoice", invoice_id=f"I{i}", amount=10.0, at=at))
+        events.append(event_factory("contact", at=at))
+    state = feed(new_state("C1"), events)
+    assert len(state.open_invoices) == MAX_OPEN_INVOICES
+    # merged, not dropped: all 400 unpaid invoices are still owed
+    assert round(sum(inv[1] for inv in state.open_invoices)) == 4000
+    assert len(state.order_counts) == RING_WEEKS
+    assert len(state.recent_event_ids) <= 32
+    assert len(repr(state.to_row())) < 6000
+
+
+def test_one_huge_order_does_not_inflate_the_baseline(event_factory):
+    events = [event_factory("order", at=T0 + timedelta(weeks=w), amount=100.0) for w in range(20)]
+    events.append(event_factory("order", at=T0 + timedelta(weeks=20), amount=100_000.0))
+    state = feed(new_state("C1"), events)
+    f = read_features(state, T0 + timedelta(weeks=20, days=1), recent_weeks=8, baseline_weeks=8)
+    assert f.amount_recent < 1500  # the big order counts as at most 4x a typical one
+
+
+def test_row_round_trip(event_factory):
+    state = feed(new_state("C1"), [event_factory("order"), event_factory("complaint")])
+    assert CustomerState.from_row(state.to_row()) == state
+
+
+def test_events_older_than_the_ring_are_counted_not_silently_lost(event_factory):
+    state = feed(
+        new_state("C1"),
+        [
+            event_factory("order", at=T0 + timedelta(weeks=100)),
+            event_factory("order", at=T0),
+        ],
+    )
+    assert state.late_events == 1
+    assert state.orders_total == 2

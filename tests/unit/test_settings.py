@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from churnwatch.settings import ConfigError, Settings, load_settings
+
+
+def test_default_yaml_states_the_same_values_as_the_code():
+    # The YAML is the documentation of the defaults; it must not drift from them.
+    assert load_settings() == Settings()
+
+
+def test_unknown_key_is_an_error_that_names_the_key(tmp_path: Path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("kafka:\n  bootstrap_server: localhost:9092\n")
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap_server: Extra inputs"):
+        load_settings(config)
+
+
+def test_bad_value_names_the_key(tmp_path: Path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("warnings:\n  overdue_debt:\n    enter_days_past_due: soon\n")
+    with pytest.raises(ConfigError, match=r"warnings\.overdue_debt\.enter_days_past_due"):
+        load_settings(config)
+
+
+def test_environment_overrides_the_file(monkeypatch):
+    monkeypatch.setenv("CHURNWATCH_KAFKA__PARTITIONS", "8")
+    monkeypatch.setenv("CHURNWATCH_CLOCK__MODE", "wall")
+    settings = load_settings()
+    assert settings.kafka.partitions == 8
+    assert settings.clock.mode == "wall"
+    assert settings.kafka.topic_prefix == "churn"  # the rest still from the file
+
+
+def test_password_is_never_printed(monkeypatch):
+    monkeypatch.setenv("CHURNWATCH_KAFKA__SASL_PASSWORD", "hunter2")
+    settings = load_settings()
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings.model_dump())
+
+
+def test_missing_file_says_which(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_topics_are_versioned_with_the_prefix():
+    settings = load_settings(kafka={"topic_prefix": "acme"})
+    assert settings.topic("orders.v1") == "acme.orders.v1"
