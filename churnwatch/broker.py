@@ -90,14 +90,16 @@ def start_child(
 
 def stop_child(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     """SIGTERM, wait, then SIGKILL: the process is gone when this returns."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 class EmbeddedBroker:
@@ -133,14 +135,16 @@ class EmbeddedBroker:
         return self
 
     def _drain_stderr(self, proc: subprocess.Popen[bytes]) -> None:
-        for line in proc.stderr or ():
-            self._stderr.append(line.decode("utf-8", "replace").rstrip())
+        with contextlib.suppress(ValueError, OSError):  # closed by stop()
+            for line in proc.stderr or ():
+                self._stderr.append(line.decode("utf-8", "replace").rstrip())
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 time.sleep(0.2)
+                stop_child(proc)
                 raise BrokerError(
                     f"the broker exited at start (code {proc.returncode}): "
                     + " | ".join(self._stderr)

@@ -183,7 +183,8 @@ def run_demo(
     processed = 0
     try:
         broker.start()
-        say(f"broker ready on {broker.bootstrap_servers}")
+        broker_pid = broker.proc.pid if broker.proc else "?"
+        say(f"broker ready on {broker.bootstrap_servers} (pid {broker_pid})")
         ensure_topics(settings)
         env = dict(
             os.environ,

@@ -1,0 +1,49 @@
+"""The embedded broker's start-up errors say what is wrong and what to do."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from churnwatch.broker import BrokerError, EmbeddedBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_port_taken_is_reported_with_the_fix():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(
+            BrokerError, match=rf"port {port} .* already in use.*CHURNWATCH_BROKER__PORT"
+        ):
+            EmbeddedBroker("127.0.0.1", port).start()
+
+
+def test_missing_binary_is_reported_with_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("CALF_TANSU_BIN", str(tmp_path / "no-such-tansu"))
+    with pytest.raises(BrokerError, match="no Tansu broker binary found.*CALF_TANSU_BIN"):
+        EmbeddedBroker("127.0.0.1", free_port()).start()
+
+
+def test_broker_command_accepts_clients_and_stops_on_sigterm():
+    port = free_port()
+    with subprocess.Popen(
+        [sys.executable, "-m", "churnwatch.cli", "broker"],
+        env=dict(os.environ, CHURNWATCH_BROKER__PORT=str(port)),
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        assert f"broker ready on 127.0.0.1:{port}" in proc.stdout.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)

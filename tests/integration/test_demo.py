@@ -1,0 +1,83 @@
+"""`churnwatch demo` as a user runs it: a summary at the end, nothing left behind on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from churnwatch.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def start_demo(*args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, CHURNWATCH_BROKER__PORT=str(free_port()))
+    return subprocess.Popen(
+        [sys.executable, "-m", "churnwatch.cli", "demo", "--quiet", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path):
+    summary = tmp_path / "s.json"
+    demo = start_demo(
+        "--customers",
+        "60",
+        "--days-per-second",
+        "60",
+        "--duration",
+        "240",
+        "--summary",
+        str(summary),
+    )
+    out, _ = demo.communicate(timeout=300)
+    assert demo.returncode == 0, out
+    result = json.loads(summary.read_text())
+    assert result["events_processed"] == result["events_produced"] > 5000
+    assert result["dead_letters"] == result["events_malformed_sent"] == 5
+    assert result["churners_total"] + result["steady_total"] == 60
+    assert result["churners_warned"] / result["churners_total"] >= 0.8
+    assert result["steady_warned"] / result["steady_total"] <= 0.2
+    assert set(result["warnings"]) <= {"sales_drop", "overdue_debt", "cooling_engagement"}
+
+
+def test_ctrl_c_stops_the_demo_and_leaves_no_process_behind():
+    demo = start_demo("--customers", "50")
+    pids: dict[str, int] = {}
+    deadline = time.monotonic() + 120
+    assert demo.stdout is not None
+    while time.monotonic() < deadline and len(pids) < 2:
+        line = demo.stdout.readline()
+        if not line:
+            break
+        if m := re.search(r"broker ready on \S+ \(pid (\d+)\)", line):
+            pids["broker"] = int(m.group(1))
+        if m := re.search(r"worker started \(pid (\d+)", line):
+            pids["worker"] = int(m.group(1))
+    assert set(pids) == {"broker", "worker"}
+    time.sleep(5)  # let it get going
+    assert all(alive(pid) for pid in pids.values())
+    demo.send_signal(signal.SIGINT)
+    demo.communicate(timeout=90)
+    assert demo.returncode == 130
+    time.sleep(0.5)
+    assert not [name for name, pid in pids.items() if alive(pid)]
