@@ -139,7 +139,7 @@ def simulate(
 ) -> None:
     """Produce simulated customers' events (with known ground truth) to Kafka."""
     from churnwatch.topics import TopicsError, ensure_topics
-    from producers.produce import produce
+    from producers.produce import ProduceStats, produce
     from producers.simulator import iter_paced, parse_start, write_ground_truth
     from producers.simulator import simulate as run_simulation
 
@@ -172,11 +172,10 @@ def simulate(
     with click.progressbar(length=len(events), label="producing") as bar:
         done = 0
 
-        def progress(stats: object) -> None:
+        def progress(stats: ProduceStats) -> None:
             nonlocal done
-            sent = stats.sent  # type: ignore[attr-defined]
-            bar.update(sent - done)
-            done = sent
+            bar.update(stats.sent - done)
+            done = stats.sent
 
         try:
             stats = produce(settings, iter_paced(events, days_per_second), stop, progress)

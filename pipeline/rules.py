@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from churnwatch.settings import (
     CoolingEngagementThresholds,
@@ -254,14 +255,14 @@ def _record(
     state: CustomerState,
     warning_type: WarningType,
     verdict: Verdict,
-    status: str,
+    status: Literal["opened", "resolved"],
     wid: str,
     opened_ts: float,
     at_ts: float,
 ) -> WarningRecord:
     return WarningRecord(
         warning_id=wid,
-        status="opened" if status == "opened" else "resolved",
+        status=status,
         warning_type=warning_type,
         customer_id=state.customer_id,
         customer_name=state.name,

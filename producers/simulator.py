@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import heapq
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pipeline.events import (
     ComplaintOpened,
     ComplaintResolved,
     Contact,
+    CustomerEvent,
     CustomerUpdated,
     InvoiceIssued,
     OrderPlaced,
@@ -107,12 +107,16 @@ class _Customer:
         self._seq += 1
         return f"{self.customer_id}-{kind}-{self._seq}"
 
-    def _emit(self, event: object) -> None:
-        payload = encode_event(event)  # type: ignore[arg-type]
-        record_type = json.loads(payload)["type"]
-        ts = event.occurred_at  # type: ignore[attr-defined]
-        if ts < self.end:
-            self.events.append(SimEvent(ts, TOPIC_OF_TYPE[record_type], self.customer_id, payload))
+    def _emit(self, event: CustomerEvent) -> None:
+        if event.occurred_at < self.end:
+            self.events.append(
+                SimEvent(
+                    event.occurred_at,
+                    TOPIC_OF_TYPE[event.type],
+                    self.customer_id,
+                    encode_event(event),
+                )
+            )
 
     def _days_since_onset(self, t: datetime) -> float | None:
         if self.onset is None or t < self.onset:
