@@ -190,6 +190,110 @@ def simulate(
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--mapping",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML file mapping the export's columns to events (see configs/mappings/).",
+)
+@click.option(
+    "--speedup",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Stream at this many times real speed; 0 = as fast as possible.",
+)
+@click.pass_context
+def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> None:
+    """Replay a real export (CSV or Parquet) to Kafka in event-time order."""
+    from churnwatch.topics import TopicsError, ensure_topics
+    from producers.mapping import MappingError, load_events
+    from producers.produce import ProduceStats, produce
+    from producers.replay import as_messages, iter_speedup, send_rejected
+
+    settings = _settings(ctx)
+    try:
+        events, rejected = load_events(path, mapping)
+    except MappingError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"{len(events)} events from {path}; {len(rejected)} row(s) rejected")
+    for r in rejected[:5]:
+        click.echo(f"  row {r.row_number} ({r.event_type}): {r.error}", err=True)
+    try:
+        ensure_topics(settings)
+    except TopicsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    send_rejected(settings, path.name, rejected)
+    messages = as_messages(events)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with click.progressbar(length=len(messages), label="replaying") as bar:
+        done = 0
+
+        def progress(stats: ProduceStats) -> None:
+            nonlocal done
+            bar.update(stats.sent - done)
+            done = stats.sent
+
+        stats = produce(settings, iter_speedup(messages, speedup), stop, progress)
+    click.echo(f"sent {stats.sent}, delivered {stats.delivered}, failed {stats.failed}")
+    if stats.failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--events",
+    "events_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The export to backtest on (CSV or Parquet).",
+)
+@click.option(
+    "--mapping",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML mapping, as for replay.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output dir."
+)
+@click.option(
+    "--horizon-days",
+    type=click.FloatRange(min=1),
+    default=90.0,
+    show_default=True,
+    help="Churn = no order for this many days.",
+)
+@click.pass_context
+def backtest(
+    ctx: click.Context, events_path: Path, mapping: Path, out: Path, horizon_days: float
+) -> None:
+    """Run the warning rules over a history in batch; score them against what happened."""
+    from models.backtest import backtest as run_backtest
+    from models.backtest import format_table
+    from producers.mapping import MappingError, load_events
+
+    settings = _settings(ctx)
+    try:
+        events, rejected = load_events(events_path, mapping)
+    except MappingError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if rejected:
+        click.echo(f"{len(rejected)} row(s) rejected, e.g. {rejected[0].error}", err=True)
+    click.echo(f"backtesting {len(events)} events ...")
+    try:
+        summary = run_backtest(
+            events, settings.warnings, settings.clock.sweep_every_hours * 3600, horizon_days, out
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_table(summary))
+    click.echo(f"wrote {out / 'warnings.csv'} and {out / 'summary.json'}")
+
+
 @cli.group()
 def warnings() -> None:
     """Look at warnings."""

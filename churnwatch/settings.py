@@ -96,6 +96,17 @@ class CoolingEngagementThresholds(_Section):
     exit_silence_gaps: float = Field(2.0, gt=0)
 
 
+class ComplaintTroubleThresholds(_Section):
+    enter_complaints_4w: float = Field(3.0, gt=0)
+    exit_complaints_4w: float = Field(1.0, ge=0)
+    surge_factor: float = Field(3.0, ge=1)
+    enter_unresolved_days: float = Field(21.0, gt=0)
+    exit_unresolved_days: float = Field(10.0, ge=0)
+    enter_returns_share: float = Field(0.5, gt=0)
+    exit_returns_share: float = Field(0.25, ge=0)
+    min_returns_amount: float = Field(200.0, ge=0)
+
+
 class WarningThresholds(_Section):
     recent_weeks: int = Field(8, ge=2, le=11)
     baseline_weeks: int = Field(26, ge=4, le=44)
@@ -103,6 +114,7 @@ class WarningThresholds(_Section):
     sales_drop: SalesDropThresholds = SalesDropThresholds()
     overdue_debt: OverdueDebtThresholds = OverdueDebtThresholds()
     cooling_engagement: CoolingEngagementThresholds = CoolingEngagementThresholds()
+    complaint_trouble: ComplaintTroubleThresholds = ComplaintTroubleThresholds()
 
 
 class SimulatorSettings(_Section):

@@ -204,7 +204,7 @@ def encode_event(event: _Record) -> bytes:
 
 # --- outputs ------------------------------------------------------------------
 
-WarningType = Literal["sales_drop", "overdue_debt", "cooling_engagement"]
+WarningType = Literal["sales_drop", "overdue_debt", "cooling_engagement", "complaint_trouble"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 

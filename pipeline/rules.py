@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from churnwatch.settings import (
+    ComplaintTroubleThresholds,
     CoolingEngagementThresholds,
     OverdueDebtThresholds,
     SalesDropThresholds,
@@ -205,6 +206,53 @@ def cooling_engagement(
     )
 
 
+def complaint_trouble(
+    f: Features, t: ComplaintTroubleThresholds, all_t: WarningThresholds, is_open: bool
+) -> Verdict:
+    """A surge of complaints, a complaint left unresolved too long, or heavy returns."""
+    share = f.returns_share_13w or 0.0
+    if is_open:
+        surge = f.complaints_4w > t.exit_complaints_4w
+        stale = f.oldest_open_complaint_days > t.exit_unresolved_days
+        returns = share > t.exit_returns_share and f.returns_13w >= t.min_returns_amount
+    else:
+        surge = f.complaints_4w >= max(
+            t.enter_complaints_4w, t.surge_factor * f.complaints_usual_4w
+        )
+        stale = f.oldest_open_complaint_days >= t.enter_unresolved_days
+        returns = share >= t.enter_returns_share and f.returns_13w >= t.min_returns_amount
+    reasons = []
+    if surge:
+        reasons.append(
+            f"{f.complaints_4w:.0f} complaints in 4 weeks, usually {f.complaints_usual_4w:.1f}"
+        )
+    if stale:
+        reasons.append(
+            f"{f.open_complaints} open, oldest {f.oldest_open_complaint_days:.0f} days unresolved"
+        )
+    if returns:
+        reasons.append(f"returns {f.returns_13w:,.0f} = {share:.0%} of 13 weeks' orders")
+    base = 1 + (f.max_open_severity >= 3) + (len(reasons) > 1)
+    return Verdict(
+        active=bool(reasons),
+        severity=_grade(base, f.revenue_52w, all_t),
+        summary="; ".join(reasons) or "complaints back to normal",
+        evidence={
+            "complaints_4w": f.complaints_4w,
+            "complaints_13w": f.complaints_13w,
+            "complaints_usual_4w": round(f.complaints_usual_4w, 2),
+            "open_complaints": f.open_complaints,
+            "oldest_open_complaint_days": round(f.oldest_open_complaint_days, 1),
+            "max_open_severity": f.max_open_severity,
+            "returns_13w": round(f.returns_13w, 2),
+            "returns_share_13w": round(share, 3),
+            "revenue_52w": round(f.revenue_52w, 2),
+        },
+        action="Have the account owner call with the service lead: close the open "
+        "complaints, explain what was fixed, and check the customer's stock of returned goods.",
+    )
+
+
 def warning_id(customer_id: str, warning_type: str, opened_ts: float) -> str:
     digest = hashlib.sha256(f"{customer_id}|{warning_type}|{int(opened_ts)}".encode()).hexdigest()
     return f"w-{digest[:16]}"
@@ -221,7 +269,13 @@ def evaluate(
 
     Returns the warning records to emit (usually none).
     """
-    features = read_features(state, as_of, thresholds.recent_weeks, thresholds.baseline_weeks)
+    features = read_features(
+        state,
+        as_of,
+        thresholds.recent_weeks,
+        thresholds.baseline_weeks,
+        thresholds.high_value_revenue,
+    )
     verdicts: dict[WarningType, Verdict] = {
         "sales_drop": sales_drop(
             features, thresholds.sales_drop, thresholds, "sales_drop" in state.episodes
@@ -234,6 +288,12 @@ def evaluate(
             thresholds.cooling_engagement,
             thresholds,
             "cooling_engagement" in state.episodes,
+        ),
+        "complaint_trouble": complaint_trouble(
+            features,
+            thresholds.complaint_trouble,
+            thresholds,
+            "complaint_trouble" in state.episodes,
         ),
     }
     out: list[WarningRecord] = []

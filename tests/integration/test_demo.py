@@ -57,7 +57,12 @@ def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path):
     assert result["churners_total"] + result["steady_total"] == 60
     assert result["churners_warned"] / result["churners_total"] >= 0.8
     assert result["steady_warned"] / result["steady_total"] <= 0.2
-    assert set(result["warnings"]) <= {"sales_drop", "overdue_debt", "cooling_engagement"}
+    assert set(result["warnings"]) <= {
+        "sales_drop",
+        "overdue_debt",
+        "cooling_engagement",
+        "complaint_trouble",
+    }
 
 
 def test_ctrl_c_stops_the_demo_and_leaves_no_process_behind():
