@@ -69,6 +69,12 @@ class Watermark:
         self.offset: dict[tuple[str, int], int] = {}
         self.value: dict[int, float] = {}
 
+    def reset(self) -> None:
+        """Forget everything (after a rebalance: partitions may have moved)."""
+        self.latest.clear()
+        self.offset.clear()
+        self.value.clear()
+
     def observe(
         self, topic: str, partition: int, offset: int, event_time: float | None = None
     ) -> None:
@@ -150,6 +156,9 @@ class ReorderBuffer(Generic[T]):
         while heap and (heap[0][0] < before or (inclusive and heap[0][0] == before)):
             out.append(heapq.heappop(heap)[2])
         return out
+
+    def clear(self) -> None:
+        self._heaps.clear()
 
     def __len__(self) -> int:
         return sum(len(h) for h in self._heaps.values())

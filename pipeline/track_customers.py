@@ -85,15 +85,36 @@ def register(p: Pipeline) -> None:
             metrics.WARNINGS.labels(record.warning_type, record.status, record.severity).inc()
             await p.warnings.send(key=record.customer_id.encode(), value=encode_event(record))
 
-    def load(customer_id: str) -> CustomerState | None:
-        row = p.states.get(customer_id)
-        return CustomerState.from_row(row[1]) if row is not None else None
+    # Decoded states of each partition this worker owns, filled from the table on
+    # first use: sweeps then never decode the whole table again. Forgotten on
+    # every rebalance, when another worker may have changed what we held.
+    decoded_states: dict[int, dict[str, CustomerState]] = {}
+
+    def partition_states(partition: int) -> dict[str, CustomerState]:
+        states = decoded_states.get(partition)
+        if states is None:
+            states = decoded_states[partition] = {
+                customer_id: CustomerState.from_row(row)
+                for customer_id, (row_partition, row) in list(p.states.items())
+                if row_partition == partition
+            }
+        return states
 
     def store(partition: int, state: CustomerState) -> None:
+        partition_states(partition)[state.customer_id] = state
         p.states[state.customer_id] = [partition, state.to_row()]
 
+    @p.app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust stub too narrow
+    async def forget_partitions(_app: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # After a rebalance Faust re-seeks to the committed offsets, so events
+        # still held in the buffer (never acked) are delivered again.
+        decoded_states.clear()
+        last_sweep.clear()
+        watermark.reset()
+        waiting.clear()
+
     def apply(partition: int, decoded: CustomerEvent) -> None:
-        state = load(decoded.customer_id)
+        state = partition_states(partition).get(decoded.customer_id)
         if state is None:
             state = new_state(decoded.customer_id)
             metrics.CUSTOMERS_TRACKED.inc()
@@ -103,12 +124,7 @@ def register(p: Pipeline) -> None:
             metrics.EVENTS_DUPLICATE.inc()
 
     async def sweep_at(partition: int, boundary: float, clock_name: str) -> None:
-        states = [
-            CustomerState.from_row(row)
-            for row_partition, row in list(p.states.values())
-            if row_partition == partition
-        ]
-        for state, records in sweep(states, boundary, thresholds):
+        for state, records in sweep(partition_states(partition).values(), boundary, thresholds):
             store(partition, state)
             await emit(records)
         last_sweep[partition] = boundary
