@@ -1,0 +1,78 @@
+"""The same real history through Kafka + Faust and through the batch path gives the same answer.
+
+Online Retail (../shared/data), a fair subset of customers (every 6th by id),
+replayed through the real broker and worker; the batch path runs the same
+events in one process. Features of every customer at the end and the warning
+episodes must be identical.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from churnwatch.settings import PROJECT_ROOT, Settings
+from pipeline.events import Topic, WarningRecord
+from pipeline.features import CustomerState, read_features, to_epoch
+from pipeline.processing import run_history
+from producers.mapping import load_events
+from producers.produce import produce
+from producers.replay import as_messages, iter_speedup
+from tests.integration.conftest import read_topic, wait_processed
+
+pytestmark = pytest.mark.integration
+
+DATA = PROJECT_ROOT.parent / "shared" / "data" / "online_retail" / "invoices.csv.gz"
+
+
+def live_states(settings: Settings) -> dict[str, CustomerState]:
+    """The worker's table as its changelog has it (last record per customer)."""
+    consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
+    name = f"{settings.worker.app_id}-customer_state-changelog"
+    tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    states: dict[str, CustomerState] = {}
+    while any(consumer.position(tp) < ends[tp] for tp in tps):
+        for batch in consumer.poll(timeout_ms=500).values():
+            for message in batch:
+                _partition, row = json.loads(message.value)
+                states[json.loads(message.key)] = CustomerState.from_row(row)
+    consumer.close()
+    return states
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data is absent (CI always has it)")
+def test_online_retail_stream_and_batch_agree(stream_settings, worker):
+    events, _ = load_events(DATA, PROJECT_ROOT / "configs" / "mappings" / "online_retail.yaml")
+    events = [e for e in events if zlib.crc32(e.customer_id.encode()) % 6 == 0]
+    assert len({e.customer_id for e in events}) > 500
+
+    proc = worker()
+    stats = produce(stream_settings, iter_speedup(as_messages(events), 0))
+    assert stats.failed == 0
+    wait_processed(stream_settings, len(events), proc, timeout=300)
+
+    batch_states, batch_warnings = run_history(
+        events, stream_settings.warnings, stream_settings.clock.sweep_every_hours * 3600
+    )
+    stream_states = live_states(stream_settings)
+    assert set(stream_states) == set(batch_states)
+    end = to_epoch(events[-1].occurred_at)
+    w = stream_settings.warnings
+    for customer, state in batch_states.items():
+        expected = read_features(state, end, w.recent_weeks, w.baseline_weeks)
+        got = read_features(stream_states[customer], end, w.recent_weeks, w.baseline_weeks)
+        assert got == expected, customer
+
+    stream_warnings = [
+        WarningRecord.model_validate_json(v) for v in read_topic(stream_settings, Topic.WARNINGS)
+    ]
+    assert batch_warnings, "the subset should raise some warnings"
+    assert sorted(r.model_dump_json() for r in stream_warnings) == sorted(
+        r.model_dump_json() for r in batch_warnings
+    )
