@@ -28,6 +28,7 @@ class Pipeline:
     warnings: TopicT
     dead_letters: TopicT
     states: TableT[str, list[Any]]  # customer_id -> [partition, CustomerState row]
+    sweep_progress: TableT[str, float]  # str(partition) -> last sweep boundary (event clock)
 
 
 def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -86,6 +87,9 @@ def create_app(settings: Settings) -> Pipeline:
         warnings=raw_topic(settings.topic(Topic.WARNINGS)),
         dead_letters=raw_topic(settings.topic(Topic.DEAD_LETTERS)),
         states=app.Table("customer_state", default=None, partitions=settings.kafka.partitions),
+        sweep_progress=app.Table(
+            "sweep_progress", default=float, partitions=settings.kafka.partitions
+        ),
     )
     from pipeline import sweep_clock, track_customers
 

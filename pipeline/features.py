@@ -466,12 +466,12 @@ def read_features(
         amount_trend=(
             amount_recent / (amount_baseline * recent_weeks) - 1 if amount_baseline > 0 else None
         ),
-        open_balance=round(open_balance, 2),
-        overdue_amount=round(sum(buckets), 2),
-        overdue_1_30=round(buckets[0], 2),
-        overdue_31_60=round(buckets[1], 2),
-        overdue_61_90=round(buckets[2], 2),
-        overdue_over_90=round(buckets[3], 2),
+        open_balance=open_balance,
+        overdue_amount=sum(buckets),
+        overdue_1_30=buckets[0],
+        overdue_31_60=buckets[1],
+        overdue_61_90=buckets[2],
+        overdue_over_90=buckets[3],
         max_days_past_due=max_dpd,
         overdue_invoices=overdue_invoices,
         share_paid_late=(

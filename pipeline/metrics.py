@@ -32,3 +32,7 @@ EVENTS_WAITING = Gauge(
     "churnwatch_events_waiting",
     "Events held until the event-time watermark passes them (topics read at different speeds).",
 )
+LATE_EVENTS = Counter(
+    "churnwatch_late_events_total",
+    "Events older than a sweep already run (beyond the allowed lateness): applied, counted.",
+)

@@ -14,6 +14,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from churnwatch.settings import WarningThresholds
@@ -110,27 +111,105 @@ class Watermark:
 
 
 def run_history(
-    events: Iterable[CustomerEvent], thresholds: WarningThresholds, every_seconds: float
+    events: Iterable[CustomerEvent],
+    thresholds: WarningThresholds,
+    every_seconds: float,
+    lateness_seconds: float = 0.0,
 ) -> tuple[dict[str, CustomerState], list[WarningRecord]]:
-    """The worker's logic over a whole history in one process (events in time order).
+    """The worker's logic over a whole history in one process.
 
-    Sweeps run at the same boundaries as in the stream: before an event at
-    time ``t`` is applied, every boundary up to ``t`` is swept.
+    The same :class:`Sequencer` decides when each event is applied and when
+    each sweep runs, with the newest event time seen as the watermark, so a
+    history in event-time order gives exactly the stream's warnings.
     """
     states: dict[str, CustomerState] = {}
     records: list[WarningRecord] = []
-    last_sweep = 0.0
+    sequencer: Sequencer[CustomerEvent] = Sequencer(every_seconds, lateness_seconds)
+    watermark = 0.0
+
+    def run(steps: list[Apply[CustomerEvent] | Sweep]) -> None:
+        for step in steps:
+            if isinstance(step, Sweep):
+                for _state, changed in sweep(states.values(), step.boundary, thresholds):
+                    records.extend(changed)
+                continue
+            event = step.item
+            state = states.get(event.customer_id)
+            if state is None:
+                state = states[event.customer_id] = new_state(event.customer_id)
+            if step.late:
+                state.late_events += 1
+            apply_event(state, event)
+
     for event in events:
         event_ts = to_epoch(event.occurred_at)
-        for boundary in due_sweeps(last_sweep, event_ts, every_seconds):
-            for _state, changed in sweep(states.values(), boundary, thresholds):
-                records.extend(changed)
-            last_sweep = boundary
-        state = states.get(event.customer_id)
-        if state is None:
-            state = states[event.customer_id] = new_state(event.customer_id)
-        apply_event(state, event)
+        watermark = max(watermark, event_ts)
+        run(sequencer.offer(0, event_ts, event, watermark))
+    run(sequencer.drain(0))
     return states, records
+
+
+@dataclass(frozen=True, slots=True)
+class Apply(Generic[T]):
+    """Apply this event now (``late``: a sweep has already passed its time)."""
+
+    item: T
+    late: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Re-evaluate every customer of the partition as of ``boundary``."""
+
+    boundary: float
+
+
+class Sequencer(Generic[T]):
+    """When each event of a partition is applied, and when its sweeps run.
+
+    Events wait in a :class:`ReorderBuffer` until the clock (the watermark
+    minus the allowed lateness) passes them; each sweep boundary the clock
+    passes is swept after the events before it and before the ones after it.
+    An event older than a sweep already run is late: applied at once (never
+    dropped) and marked so it can be counted.
+    """
+
+    def __init__(self, every_seconds: float, lateness_seconds: float = 0.0) -> None:
+        self.every = every_seconds
+        self.lateness = lateness_seconds
+        self.buffer: ReorderBuffer[T] = ReorderBuffer()
+        self.last_sweep: dict[int, float] = {}
+
+    def offer(
+        self, partition: int, event_time: float, item: T, watermark: float
+    ) -> list[Apply[T] | Sweep]:
+        steps: list[Apply[T] | Sweep] = []
+        if event_time < self.last_sweep.get(partition, 0.0):
+            steps.append(Apply(item, late=True))
+        else:
+            self.buffer.push(partition, event_time, item)
+        return steps + self.advance(partition, watermark)
+
+    def advance(self, partition: int, watermark: float) -> list[Apply[T] | Sweep]:
+        clock = watermark - self.lateness
+        steps: list[Apply[T] | Sweep] = []
+        for boundary in due_sweeps(self.last_sweep.get(partition, 0.0), clock, self.every):
+            steps += [Apply(item) for item in self.buffer.release(partition, boundary)]
+            steps.append(Sweep(boundary))
+            self.last_sweep[partition] = boundary
+        steps += [Apply(item) for item in self.buffer.release(partition, clock, inclusive=True)]
+        return steps
+
+    def drain(self, partition: int) -> list[Apply[T] | Sweep]:
+        """Everything still held (end of a batch run)."""
+        return [Apply(item) for item in self.buffer.release(partition, math.inf)]
+
+    def clear(self) -> None:
+        self.buffer.clear()
+        self.last_sweep.clear()
+
+    def __len__(self) -> int:
+        return len(self.buffer)
 
 
 class ReorderBuffer(Generic[T]):

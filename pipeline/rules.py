@@ -39,6 +39,13 @@ class Verdict:
     action: str
 
 
+#: What a rule returns when the episode does not change: nothing to explain.
+NO_CHANGE = {
+    active: Verdict(active=active, severity="low", summary="", evidence={}, action="")
+    for active in (True, False)
+}
+
+
 def _grade(base: int, revenue_52w: float, thresholds: WarningThresholds) -> Severity:
     if revenue_52w >= thresholds.high_value_revenue:
         base += 1
@@ -86,6 +93,8 @@ def sales_drop(
         dropped = ratio is not None and ratio <= t.enter_ratio
         silent = silence_ratio is not None and (f.days_since_last_order or 0) >= silence_limit
     active = (dropped or silent) and not seasonal
+    if active == is_open:
+        return NO_CHANGE[active]
 
     evidence: dict[str, float] = {
         "orders_recent": f.orders_recent,
@@ -139,6 +148,8 @@ def overdue_debt(
             f.max_days_past_due >= t.enter_days_past_due
             and f.overdue_amount >= t.min_overdue_amount
         )
+    if active == is_open:
+        return NO_CHANGE[active]
     base = 3 if f.max_days_past_due > 90 else 2 if f.max_days_past_due > 60 else 1
     return Verdict(
         active=active,
@@ -148,10 +159,10 @@ def overdue_debt(
             f"{f.max_days_past_due:.0f} days past due (open balance {f.open_balance:,.0f})"
         ),
         evidence={
-            "overdue_amount": f.overdue_amount,
+            "overdue_amount": round(f.overdue_amount, 2),
             "overdue_invoices": f.overdue_invoices,
             "max_days_past_due": round(f.max_days_past_due, 1),
-            "open_balance": f.open_balance,
+            "open_balance": round(f.open_balance, 2),
             "revenue_52w": round(f.revenue_52w, 2),
         },
         action="Ask finance for the statement, then call the customer about the overdue "
@@ -182,6 +193,8 @@ def cooling_engagement(
         silent = silence_known and (silence or 0) >= max(
             t.enter_silence_days, t.enter_silence_gaps * usual_gap
         )
+    if bool(cooled or silent) == is_open:
+        return NO_CHANGE[is_open]
     evidence: dict[str, float] = {
         "inbound_recent": f.inbound_recent,
         "inbound_expected": round(expected, 1),
@@ -221,6 +234,8 @@ def complaint_trouble(
         )
         stale = f.oldest_open_complaint_days >= t.enter_unresolved_days
         returns = share >= t.enter_returns_share and f.returns_13w >= t.min_returns_amount
+    if bool(surge or stale or returns) == is_open:
+        return NO_CHANGE[is_open]
     reasons = []
     if surge:
         reasons.append(

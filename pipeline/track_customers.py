@@ -38,9 +38,12 @@ from pipeline.events import (
     encode_event,
 )
 from pipeline.features import CustomerState, apply_event, new_state, to_epoch
-from pipeline.processing import ReorderBuffer, Watermark, due_sweeps, sweep
+from pipeline.processing import Apply, Sequencer, Sweep, Watermark, due_sweeps, sweep
 
 log = logging.getLogger(__name__)
+
+#: An event waiting to be applied: decoded, and the Faust event to ack after.
+Held = tuple[CustomerEvent, EventT[bytes]]
 
 
 def _text(data: bytes | None) -> str | None:
@@ -55,8 +58,8 @@ def register(p: Pipeline) -> None:
     topic_names = {settings.topic(t): t for t in Topic}
     input_names = [settings.topic(t) for t in EVENT_TOPICS]
     watermark = Watermark(input_names)
-    waiting: ReorderBuffer[tuple[CustomerEvent, EventT[bytes]]] = ReorderBuffer()
-    last_sweep: dict[int, float] = {}
+    sequencer: Sequencer[Held] = Sequencer(every, settings.clock.allowed_lateness_hours * 3600)
+    wall_last_sweep: dict[int, float] = {}
 
     def highwater(topic: str, partition: int) -> int | None:
         try:
@@ -109,15 +112,18 @@ def register(p: Pipeline) -> None:
         # After a rebalance Faust re-seeks to the committed offsets, so events
         # still held in the buffer (never acked) are delivered again.
         decoded_states.clear()
-        last_sweep.clear()
+        resumed.clear()
+        wall_last_sweep.clear()
         watermark.reset()
-        waiting.clear()
+        sequencer.clear()
 
-    def apply(partition: int, decoded: CustomerEvent) -> None:
+    def apply(partition: int, decoded: CustomerEvent, late: bool = False) -> None:
         state = partition_states(partition).get(decoded.customer_id)
         if state is None:
             state = new_state(decoded.customer_id)
             metrics.CUSTOMERS_TRACKED.inc()
+        if late:
+            state.late_events += 1
         if apply_event(state, decoded):
             store(partition, state)
         else:
@@ -127,23 +133,40 @@ def register(p: Pipeline) -> None:
         for state, records in sweep(partition_states(partition).values(), boundary, thresholds):
             store(partition, state)
             await emit(records)
-        last_sweep[partition] = boundary
         metrics.SWEEPS.labels(clock_name).inc()
 
-    async def release(stream: Any, partition: int, before: float, inclusive: bool) -> None:
-        for decoded, held in waiting.release(partition, before, inclusive):
-            apply(partition, decoded)
-            await stream.ack(held)
+    resumed: set[int] = set()
 
-    async def advance_event_clock(stream: Any, partition: int) -> None:
-        """Apply what the watermark allows, sweeping each boundary it passes on the way."""
+    def resume(partition: int) -> None:
+        """Continue the partition's sweeps where they stopped (before a restart or rebalance)."""
+        if partition not in resumed:
+            done = p.sweep_progress.get(str(partition)) or 0.0
+            sequencer.last_sweep[partition] = max(sequencer.last_sweep.get(partition, 0.0), done)
+            resumed.add(partition)
+
+    async def run(stream: Any, partition: int, steps: list[Apply[Held] | Sweep]) -> None:
+        for step in steps:
+            if isinstance(step, Sweep):
+                await sweep_at(partition, step.boundary, "event")
+                p.sweep_progress[str(partition)] = step.boundary
+                continue
+            decoded, held = step.item
+            if step.late:
+                metrics.LATE_EVENTS.inc()
+                log.warning(
+                    "late event %s for %s at %s: applied after its sweep",
+                    decoded.event_id,
+                    decoded.customer_id,
+                    decoded.occurred_at.isoformat(),
+                )
+            apply(partition, decoded, late=step.late)
+            await stream.ack(held)
+        metrics.EVENTS_WAITING.set(len(sequencer))
+
+    def event_clock(partition: int) -> float:
         now = watermark.advance(partition, highwater)
         metrics.EVENT_TIME_WATERMARK.set(max(watermark.value.values(), default=0.0))
-        for boundary in due_sweeps(last_sweep.get(partition, 0.0), now, every):
-            await release(stream, partition, boundary, inclusive=False)
-            await sweep_at(partition, boundary, "event")
-        await release(stream, partition, now, inclusive=True)
-        metrics.EVENTS_WAITING.set(len(waiting))
+        return now
 
     async def process(stream: Any, event: EventT[bytes]) -> bool:
         """Handle one message; True when it is done with (False: held for later)."""
@@ -152,10 +175,10 @@ def register(p: Pipeline) -> None:
         metrics.EVENTS_CONSUMED.labels(logical.value if logical else "unknown").inc()
         if logical is Topic.TICKS:
             if settings.clock.mode == "wall":
-                for boundary in due_sweeps(
-                    last_sweep.get(message.partition, 0.0), time.time(), every
-                ):
+                last = wall_last_sweep.get(message.partition, 0.0)
+                for boundary in due_sweeps(last, time.time(), every):
                     await sweep_at(message.partition, boundary, "wall")
+                    wall_last_sweep[message.partition] = boundary
             return True
         try:
             decoded = decode_event(message.value or b"", message.key)
@@ -169,16 +192,23 @@ def register(p: Pipeline) -> None:
             await dead_letter(event, str(exc), "invalid")
             if settings.clock.mode == "event":
                 watermark.observe(message.topic, message.partition, message.offset)
-                await advance_event_clock(stream, message.partition)
+                now = event_clock(message.partition)
+                resume(message.partition)
+                await run(stream, message.partition, sequencer.advance(message.partition, now))
             return True
         if settings.clock.mode == "wall":
             apply(message.partition, decoded)
             return True
         event_ts = to_epoch(decoded.occurred_at)
         watermark.observe(message.topic, message.partition, message.offset, event_ts)
-        waiting.push(message.partition, event_ts, (decoded, event))
-        await advance_event_clock(stream, message.partition)
-        return False  # acked when released from the buffer
+        now = event_clock(message.partition)
+        resume(message.partition)
+        await run(
+            stream,
+            message.partition,
+            sequencer.offer(message.partition, event_ts, (decoded, event), now),
+        )
+        return False  # acked by run() once applied
 
     @p.app.agent(p.inputs, name="track_customers")
     async def track_customers(stream: Any) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.processing import ReorderBuffer, Watermark, due_sweeps
+from pipeline.processing import Apply, ReorderBuffer, Sequencer, Sweep, Watermark, due_sweeps
 
 DAY = 86_400.0
 
@@ -64,3 +64,24 @@ def test_reorder_buffer_releases_oldest_first_and_only_before_the_bound():
     assert buffer.release(0, 20.0) == ["a"]
     assert buffer.release(0, 20.0, inclusive=True) == ["b"]
     assert len(buffer) == 2
+
+
+def test_sequencer_sweeps_each_boundary_after_the_events_before_it():
+    seq: Sequencer[str] = Sequencer(DAY)
+    steps = seq.offer(0, 10.2 * DAY, "a", watermark=10.2 * DAY)
+    assert steps == [Sweep(10 * DAY), Apply("a")]  # first sweep: only the latest boundary
+    steps = seq.offer(0, 12.5 * DAY, "b", watermark=11.5 * DAY)  # another topic lags
+    assert steps == [Sweep(11 * DAY)]  # b waits
+    steps = seq.advance(0, watermark=13.0 * DAY)
+    assert steps == [Sweep(12 * DAY), Apply("b"), Sweep(13 * DAY)]
+
+
+def test_sequencer_holds_back_for_the_allowed_lateness_and_counts_later_events():
+    seq: Sequencer[str] = Sequencer(DAY, lateness_seconds=DAY / 2)
+    assert seq.offer(0, 10.2 * DAY, "a", 10.2 * DAY) == [Sweep(9 * DAY)]  # clock 9.7: a waits
+    # 0.4 day out of order, within the allowed lateness: it waits too ...
+    assert seq.offer(0, 9.8 * DAY, "early", 10.2 * DAY) == []
+    # ... and is applied before the 10-day sweep; a (10.2) waits for the clock
+    assert seq.offer(0, 10.6 * DAY, "c", 10.6 * DAY) == [Apply("early"), Sweep(10 * DAY)]
+    # older than the sweep already run: applied at once, marked late
+    assert seq.offer(0, 9.5 * DAY, "late", 10.6 * DAY)[0] == Apply("late", late=True)
