@@ -211,7 +211,8 @@ def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> Non
     from churnwatch.topics import TopicsError, ensure_topics
     from producers.mapping import MappingError, load_events
     from producers.produce import ProduceStats, produce
-    from producers.replay import as_messages, iter_speedup, send_rejected
+    from producers.replay import as_messages, send_rejected
+    from producers.simulator import iter_paced
 
     settings = _settings(ctx)
     try:
@@ -237,7 +238,8 @@ def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> Non
             bar.update(stats.sent - done)
             done = stats.sent
 
-        stats = produce(settings, iter_speedup(messages, speedup), stop, progress)
+        # X times real speed = X / 86,400 simulated days per second
+        stats = produce(settings, iter_paced(messages, speedup / 86_400), stop, progress)
     click.echo(f"sent {stats.sent}, delivered {stats.delivered}, failed {stats.failed}")
     if stats.failed:
         sys.exit(1)

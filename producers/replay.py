@@ -9,7 +9,6 @@ with the reason, so nothing is silently lost.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from churnwatch.settings import Settings
@@ -25,15 +24,6 @@ def as_messages(events: list[CustomerEvent]) -> list[SimEvent]:
         SimEvent(e.occurred_at, TOPIC_OF_TYPE[e.type], e.customer_id, encode_event(e))
         for e in events
     ]
-
-
-def iter_speedup(messages: list[SimEvent], speedup: float) -> Iterator[tuple[SimEvent, float]]:
-    """Each message with its due second: event-time distance / ``speedup`` (0: at once)."""
-    if not messages:
-        return
-    first = messages[0].ts
-    for m in messages:
-        yield m, ((m.ts - first).total_seconds() / speedup if speedup > 0 else 0.0)
 
 
 def send_rejected(settings: Settings, source: str, rejected: list[Rejected]) -> None:

@@ -20,7 +20,8 @@ from pipeline.features import CustomerState, read_features, to_epoch
 from pipeline.processing import run_history
 from producers.mapping import load_events
 from producers.produce import produce
-from producers.replay import as_messages, iter_speedup
+from producers.replay import as_messages
+from producers.simulator import iter_paced
 from tests.integration.conftest import read_topic, wait_processed
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,7 @@ def test_online_retail_stream_and_batch_agree(stream_settings, worker):
     assert len({e.customer_id for e in events}) > 500
 
     proc = worker()
-    stats = produce(stream_settings, iter_speedup(as_messages(events), 0))
+    stats = produce(stream_settings, iter_paced(as_messages(events), 0))
     assert stats.failed == 0
     wait_processed(stream_settings, len(events), proc, timeout=300)
 
