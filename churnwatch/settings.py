@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -112,10 +120,36 @@ class WarningThresholds(_Section):
     recent_weeks: int = Field(8, ge=2, le=11)
     baseline_weeks: int = Field(26, ge=4, le=44)
     high_value_revenue: float = Field(50_000.0, ge=0)
+    min_episode_days: float = Field(14.0, ge=0)
     sales_drop: SalesDropThresholds = SalesDropThresholds()
     overdue_debt: OverdueDebtThresholds = OverdueDebtThresholds()
     cooling_engagement: CoolingEngagementThresholds = CoolingEngagementThresholds()
     complaint_trouble: ComplaintTroubleThresholds = ComplaintTroubleThresholds()
+    #: Per-segment overrides of any of the keys above, e.g.
+    #: ``{key_account: {sales_drop: {enter_ratio: 0.6}}}``.
+    segments: dict[str, dict[str, Any]] = {}
+    _by_segment: dict[str, WarningThresholds] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _merge_segments(self) -> WarningThresholds:
+        base = self.model_dump(exclude={"segments"})
+        for segment, overrides in self.segments.items():
+            try:
+                merged = WarningThresholds(**_deep_merge(base, overrides))
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"segments.{segment}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                raise ValueError(problems) from None
+            if merged.segments:
+                raise ValueError(f"segments.{segment}: a segment cannot have segments")
+            self._by_segment[segment] = merged
+        return self
+
+    def for_segment(self, segment: str) -> WarningThresholds:
+        """The thresholds for a customer of ``segment`` (the defaults if not overridden)."""
+        return self._by_segment.get(segment, self)
 
 
 class SimulatorSettings(_Section):

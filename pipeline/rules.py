@@ -23,7 +23,7 @@ from churnwatch.settings import (
     WarningThresholds,
 )
 from pipeline.events import Severity, WarningRecord, WarningType
-from pipeline.features import CustomerState, Features, read_features
+from pipeline.features import DAY, CustomerState, Features, read_features
 
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
 
@@ -282,8 +282,11 @@ def evaluate(
 ) -> list[WarningRecord]:
     """Re-evaluate every rule for ``state`` at ``as_of``; open/resolve episodes in ``state``.
 
-    Returns the warning records to emit (usually none).
+    Returns the warning records to emit (usually none). The customer's segment
+    picks its thresholds; an episode stays open for at least
+    ``min_episode_days`` so it cannot flap open and shut.
     """
+    thresholds = thresholds.for_segment(state.segment)
     features = read_features(
         state,
         as_of,
@@ -319,6 +322,8 @@ def evaluate(
             state.episodes[warning_type] = [wid, as_of, verdict.severity]
             out.append(_record(state, warning_type, verdict, "opened", wid, as_of, as_of))
         elif not verdict.active and episode is not None:
+            if as_of - episode[1] < thresholds.min_episode_days * DAY:
+                continue
             del state.episodes[warning_type]
             out.append(
                 _record(state, warning_type, verdict, "resolved", episode[0], episode[1], as_of)

@@ -93,3 +93,38 @@ def test_warning_ids_are_deterministic(settings, event_factory):
     _, second = run_history(events, settings.warnings, DAY)
     assert [r.warning_id for r in first] == [r.warning_id for r in second]
     assert first
+
+
+def test_key_accounts_can_have_their_own_thresholds(event_factory):
+    from churnwatch.settings import load_settings
+    from pipeline.events import CustomerUpdated
+
+    settings = load_settings(
+        warnings={"segments": {"key_account": {"sales_drop": {"enter_ratio": 0.7}}}}
+    )
+    # -45%: not a drop at the default 40% threshold, one for a key account
+    amounts = [100.0] * 40 + [55.0] * 12
+    for segment, expected in (("standard", 0), ("key_account", 1)):
+        profile = CustomerUpdated(
+            event_id=f"cust-{segment}",
+            customer_id="C1",
+            occurred_at=T0,
+            name="Acme",
+            segment=segment,
+        )
+        events = [profile, *weekly_orders(event_factory, amounts)]
+        _, records = run_history(events, settings.warnings, DAY)
+        assert len(opened(records, "sales_drop")) == expected, segment
+
+
+def test_an_episode_stays_open_for_the_minimum_length(settings, event_factory):
+    events = [
+        event_factory("invoice", invoice_id="A", amount=900.0),
+        event_factory("payment", invoice_id="A", amount=900.0, at=T0 + timedelta(days=62)),
+        *(event_factory("contact", at=T0 + timedelta(days=d)) for d in range(1, 120, 3)),
+    ]
+    events.sort(key=lambda e: e.occurred_at)
+    _, records = run_history(events, settings.warnings, DAY)
+    opened_at, resolved_at = [r.at for r in records if r.warning_type == "overdue_debt"]
+    # paid 2 days after opening, but the episode lasts the minimum 14 days
+    assert (resolved_at - opened_at).days == 14

@@ -50,3 +50,18 @@ def test_missing_file_says_which(tmp_path: Path):
 def test_topics_are_versioned_with_the_prefix():
     settings = load_settings(kafka={"topic_prefix": "acme"})
     assert settings.topic("orders.v1") == "acme.orders.v1"
+
+
+def test_segment_overrides_merge_over_the_defaults():
+    settings = load_settings(
+        warnings={"segments": {"key_account": {"sales_drop": {"enter_ratio": 0.7}}}}
+    )
+    key = settings.warnings.for_segment("key_account")
+    assert key.sales_drop.enter_ratio == 0.7
+    assert key.sales_drop.exit_ratio == settings.warnings.sales_drop.exit_ratio
+    assert settings.warnings.for_segment("small") is settings.warnings
+
+
+def test_a_bad_segment_override_names_the_key():
+    with pytest.raises(ConfigError, match=r"segments\.key_account\.sales_drop\.enter_rati"):
+        load_settings(warnings={"segments": {"key_account": {"sales_drop": {"enter_rati": 1}}}})
