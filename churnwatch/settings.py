@@ -121,6 +121,7 @@ class WarningThresholds(_Section):
     baseline_weeks: int = Field(26, ge=4, le=44)
     high_value_revenue: float = Field(50_000.0, ge=0)
     min_episode_days: float = Field(14.0, ge=0)
+    language: Literal["en", "zh-CN"] = "en"
     sales_drop: SalesDropThresholds = SalesDropThresholds()
     overdue_debt: OverdueDebtThresholds = OverdueDebtThresholds()
     cooling_engagement: CoolingEngagementThresholds = CoolingEngagementThresholds()

@@ -24,6 +24,7 @@ from churnwatch.settings import (
 )
 from pipeline.events import Severity, WarningRecord, WarningType
 from pipeline.features import DAY, CustomerState, Features, read_features
+from pipeline.texts import text
 
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
 
@@ -114,17 +115,25 @@ def sales_drop(
 
     weeks = all_t.recent_weeks
     if silent and silence_ratio is not None and not dropped:
-        summary = (
-            f"no order for {f.days_since_last_order:.0f} days; usually one every "
-            f"{f.mean_order_gap_days:.0f} days, longest pause in the past year "
-            f"{f.longest_gap_past_year_days:.0f} days"
+        summary = text(
+            all_t.language,
+            "sales_drop.silence",
+            days=f.days_since_last_order or 0,
+            gap=f.mean_order_gap_days,
+            longest=f.longest_gap_past_year_days,
         )
         base = 2 if silence_ratio >= 2 * t.enter_silence_ratio else 1
     else:
         change = f"{(ratio - 1) * 100:+.0f}%" if ratio is not None else "n/a"
-        summary = (
-            f"{f.orders_recent:.0f} orders worth {f.amount_recent:,.0f} in the last {weeks} "
-            f"weeks, usually {expected_orders:.0f} worth {expected_amount:,.0f}; {change}"
+        summary = text(
+            all_t.language,
+            "sales_drop.drop",
+            orders=f.orders_recent,
+            amount=f.amount_recent,
+            weeks=weeks,
+            expected_orders=expected_orders,
+            expected_amount=expected_amount,
+            change=change,
         )
         base = 2 if ratio is not None and ratio <= t.enter_ratio / 2 else 1
     return Verdict(
@@ -132,8 +141,7 @@ def sales_drop(
         severity=_grade(base, f.revenue_52w, all_t),
         summary=summary,
         evidence=evidence,
-        action="Call the customer this week: ask what changed and whether a competitor is "
-        "quoting; review open quotes and recent complaints before the call.",
+        action=text(all_t.language, "sales_drop.action"),
     )
 
 
@@ -154,9 +162,13 @@ def overdue_debt(
     return Verdict(
         active=active,
         severity=_grade(base, f.revenue_52w, all_t),
-        summary=(
-            f"{f.overdue_amount:,.0f} overdue on {f.overdue_invoices} invoice(s); oldest "
-            f"{f.max_days_past_due:.0f} days past due (open balance {f.open_balance:,.0f})"
+        summary=text(
+            all_t.language,
+            "overdue_debt.summary",
+            amount=f.overdue_amount,
+            invoices=f.overdue_invoices,
+            days=f.max_days_past_due,
+            balance=f.open_balance,
         ),
         evidence={
             "overdue_amount": round(f.overdue_amount, 2),
@@ -165,8 +177,7 @@ def overdue_debt(
             "open_balance": round(f.open_balance, 2),
             "revenue_52w": round(f.revenue_52w, 2),
         },
-        action="Ask finance for the statement, then call the customer about the overdue "
-        "invoices; agree a payment date and check for a dispute behind the delay.",
+        action=text(all_t.language, "overdue_debt.action"),
     )
 
 
@@ -209,13 +220,16 @@ def cooling_engagement(
     return Verdict(
         active=cooled or silent,
         severity=_grade(base, f.revenue_52w, all_t),
-        summary=(
-            f"{f.inbound_recent:.0f} inbound contacts in the last {all_t.recent_weeks} weeks, "
-            f"usually {expected:.0f}; last one {silence or 0:.0f} days ago"
+        summary=text(
+            all_t.language,
+            "cooling_engagement.summary",
+            recent=f.inbound_recent,
+            weeks=all_t.recent_weeks,
+            expected=expected,
+            days=silence or 0,
         ),
         evidence=evidence,
-        action="Visit or call the decision maker (not only the buyer) and ask for honest "
-        "feedback; offer a business review.",
+        action=text(all_t.language, "cooling_engagement.action"),
     )
 
 
@@ -239,19 +253,32 @@ def complaint_trouble(
     reasons = []
     if surge:
         reasons.append(
-            f"{f.complaints_4w:.0f} complaints in 4 weeks, usually {f.complaints_usual_4w:.1f}"
+            text(
+                all_t.language,
+                "complaint_trouble.surge",
+                count=f.complaints_4w,
+                usual=f.complaints_usual_4w,
+            )
         )
     if stale:
         reasons.append(
-            f"{f.open_complaints} open, oldest {f.oldest_open_complaint_days:.0f} days unresolved"
+            text(
+                all_t.language,
+                "complaint_trouble.stale",
+                open=f.open_complaints,
+                days=f.oldest_open_complaint_days,
+            )
         )
     if returns:
-        reasons.append(f"returns {f.returns_13w:,.0f} = {share:.0%} of 13 weeks' orders")
+        reasons.append(
+            text(all_t.language, "complaint_trouble.returns", amount=f.returns_13w, share=share)
+        )
     base = 1 + (f.max_open_severity >= 3) + (len(reasons) > 1)
     return Verdict(
         active=bool(reasons),
         severity=_grade(base, f.revenue_52w, all_t),
-        summary="; ".join(reasons) or "complaints back to normal",
+        summary=text(all_t.language, "separator").join(reasons)
+        or text(all_t.language, "complaint_trouble.calm"),
         evidence={
             "complaints_4w": f.complaints_4w,
             "complaints_13w": f.complaints_13w,
@@ -263,8 +290,7 @@ def complaint_trouble(
             "returns_share_13w": round(share, 3),
             "revenue_52w": round(f.revenue_52w, 2),
         },
-        action="Have the account owner call with the service lead: close the open "
-        "complaints, explain what was fixed, and check the customer's stock of returned goods.",
+        action=text(all_t.language, "complaint_trouble.action"),
     )
 
 

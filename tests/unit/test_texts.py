@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import string
+from datetime import timedelta
+
+from churnwatch.settings import load_settings
+from pipeline.processing import run_history
+from pipeline.texts import TEXTS
+from tests.factories import T0, make_event
+
+
+def placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def test_every_text_exists_in_both_languages_with_the_same_placeholders():
+    assert TEXTS["en"].keys() == TEXTS["zh-CN"].keys()
+    for key, english in TEXTS["en"].items():
+        assert placeholders(english) == placeholders(TEXTS["zh-CN"][key]), key
+
+
+def test_warnings_speak_the_configured_language():
+    events = [make_event("order", at=T0 + timedelta(weeks=w)) for w in range(40)]
+    events += [
+        make_event("contact", customer_id="C2", at=T0 + timedelta(weeks=w)) for w in range(60)
+    ]
+    events.sort(key=lambda e: e.occurred_at)
+    zh = load_settings(warnings={"language": "zh-CN"})
+    _, records = run_history(events, zh.warnings, 86_400)
+    opened = [r for r in records if r.status == "opened"]
+    assert opened and opened[0].summary.startswith("已 ") and "没有下单" in opened[0].summary
+    assert "致电客户" in opened[0].recommended_action
+    _, english = run_history(events, load_settings().warnings, 86_400)
+    assert english[0].evidence == opened[0].evidence  # same numbers, other words
