@@ -79,8 +79,24 @@ def test_each_churn_profile_is_warned_and_look_alikes_mostly_are_not(simulated_r
     assert sum(steady) / len(steady) <= 0.2
 
 
-def test_late_payers_are_caught_by_overdue_debt(simulated_run):
+@pytest.mark.parametrize(
+    "profile, matching",
+    [
+        ("late_payer", {"overdue_debt"}),
+        ("complainer", {"complaint_trouble"}),
+        ("silent", {"cooling_engagement", "sales_drop"}),
+        ("cooling", {"cooling_engagement"}),
+    ],
+)
+def test_each_churner_is_caught_by_the_matching_warning(simulated_run, profile, matching):
     truth, records = simulated_run
-    late = {t.customer_id for t in truth if t.profile == "late_payer"}
-    flagged = {r.customer_id for r in records if r.warning_type == "overdue_debt"}
-    assert late and len(late & flagged) / len(late) >= 0.8
+    churners = {t.customer_id: t for t in truth if t.profile == profile}
+    caught = {
+        r.customer_id
+        for r in records
+        if r.customer_id in churners
+        and r.status == "opened"
+        and r.warning_type in matching
+        and r.opened_at >= churners[r.customer_id].onset
+    }
+    assert churners and len(caught) / len(churners) >= 0.8
