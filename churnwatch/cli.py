@@ -11,10 +11,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from churnwatch.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays fast
+    from producers.produce import ProduceStats
+    from producers.simulator import SimEvent
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -51,6 +56,40 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
+def _ensure_topics(settings: Settings) -> list[str]:
+    """Create the missing topics (a clear error if the broker is unreachable)."""
+    from churnwatch.topics import TopicsError, ensure_topics
+
+    try:
+        return ensure_topics(settings)
+    except TopicsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _produce_with_progress(
+    settings: Settings, messages: list[SimEvent], days_per_second: float, label: str
+) -> ProduceStats:
+    """Produce ``messages`` on the accelerated clock with a progress bar; SIGTERM stops."""
+    from producers.produce import produce
+    from producers.simulator import iter_paced
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with click.progressbar(length=len(messages), label=label) as bar:
+        done = 0
+
+        def progress(stats: ProduceStats) -> None:
+            nonlocal done
+            bar.update(stats.sent - done)
+            done = stats.sent
+
+        try:
+            return produce(settings, iter_paced(messages, days_per_second), stop, progress)
+        except KeyboardInterrupt:
+            stop.set()
+            raise
+
+
 @cli.command()
 @click.pass_context
 def broker(ctx: click.Context) -> None:
@@ -76,12 +115,7 @@ def topics() -> None:
 @click.pass_context
 def topics_create(ctx: click.Context) -> None:
     """Create the missing topics with the configured partition count."""
-    from churnwatch.topics import TopicsError, ensure_topics
-
-    try:
-        created = ensure_topics(_settings(ctx))
-    except TopicsError as exc:
-        raise click.ClickException(str(exc)) from exc
+    created = _ensure_topics(_settings(ctx))
     click.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
 
 
@@ -92,14 +126,10 @@ def worker(ctx: click.Context) -> None:
     from faust import Worker
     from prometheus_client import start_http_server
 
-    from churnwatch.topics import TopicsError, ensure_topics
     from pipeline.app import create_app
 
     settings = _settings(ctx)
-    try:
-        ensure_topics(settings)
-    except TopicsError as exc:
-        raise click.ClickException(str(exc)) from exc
+    _ensure_topics(settings)
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
     pipeline = create_app(settings)
@@ -138,9 +168,7 @@ def simulate(
     ground_truth: Path | None,
 ) -> None:
     """Produce simulated customers' events (with known ground truth) to Kafka."""
-    from churnwatch.topics import TopicsError, ensure_topics
-    from producers.produce import ProduceStats, produce
-    from producers.simulator import iter_paced, parse_start, write_ground_truth
+    from producers.simulator import parse_start, write_ground_truth
     from producers.simulator import simulate as run_simulation
 
     settings = _settings(ctx)
@@ -163,25 +191,8 @@ def simulate(
         f"{len(truth)} customers ({churners} will churn), {len(events)} events; "
         f"ground truth in {truth_path}"
     )
-    try:
-        ensure_topics(settings)
-    except TopicsError as exc:
-        raise click.ClickException(str(exc)) from exc
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with click.progressbar(length=len(events), label="producing") as bar:
-        done = 0
-
-        def progress(stats: ProduceStats) -> None:
-            nonlocal done
-            bar.update(stats.sent - done)
-            done = stats.sent
-
-        try:
-            stats = produce(settings, iter_paced(events, days_per_second), stop, progress)
-        except KeyboardInterrupt:
-            stop.set()
-            raise
+    _ensure_topics(settings)
+    stats = _produce_with_progress(settings, events, days_per_second, "producing")
     click.echo(
         f"sent {stats.sent}, delivered {stats.delivered}, failed {stats.failed} "
         f"({stats.malformed} deliberately malformed)"
@@ -208,11 +219,8 @@ def simulate(
 @click.pass_context
 def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> None:
     """Replay a real export (CSV or Parquet) to Kafka in event-time order."""
-    from churnwatch.topics import TopicsError, ensure_topics
     from producers.mapping import MappingError, load_events
-    from producers.produce import ProduceStats, produce
     from producers.replay import as_messages, send_rejected
-    from producers.simulator import iter_paced
 
     settings = _settings(ctx)
     try:
@@ -222,24 +230,10 @@ def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> Non
     click.echo(f"{len(events)} events from {path}; {len(rejected)} row(s) rejected")
     for r in rejected[:5]:
         click.echo(f"  row {r.row_number} ({r.event_type}): {r.error}", err=True)
-    try:
-        ensure_topics(settings)
-    except TopicsError as exc:
-        raise click.ClickException(str(exc)) from exc
+    _ensure_topics(settings)
     send_rejected(settings, path.name, rejected)
-    messages = as_messages(events)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with click.progressbar(length=len(messages), label="replaying") as bar:
-        done = 0
-
-        def progress(stats: ProduceStats) -> None:
-            nonlocal done
-            bar.update(stats.sent - done)
-            done = stats.sent
-
-        # X times real speed = X / 86,400 simulated days per second
-        stats = produce(settings, iter_paced(messages, speedup / 86_400), stop, progress)
+    # X times real speed = X / 86,400 simulated days per second
+    stats = _produce_with_progress(settings, as_messages(events), speedup / 86_400, "replaying")
     click.echo(f"sent {stats.sent}, delivered {stats.delivered}, failed {stats.failed}")
     if stats.failed:
         sys.exit(1)
