@@ -101,6 +101,7 @@ def register(p: Pipeline) -> None:
                 for customer_id, (row_partition, row) in list(p.states.items())
                 if row_partition == partition
             }
+            metrics.CUSTOMERS_TRACKED.set(sum(len(d) for d in decoded_states.values()))
         return states
 
     def store(partition: int, state: CustomerState) -> None:
@@ -112,6 +113,7 @@ def register(p: Pipeline) -> None:
         # After a rebalance Faust re-seeks to the committed offsets, so events
         # still held in the buffer (never acked) are delivered again.
         decoded_states.clear()
+        metrics.CUSTOMERS_TRACKED.set(0)
         resumed.clear()
         wall_last_sweep.clear()
         watermark.reset()
@@ -121,7 +123,7 @@ def register(p: Pipeline) -> None:
         state = partition_states(partition).get(decoded.customer_id)
         if state is None:
             state = new_state(decoded.customer_id)
-            metrics.CUSTOMERS_TRACKED.inc()
+            metrics.CUSTOMERS_TRACKED.inc()  # stored below
         if late:
             state.late_events += 1
         if apply_event(state, decoded):

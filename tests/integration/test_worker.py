@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from datetime import timedelta
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.events import (
     DeadLetter,
@@ -19,12 +22,27 @@ from tests.factories import T0, make_event
 from tests.integration.conftest import produce_raw, read_topic, wait_processed
 
 
+def metric(settings, name: str) -> float:
+    """One sample of the worker's /metrics, summed over its labels."""
+    url = f"http://127.0.0.1:{settings.worker.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
 def test_simulated_customers_in_warnings_out(stream_settings, worker):
     events, truth = simulate(40, 5, parse_start("2024-10-07"), 540, 3, 0)
     proc = worker()
     stats = produce(stream_settings, iter_paced(events, 0))
     assert stats.failed == 0
     wait_processed(stream_settings, len(events), proc)
+    assert metric(stream_settings, "churnwatch_customers_tracked") == len(truth)
+    assert metric(stream_settings, "churnwatch_dead_letters_total") == 0
 
     warnings = [
         WarningRecord.model_validate_json(v) for v in read_topic(stream_settings, Topic.WARNINGS)
