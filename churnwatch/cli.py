@@ -290,6 +290,28 @@ def backtest(
     click.echo(f"wrote {out / 'warnings.csv'} and {out / 'summary.json'}")
 
 
+@cli.command()
+@click.pass_context
+def archive(ctx: click.Context) -> None:
+    """Archive every customer event to Parquet by event date (Ctrl-C flushes and stops)."""
+    from consumers.archiver import ArchiveStats, run_archiver
+
+    settings = _settings(ctx)
+    _ensure_topics(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def report(stats: ArchiveStats) -> None:
+        click.echo(
+            f"archived {stats.archived} events in {stats.files} files ({stats.bytes:,} bytes); "
+            f"{stats.duplicates} duplicates skipped, {stats.invalid} invalid"
+        )
+
+    click.echo(f"archiving to {settings.archive.path} (Ctrl-C stops)")
+    report(run_archiver(settings, stop, report))
+
+
 @cli.group()
 def warnings() -> None:
     """Look at warnings."""

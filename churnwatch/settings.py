@@ -153,6 +153,15 @@ class WarningThresholds(_Section):
         return self._by_segment.get(segment, self)
 
 
+class ArchiveSettings(_Section):
+    """``churnwatch archive``: every event to Parquet, for the batch jobs."""
+
+    path: str = ".churnwatch/archive"
+    group_id: str = "churnwatch-archiver"
+    flush_events: int = Field(5000, ge=1)
+    flush_seconds: float = Field(10.0, gt=0)
+
+
 class SimulatorSettings(_Section):
     customers: int = Field(300, ge=1)
     seed: int = 7
@@ -175,6 +184,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     clock: ClockSettings = ClockSettings()
     warnings: WarningThresholds = WarningThresholds()
+    archive: ArchiveSettings = ArchiveSettings()
     simulator: SimulatorSettings = SimulatorSettings()
 
     @classmethod
