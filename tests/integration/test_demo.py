@@ -27,7 +27,7 @@ def alive(pid: int) -> bool:
 
 
 def batch_summary(customers: int) -> dict:
-    from churnwatch.demo import Tally, summarise
+    from churnwatch.demo import Tally, lateness_hours, summarise
     from churnwatch.settings import load_settings
     from pipeline.events import decode_event
     from pipeline.processing import run_history
@@ -40,7 +40,9 @@ def batch_summary(customers: int) -> dict:
         customers, sim.seed, parse_start(sim.start), sim.days, sim.owners, sim.malformed
     )
     good = [decode_event(e.payload) for e in events if not e.malformed]
-    _, records = run_history(good, s.warnings, s.clock.sweep_every_hours * 3600)
+    _, records = run_history(
+        good, s.warnings, s.clock.sweep_every_hours * 3600, lateness_hours(s) * 3600
+    )
     tally = Tally()
     for record in records:
         tally.add(record)
