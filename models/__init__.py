@@ -1,1 +1,1 @@
-"""Batch ML code (training set, training, evaluation, registry): arrives with the model issue."""
+"""Batch code: backtest of the rules, point-in-time training sets (the churn model comes next)."""

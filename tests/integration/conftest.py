@@ -38,6 +38,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CHURNWATCH_WORKER__DATA_DIR": settings.worker.data_dir,
         "CHURNWATCH_WORKER__METRICS_PORT": str(settings.worker.metrics_port),
         "CHURNWATCH_CLOCK__MODE": settings.clock.mode,
+        "CHURNWATCH_CLOCK__WALL_TICK_SECONDS": str(settings.clock.wall_tick_seconds),
     }
 
 
