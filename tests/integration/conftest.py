@@ -42,31 +42,38 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def stream_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
-    """Settings with a unique topic prefix and consumer group for this test."""
+def isolated_settings(broker: EmbeddedBroker, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings with a unique topic prefix and consumer group, topics created."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     settings = load_settings(
         kafka={"bootstrap_servers": broker.bootstrap_servers, "topic_prefix": prefix},
         worker={
             "app_id": f"cw-{prefix}",
             "store": "memory://",
-            "data_dir": str(tmp_path / "worker"),
+            "data_dir": str(data_dir),
             "metrics_port": free_port(),
         },
+        **overrides,
     )
     ensure_topics(settings)
     return settings
 
 
 @pytest.fixture
-def worker(stream_settings: Settings, tmp_path: Path) -> Iterator[Callable[[], Any]]:
-    """Start ``churnwatch worker`` as a real child process; stopped after the test."""
+def stream_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    """Settings with a unique topic prefix and consumer group for this test."""
+    return isolated_settings(broker, tmp_path / "worker")
+
+
+@pytest.fixture
+def worker(stream_settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start ``churnwatch worker`` (with ``stream_settings`` unless given others) as a
+    real child process; stopped after the test."""
     procs = []
     log = tmp_path / "worker.log"
 
-    def start() -> Any:
-        env = dict(os.environ, **settings_env(stream_settings))
+    def start(settings: Settings | None = None) -> Any:
+        env = dict(os.environ, **settings_env(settings or stream_settings))
         proc = start_child([sys.executable, "-m", "churnwatch.cli", "worker"], env=env, log=log)
         procs.append(proc)
         return proc

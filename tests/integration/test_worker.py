@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,7 +20,12 @@ from pipeline.processing import run_history
 from producers.produce import produce
 from producers.simulator import iter_paced, parse_start, simulate
 from tests.factories import T0, make_event
-from tests.integration.conftest import produce_raw, read_topic, wait_processed
+from tests.integration.conftest import (
+    isolated_settings,
+    produce_raw,
+    read_topic,
+    wait_processed,
+)
 
 
 def metric(settings, name: str) -> float:
@@ -90,31 +96,11 @@ def test_malformed_event_goes_to_dead_letters_and_processing_continues(stream_se
     assert proc.poll() is None, "a bad message must not stop the worker"
 
 
-def test_wall_clock_sweeps_find_silent_debt_without_new_events(broker, tmp_path):
+def test_wall_clock_sweeps_find_silent_debt_without_new_events(broker, worker, tmp_path):
     """Live mode: nothing arrives after the invoice, yet the tick-driven sweep warns."""
-    import os
-    import sys
-    import time
-    import uuid
-    from datetime import UTC, datetime
-
-    from churnwatch.broker import free_port, start_child, stop_child
-    from churnwatch.settings import load_settings
-    from churnwatch.topics import ensure_topics
-    from tests.integration.conftest import settings_env
-
-    prefix = f"w{uuid.uuid4().hex[:10]}"
-    settings = load_settings(
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "topic_prefix": prefix},
-        worker={
-            "app_id": f"cw-{prefix}",
-            "store": "memory://",
-            "data_dir": str(tmp_path),
-            "metrics_port": free_port(),
-        },
-        clock={"mode": "wall", "wall_tick_seconds": 1},
+    settings = isolated_settings(
+        broker, tmp_path / "wall", clock={"mode": "wall", "wall_tick_seconds": 1}
     )
-    ensure_topics(settings)
     now = datetime.now(UTC)
     invoice = make_event(
         "invoice",
@@ -123,20 +109,16 @@ def test_wall_clock_sweeps_find_silent_debt_without_new_events(broker, tmp_path)
         amount=500.0,
         due_date=now - timedelta(days=70),
     )
-    env = dict(os.environ, **settings_env(settings))
-    proc = start_child([sys.executable, "-m", "churnwatch.cli", "worker"], env=env)
-    try:
-        produce_raw(settings, [(Topic.PAYMENTS, "C77", encode_event(invoice))])
-        deadline = time.monotonic() + 90
-        warnings: list[WarningRecord] = []
-        while not warnings and time.monotonic() < deadline:
-            time.sleep(1)
-            warnings = [
-                WarningRecord.model_validate_json(v) for v in read_topic(settings, Topic.WARNINGS)
-            ]
-        (warning,) = warnings
-        assert warning.warning_type == "overdue_debt" and warning.status == "opened"
-        assert abs((warning.opened_at - now).days) <= 1  # swept on the real clock
-        assert warning.evidence["max_days_past_due"] >= 69
-    finally:
-        stop_child(proc)
+    worker(settings)
+    produce_raw(settings, [(Topic.PAYMENTS, "C77", encode_event(invoice))])
+    deadline = time.monotonic() + 90
+    warnings: list[WarningRecord] = []
+    while not warnings and time.monotonic() < deadline:
+        time.sleep(1)
+        warnings = [
+            WarningRecord.model_validate_json(v) for v in read_topic(settings, Topic.WARNINGS)
+        ]
+    (warning,) = warnings
+    assert warning.warning_type == "overdue_debt" and warning.status == "opened"
+    assert abs((warning.opened_at - now).days) <= 1  # swept on the real clock
+    assert warning.evidence["max_days_past_due"] >= 69
