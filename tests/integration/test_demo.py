@@ -26,7 +26,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def batch_summary(customers: int) -> dict:
+def batch_summary(customers: int, days_per_second: float) -> dict:
     from churnwatch.demo import Tally, lateness_hours, summarise
     from churnwatch.settings import load_settings
     from pipeline.events import decode_event
@@ -41,7 +41,10 @@ def batch_summary(customers: int) -> dict:
     )
     good = [decode_event(e.payload) for e in events if not e.malformed]
     _, records = run_history(
-        good, s.warnings, s.clock.sweep_every_hours * 3600, lateness_hours(s) * 3600
+        good,
+        s.warnings,
+        s.clock.sweep_every_hours * 3600,
+        lateness_hours(s, days_per_second) * 3600,
     )
     tally = Tally()
     for record in records:
@@ -80,7 +83,7 @@ def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path):
     assert result["churners_total"] + result["steady_total"] == 60
     assert result["churners_warned"] / result["churners_total"] >= 0.8
     # exactly what the same logic finds in batch over the same simulation
-    expected = batch_summary(60)
+    expected = batch_summary(60, 60)
     assert result["churners_warned"] == expected["churners_warned"]
     assert result["steady_warned"] == expected["steady_warned"]
     assert result["warnings"] == expected["warnings"]
