@@ -18,6 +18,7 @@ import click
 from churnwatch.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays fast
+    from pipeline.events import CustomerEvent
     from producers.produce import ProduceStats
     from producers.simulator import SimEvent
 
@@ -288,6 +289,216 @@ def backtest(
         raise click.ClickException(str(exc)) from exc
     click.echo(format_table(summary))
     click.echo(f"wrote {out / 'warnings.csv'} and {out / 'summary.json'}")
+
+
+def _load_history(
+    settings: Settings, events_path: Path | None, mapping: Path | None
+) -> tuple[list[CustomerEvent], str]:
+    """Events from an export plus mapping, or from the archive; and where from."""
+    if (events_path is None) != (mapping is None):
+        raise click.UsageError("--events and --mapping go together")
+    if events_path is not None and mapping is not None:
+        from producers.mapping import MappingError, load_events
+
+        try:
+            events, rejected = load_events(events_path, mapping)
+        except MappingError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if rejected:
+            click.echo(f"{len(rejected)} row(s) rejected, e.g. {rejected[0].error}", err=True)
+        return events, f"{events_path.name} (mapping {mapping.name})"
+    from consumers.archiver import read_archive
+
+    events = read_archive(settings.archive.path)
+    if not events:
+        raise click.ClickException(
+            f"the archive {settings.archive.path} is empty: run `churnwatch archive` while "
+            "events flow, or train from a file with --events PATH --mapping MAPPING"
+        )
+    return events, f"archive {settings.archive.path}"
+
+
+def _registry(settings: Settings, registry: Path | None) -> Path:
+    return registry if registry is not None else Path(settings.model.registry)
+
+
+_registry_option = click.option(
+    "--registry",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Model registry folder (default: model.registry in the settings).",
+)
+
+
+@cli.command()
+@click.option(
+    "--events",
+    "events_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Train from this export (CSV or Parquet) instead of the archive.",
+)
+@click.option(
+    "--mapping",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML mapping for --events, as for replay.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Registry to add the new version to (default: model.registry in the settings).",
+)
+@click.option("--promote", is_flag=True, help="Promote the new version (workers pick it up).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def train(
+    ctx: click.Context,
+    events_path: Path | None,
+    mapping: Path | None,
+    out: Path | None,
+    promote: bool,
+    quiet: bool,
+) -> None:
+    """Train the churn model on history, compare it with the baselines, add it to the registry.
+
+    Splits by time (test: the latest cutoff with a full horizon; training: the
+    earlier cutoffs whose horizon ended by then) and writes card.json, the model
+    and a report to a new version folder. Nothing serves it until it is promoted.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from models.train import TrainingError, beats_baselines, format_comparison
+    from models.train import train as run_training
+
+    settings = _settings(ctx)
+    registry = _registry(settings, out)
+    started = time.monotonic()
+    events, source = _load_history(settings, events_path, mapping)
+    click.echo(f"training on {len(events):,} events from {source}")
+    steps = tqdm(total=4, desc="training", unit="step", disable=quiet, leave=False)
+    started_steps: list[str] = []
+
+    def step(name: str) -> None:
+        if started_steps:  # the previous step is done
+            steps.update(1)
+        started_steps.append(name)
+        steps.set_description(name)
+
+    def event_bar(items: list[CustomerEvent]) -> tqdm[CustomerEvent]:
+        return tqdm(items, desc="features", unit="event", disable=quiet, leave=False)
+
+    try:
+        result = run_training(events, settings, registry, source, step, event_bar)
+    except TrainingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        steps.close()
+    click.echo(format_comparison(result.card))
+    margin = beats_baselines(result.card)
+    click.echo(
+        f"model ROC-AUC minus the best baseline's: {margin:+.3f}; "
+        f"wrote {result.folder} in {time.monotonic() - started:.0f} s"
+    )
+    if promote:
+        from models.registry import promote as promote_version
+
+        promote_version(registry, result.version)
+        click.echo(f"promoted {result.version}")
+    else:
+        click.echo(f"serve it with: churnwatch models promote {result.version}")
+
+
+@cli.group()
+def models() -> None:
+    """The model registry: list, show, promote, roll back."""
+
+
+@models.command("list")
+@_registry_option
+@click.pass_context
+def models_list(ctx: click.Context, registry: Path | None) -> None:
+    """Every trained version with its test ROC-AUC; * marks the one serving."""
+    from models.registry import RegistryError, promoted_version, read_card, versions
+
+    folder = _registry(_settings(ctx), registry)
+    try:
+        serving = promoted_version(folder)
+        found = versions(folder)
+        if not found:
+            click.echo(f"no models in {folder} yet: run `churnwatch train`")
+            return
+        click.echo(f"{'':2}{'version':20} {'created':20} {'ROC-AUC':>8} {'best baseline':>14}")
+        for version in found:
+            card = read_card(folder, version)
+            best = max(m["roc_auc"] for m in card["metrics"]["baselines"].values())
+            mark = "*" if version == serving else " "
+            click.echo(
+                f"{mark} {version:20} {card['created_at'][:19]:20} "
+                f"{card['metrics']['model']['roc_auc']:>8.3f} {best:>14.3f}"
+            )
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@models.command("show")
+@click.argument("version", required=False)
+@_registry_option
+@click.pass_context
+def models_show(ctx: click.Context, version: str | None, registry: Path | None) -> None:
+    """The card of VERSION (default: the promoted one)."""
+    from models.registry import RegistryError, promoted_version, read_card
+    from models.train import format_comparison
+
+    folder = _registry(_settings(ctx), registry)
+    try:
+        version = version or promoted_version(folder)
+        if version is None:
+            raise click.ClickException(f"no model promoted in {folder}: name a version")
+        card = read_card(folder, version)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    window = card["data_window"]
+    click.echo(f"version {card['version']} (created {card['created_at']})")
+    click.echo(f"source  {card['source']}")
+    click.echo(f"label   {card['label']['definition']}")
+    click.echo(
+        f"train   {window['train_rows']:,} rows, cutoffs {window['train_cutoffs'][0][:10]} "
+        f"to {window['train_cutoffs'][1][:10]}"
+    )
+    click.echo(f"test    {window['test_rows']:,} rows at {window['test_cutoff'][:10]}")
+    click.echo(format_comparison(card))
+    click.echo(f"report  {folder / version / card['report']['file']}")
+
+
+@models.command("promote")
+@click.argument("version")
+@_registry_option
+@click.pass_context
+def models_promote(ctx: click.Context, version: str, registry: Path | None) -> None:
+    """Serve VERSION: running workers load it within model.reload_seconds."""
+    from models.registry import RegistryError, promote
+
+    folder = _registry(_settings(ctx), registry)
+    try:
+        previous = promote(folder, version)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"promoted {version} (was {previous or 'none'})")
+
+
+@models.command("rollback")
+@_registry_option
+@click.pass_context
+def models_rollback(ctx: click.Context, registry: Path | None) -> None:
+    """Serve the previously promoted version again."""
+    from models.registry import RegistryError, rollback
+
+    folder = _registry(_settings(ctx), registry)
+    try:
+        version = rollback(folder)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"rolled back to {version}")
 
 
 @cli.command()

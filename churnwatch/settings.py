@@ -116,6 +116,19 @@ class ComplaintTroubleThresholds(_Section):
     min_returns_amount: float = Field(200.0, ge=0)
 
 
+class ChurnRiskThresholds(_Section):
+    """The model's churn-risk warning: opens at ``enter``, resolves below ``exit``."""
+
+    enter_probability: float = Field(0.7, gt=0, lt=1)
+    exit_probability: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _exit_below_enter(self) -> ChurnRiskThresholds:
+        if self.exit_probability > self.enter_probability:
+            raise ValueError("exit_probability must not be above enter_probability")
+        return self
+
+
 class WarningThresholds(_Section):
     recent_weeks: int = Field(8, ge=2, le=11)
     baseline_weeks: int = Field(26, ge=4, le=44)
@@ -126,6 +139,7 @@ class WarningThresholds(_Section):
     overdue_debt: OverdueDebtThresholds = OverdueDebtThresholds()
     cooling_engagement: CoolingEngagementThresholds = CoolingEngagementThresholds()
     complaint_trouble: ComplaintTroubleThresholds = ComplaintTroubleThresholds()
+    churn_risk: ChurnRiskThresholds = ChurnRiskThresholds()
     #: Per-segment overrides of any of the keys above, e.g.
     #: ``{key_account: {sales_drop: {enter_ratio: 0.6}}}``.
     segments: dict[str, dict[str, Any]] = {}
@@ -162,6 +176,17 @@ class ArchiveSettings(_Section):
     flush_seconds: float = Field(10.0, gt=0)
 
 
+class ModelSettings(_Section):
+    """The churn model: where the registry is, how it is trained and served."""
+
+    registry: str = "models/registry"
+    horizon_days: float = Field(90.0, ge=7)
+    cutoff_every_days: int = Field(14, ge=1)
+    reload_seconds: float = Field(10.0, gt=0)
+    batch_size: int = Field(512, ge=1)
+    top_reasons: int = Field(3, ge=1, le=10)
+
+
 class SimulatorSettings(_Section):
     customers: int = Field(300, ge=1)
     seed: int = 7
@@ -185,6 +210,7 @@ class Settings(BaseSettings):
     clock: ClockSettings = ClockSettings()
     warnings: WarningThresholds = WarningThresholds()
     archive: ArchiveSettings = ArchiveSettings()
+    model: ModelSettings = ModelSettings()
     simulator: SimulatorSettings = SimulatorSettings()
 
     @classmethod

@@ -10,9 +10,7 @@ rows' features, so training sees exactly what the stream would have seen.
 from __future__ import annotations
 
 import bisect
-import math
-from collections.abc import Iterable
-from dataclasses import asdict
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import pandas as pd
@@ -22,16 +20,14 @@ from models.backtest import order_times
 from pipeline.events import CustomerEvent
 from pipeline.features import (
     DAY,
-    QUADRANTS,
     CustomerState,
     apply_event,
     new_state,
     read_features,
     to_epoch,
 )
+from pipeline.scoring import INPUT_FEATURES, feature_vector
 
-#: Features that are not model inputs (identifiers, or not numbers).
-NOT_INPUTS = {"as_of", "quadrant"}
 ACTIVE_DAYS = 365
 
 
@@ -48,7 +44,7 @@ def cutoffs_every(
     return out
 
 
-def _row(state: CustomerState, cutoff: float, thresholds: WarningThresholds) -> dict[str, object]:
+def _row(state: CustomerState, cutoff: float, thresholds: WarningThresholds) -> dict[str, float]:
     features = read_features(
         state,
         cutoff,
@@ -56,14 +52,19 @@ def _row(state: CustomerState, cutoff: float, thresholds: WarningThresholds) -> 
         thresholds.baseline_weeks,
         thresholds.high_value_revenue,
     )
-    row: dict[str, object] = {}
-    for name, value in asdict(features).items():
-        if name in NOT_INPUTS:
-            continue
-        row[name] = math.nan if value is None else float(value)
-    for quadrant in sorted(set(QUADRANTS.values())):
-        row[f"quadrant_{quadrant}"] = float(features.quadrant == quadrant)
-    return row
+    return dict(zip(INPUT_FEATURES, feature_vector(features), strict=True))
+
+
+def _order_summary(times: list[float], before: int, cutoff: float) -> dict[str, float]:
+    """The order history summary BG/NBD reads (``rfm_*``; not model inputs)."""
+    first, last = times[0], times[before - 1]
+    year_ago = bisect.bisect_left(times, cutoff - ACTIVE_DAYS * DAY)
+    return {
+        "rfm_repeat_orders": float(before - 1),
+        "rfm_last_order_age_days": (last - first) / DAY,
+        "rfm_age_days": (cutoff - first) / DAY,
+        "rfm_orders_52w": float(before - year_ago),
+    }
 
 
 def build_training_set(
@@ -71,8 +72,15 @@ def build_training_set(
     cutoffs: list[datetime],
     horizon_days: float,
     thresholds: WarningThresholds,
+    progress: Callable[[list[CustomerEvent]], Iterable[CustomerEvent]] = iter,
 ) -> pd.DataFrame:
-    """One row per (cutoff, active customer): ``cutoff, customer_id``, features, ``churned``."""
+    """One row per (cutoff, active customer).
+
+    Columns: ``cutoff``, ``customer_id``, the model inputs
+    (:data:`~pipeline.scoring.INPUT_FEATURES`), the order summary ``rfm_*``
+    the baselines read, and the label ``churned`` (0/1). ``progress`` wraps
+    the event loop (e.g. a progress bar).
+    """
     ordered = sorted(events, key=lambda e: e.occurred_at)
     orders = order_times(ordered)
     horizon = horizon_days * DAY
@@ -94,11 +102,12 @@ def build_training_set(
                     "cutoff": cutoff,
                     "customer_id": customer_id,
                     **_row(state, at, thresholds),
+                    **_order_summary(times, i, at),
                     "churned": int(churned),
                 }
             )
 
-    for event in ordered:
+    for event in progress(ordered):
         while index < len(pending) and event.occurred_at >= pending[index]:
             snapshot(pending[index])  # strictly before the cutoff: this event is not in yet
             index += 1

@@ -204,7 +204,9 @@ def encode_event(event: _Record) -> bytes:
 
 # --- outputs ------------------------------------------------------------------
 
-WarningType = Literal["sales_drop", "overdue_debt", "cooling_engagement", "complaint_trouble"]
+WarningType = Literal[
+    "sales_drop", "overdue_debt", "cooling_engagement", "complaint_trouble", "churn_risk"
+]
 Severity = Literal["low", "medium", "high", "critical"]
 
 
@@ -228,6 +230,14 @@ class WarningRecord(_Record):
         description="The numbers behind the warning and the baseline they are compared with."
     )
     recommended_action: str = Field(description="What the owner should do next.")
+    churn_probability: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="The churn model's probability for this customer at `at` "
+        "(None while no model is promoted).",
+    )
+    model_version: str = Field("", description="The model that gave churn_probability.")
 
 
 class DeadLetter(_Record):

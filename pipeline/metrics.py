@@ -5,7 +5,7 @@ Labels are low-cardinality: never a customer id.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Info
 
 EVENTS_CONSUMED = Counter(
     "churnwatch_events_consumed_total", "Messages read by the worker, by topic.", ["topic"]
@@ -35,4 +35,8 @@ EVENTS_WAITING = Gauge(
 LATE_EVENTS = Counter(
     "churnwatch_late_events_total",
     "Events older than a sweep already run (beyond the allowed lateness): applied, counted.",
+)
+MODEL = Info("churnwatch_model", "The churn model this worker serves (version 'none': rules only).")
+MODEL_REFUSED = Counter(
+    "churnwatch_model_refused_total", "Promoted models that could not load and were refused."
 )

@@ -10,6 +10,7 @@ boundaries produces the same warnings.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import math
@@ -17,10 +18,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import numpy as np
+
 from churnwatch.settings import WarningThresholds
 from pipeline.events import CustomerEvent, WarningRecord
-from pipeline.features import CustomerState, apply_event, new_state, to_epoch
-from pipeline.rules import evaluate
+from pipeline.features import CustomerState, Features, apply_event, new_state, to_epoch
+from pipeline.rules import Risk, evaluate, features_for
+from pipeline.scoring import ChurnModel, feature_vector
 
 T = TypeVar("T")
 
@@ -42,14 +46,50 @@ def due_sweeps(last_sweep: float, watermark: float, every_seconds: float) -> lis
 
 
 def sweep(
-    states: Iterable[CustomerState], as_of: float, thresholds: WarningThresholds
+    states: Iterable[CustomerState],
+    as_of: float,
+    thresholds: WarningThresholds,
+    model: ChurnModel | None = None,
+    batch_size: int = 512,
+    top_reasons: int = 3,
 ) -> list[tuple[CustomerState, list[WarningRecord]]]:
-    """Re-evaluate silent customers at ``as_of``; returns only those whose episodes changed."""
+    """Re-evaluate every customer at ``as_of``; returns only those whose episodes changed.
+
+    With a ``model``, customers are scored ``batch_size`` at a time (one
+    ``predict_proba`` call per batch) and the churn-risk episode is evaluated
+    with the rules; reasons are computed only for a warning that opens.
+    """
     changed = []
+    if model is None:
+        for state in states:
+            records = evaluate(state, as_of, thresholds)
+            if records:
+                changed.append((state, records))
+        return changed
+
+    def score(batch: list[tuple[CustomerState, Features]]) -> None:
+        rows = np.array([feature_vector(f) for _, f in batch], dtype=float)
+        probabilities = model.probabilities(rows)
+        for row, p, (state, features) in zip(rows, probabilities, batch, strict=True):
+            language = thresholds.for_segment(state.segment).language
+            risk = Risk(
+                float(p),
+                model.version,
+                model.horizon_days,
+                functools.partial(model.explain, row, language, top_reasons),
+            )
+            records = evaluate(state, as_of, thresholds, features, risk)
+            if records:
+                changed.append((state, records))
+
+    batch: list[tuple[CustomerState, Features]] = []
     for state in states:
-        records = evaluate(state, as_of, thresholds)
-        if records:
-            changed.append((state, records))
+        batch.append((state, features_for(state, as_of, thresholds)))
+        if len(batch) == batch_size:
+            score(batch)
+            batch = []
+    if batch:
+        score(batch)
     return changed
 
 
@@ -115,6 +155,7 @@ def run_history(
     thresholds: WarningThresholds,
     every_seconds: float,
     lateness_seconds: float = 0.0,
+    model: ChurnModel | None = None,
 ) -> tuple[dict[str, CustomerState], list[WarningRecord]]:
     """The worker's logic over a whole history in one process.
 
@@ -130,7 +171,7 @@ def run_history(
     def run(steps: list[Apply[CustomerEvent] | Sweep]) -> None:
         for step in steps:
             if isinstance(step, Sweep):
-                for _state, changed in sweep(states.values(), step.boundary, thresholds):
+                for _state, changed in sweep(states.values(), step.boundary, thresholds, model):
                     records.extend(changed)
                 continue
             event = step.item

@@ -11,11 +11,13 @@ produces the same records.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from churnwatch.settings import (
+    ChurnRiskThresholds,
     ComplaintTroubleThresholds,
     CoolingEngagementThresholds,
     OverdueDebtThresholds,
@@ -294,6 +296,56 @@ def complaint_trouble(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Risk:
+    """The churn model's score for one customer, and how to explain it (lazily)."""
+
+    probability: float
+    model_version: str
+    horizon_days: float
+    explain: Callable[[], str]
+
+
+def churn_risk(
+    f: Features, risk: Risk, t: ChurnRiskThresholds, all_t: WarningThresholds, is_open: bool
+) -> Verdict:
+    """The model's probability past the enter threshold (resolves below the exit one)."""
+    p = risk.probability
+    active = p >= (t.exit_probability if is_open else t.enter_probability)
+    if active == is_open:
+        return NO_CHANGE[active]
+    language = all_t.language
+    evidence = {
+        "churn_probability": round(p, 3),
+        "enter_probability": t.enter_probability,
+        "exit_probability": t.exit_probability,
+        "revenue_52w": round(f.revenue_52w, 2),
+        "expected_loss": round(p * f.revenue_52w, 2),
+    }
+    if not active:
+        return Verdict(
+            active=False,
+            severity="low",
+            summary=text(language, "churn_risk.calm", probability=p),
+            evidence=evidence,
+            action="",
+        )
+    return Verdict(
+        active=True,
+        severity=_grade(2 if p >= 0.9 else 1 if p >= 0.8 else 0, f.revenue_52w, all_t),
+        summary=text(
+            language,
+            "churn_risk.summary",
+            probability=p,
+            horizon=risk.horizon_days,
+            version=risk.model_version,
+            reasons=risk.explain(),
+        ),
+        evidence=evidence,
+        action=text(language, "churn_risk.action"),
+    )
+
+
 def warning_id(customer_id: str, warning_type: str, opened_ts: float) -> str:
     digest = hashlib.sha256(f"{customer_id}|{warning_type}|{int(opened_ts)}".encode()).hexdigest()
     return f"w-{digest[:16]}"
@@ -303,23 +355,36 @@ def _as_datetime(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
-def evaluate(
-    state: CustomerState, as_of: float, thresholds: WarningThresholds
-) -> list[WarningRecord]:
-    """Re-evaluate every rule for ``state`` at ``as_of``; open/resolve episodes in ``state``.
-
-    Returns the warning records to emit (usually none). The customer's segment
-    picks its thresholds; an episode stays open for at least
-    ``min_episode_days`` so it cannot flap open and shut.
-    """
+def features_for(state: CustomerState, as_of: float, thresholds: WarningThresholds) -> Features:
+    """The customer's features as its segment's thresholds read them."""
     thresholds = thresholds.for_segment(state.segment)
-    features = read_features(
+    return read_features(
         state,
         as_of,
         thresholds.recent_weeks,
         thresholds.baseline_weeks,
         thresholds.high_value_revenue,
     )
+
+
+def evaluate(
+    state: CustomerState,
+    as_of: float,
+    thresholds: WarningThresholds,
+    features: Features | None = None,
+    risk: Risk | None = None,
+) -> list[WarningRecord]:
+    """Re-evaluate every rule for ``state`` at ``as_of``; open/resolve episodes in ``state``.
+
+    Returns the warning records to emit (usually none). The customer's segment
+    picks its thresholds; an episode stays open for at least
+    ``min_episode_days`` so it cannot flap open and shut. With a model
+    ``risk``, the churn-risk episode is evaluated too and every record carries
+    the probability.
+    """
+    if features is None:
+        features = features_for(state, as_of, thresholds)
+    thresholds = thresholds.for_segment(state.segment)
     verdicts: dict[WarningType, Verdict] = {
         "sales_drop": sales_drop(
             features, thresholds.sales_drop, thresholds, "sales_drop" in state.episodes
@@ -340,19 +405,25 @@ def evaluate(
             "complaint_trouble" in state.episodes,
         ),
     }
+    if risk is not None:
+        verdicts["churn_risk"] = churn_risk(
+            features, risk, thresholds.churn_risk, thresholds, "churn_risk" in state.episodes
+        )
     out: list[WarningRecord] = []
     for warning_type, verdict in verdicts.items():
         episode = state.episodes.get(warning_type)
         if verdict.active and episode is None:
             wid = warning_id(state.customer_id, warning_type, as_of)
             state.episodes[warning_type] = [wid, as_of, verdict.severity]
-            out.append(_record(state, warning_type, verdict, "opened", wid, as_of, as_of))
+            out.append(_record(state, warning_type, verdict, "opened", wid, as_of, as_of, risk))
         elif not verdict.active and episode is not None:
             if as_of - episode[1] < thresholds.min_episode_days * DAY:
                 continue
             del state.episodes[warning_type]
             out.append(
-                _record(state, warning_type, verdict, "resolved", episode[0], episode[1], as_of)
+                _record(
+                    state, warning_type, verdict, "resolved", episode[0], episode[1], as_of, risk
+                )
             )
     return out
 
@@ -365,6 +436,7 @@ def _record(
     wid: str,
     opened_ts: float,
     at_ts: float,
+    risk: Risk | None,
 ) -> WarningRecord:
     return WarningRecord(
         warning_id=wid,
@@ -380,4 +452,6 @@ def _record(
         summary=verdict.summary,
         evidence=verdict.evidence,
         recommended_action=verdict.action,
+        churn_probability=None if risk is None else round(risk.probability, 4),
+        model_version="" if risk is None else risk.model_version,
     )

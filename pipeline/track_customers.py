@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from faust.exceptions import ConsumerNotStarted
@@ -39,6 +40,7 @@ from pipeline.events import (
 )
 from pipeline.features import CustomerState, apply_event, new_state, to_epoch
 from pipeline.processing import Apply, Sequencer, Sweep, Watermark, due_sweeps, sweep
+from pipeline.scoring import ModelHolder
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,25 @@ def register(p: Pipeline) -> None:
     watermark = Watermark(input_names)
     sequencer: Sequencer[Held] = Sequencer(every, settings.clock.allowed_lateness_hours * 3600)
     wall_last_sweep: dict[int, float] = {}
+    models = ModelHolder(Path(settings.model.registry))
+
+    published: list[str] = []
+
+    def refresh_model() -> None:
+        refused = models.refused
+        model = models.refresh()
+        if models.refused is not None and models.refused != refused:
+            metrics.MODEL_REFUSED.inc()
+        version = model.version if model else "none"
+        if published[-1:] != [version]:
+            metrics.MODEL.info({"version": version})
+            published.append(version)
+
+    refresh_model()  # before the first sweep: a promoted model serves from the start
+
+    @p.app.timer(interval=settings.model.reload_seconds, name="follow_promoted_model")  # type: ignore[untyped-decorator]
+    async def follow_promoted_model() -> None:
+        refresh_model()
 
     def highwater(topic: str, partition: int) -> int | None:
         try:
@@ -132,7 +153,15 @@ def register(p: Pipeline) -> None:
             metrics.EVENTS_DUPLICATE.inc()
 
     async def sweep_at(partition: int, boundary: float, clock_name: str) -> None:
-        for state, records in sweep(partition_states(partition).values(), boundary, thresholds):
+        changed = sweep(
+            partition_states(partition).values(),
+            boundary,
+            thresholds,
+            models.model,
+            settings.model.batch_size,
+            settings.model.top_reasons,
+        )
+        for state, records in changed:
             store(partition, state)
             await emit(records)
         metrics.SWEEPS.labels(clock_name).inc()

@@ -1,0 +1,236 @@
+"""Batch training: time-split training set, calibrated model, baselines, registry entry.
+
+The split is by time: the test rows are every active customer at the latest
+cutoff whose horizon is fully observed; the training rows come from the
+earlier cutoffs whose own horizon ended by then, so no training label looks
+into the test period and no customer-period is in both. The model is a
+HistGradientBoostingClassifier with isotonic calibration (cross-validated by
+customer, so a customer's rows never calibrate its own predictions) and is
+compared on the same test rows with the baselines of :mod:`models.baselines`.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import sklearn
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from sklearn.model_selection import GroupKFold
+
+from churnwatch.settings import Settings
+from models.baselines import LABEL, all_baselines
+from models.dataset import build_training_set, cutoffs_every
+from models.registry import MODEL_FILE, new_version, write_card
+from pipeline.events import CustomerEvent
+from pipeline.scoring import INPUT_FEATURES
+
+Vector = npt.NDArray[np.float64]
+TOP_SHARE = 0.10
+
+
+class TrainingError(Exception):
+    """Training cannot run on this data: the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: str
+    folder: Path
+    card: dict[str, Any]
+
+
+def metrics(labels: Vector, scores: Vector) -> dict[str, float]:
+    """ROC-AUC, PR-AUC, Brier score, precision and lift in the top 10% of scores."""
+    n_top = max(1, math.ceil(TOP_SHARE * len(scores)))
+    top = np.argsort(-scores, kind="stable")[:n_top]
+    precision = float(labels[top].mean())
+    base = float(labels.mean())
+    return {
+        "roc_auc": round(float(roc_auc_score(labels, scores)), 4),
+        "pr_auc": round(float(average_precision_score(labels, scores)), 4),
+        "brier": round(float(brier_score_loss(labels, np.clip(scores, 0, 1))), 4),
+        "precision_top10": round(precision, 4),
+        "lift_top10": round(precision / base, 3) if base else math.nan,
+    }
+
+
+def calibration_table(labels: Vector, scores: Vector, bins: int = 10) -> list[dict[str, float]]:
+    """Predicted vs observed churn rate in equal-width probability bins (test rows)."""
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    table = []
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            table.append(
+                {
+                    "from": round(float(edges[b]), 2),
+                    "to": round(float(edges[b + 1]), 2),
+                    "rows": int(mask.sum()),
+                    "predicted": round(float(scores[mask].mean()), 4),
+                    "observed": round(float(labels[mask].mean()), 4),
+                }
+            )
+    return table
+
+
+def make_model(groups: Vector, labels: Vector) -> CalibratedClassifierCV:
+    booster = HistGradientBoostingClassifier(
+        # Small, well-regularised trees: a churn history has a few thousand
+        # customers per cutoff, and the test period is later than any training row.
+        learning_rate=0.05,
+        max_iter=300,
+        max_depth=3,
+        min_samples_leaf=100,
+        l2_regularization=1.0,
+        early_stopping=True,
+        validation_fraction=0.15,
+        n_iter_no_change=20,
+        random_state=0,
+    )
+    folds = list(GroupKFold(n_splits=3).split(np.zeros(len(labels)), labels, groups))
+    return CalibratedClassifierCV(booster, method="isotonic", cv=folds)
+
+
+def split_cutoffs(
+    events: list[CustomerEvent], every_days: int, horizon_days: float
+) -> tuple[list[datetime], datetime]:
+    """Training cutoffs and the test cutoff (see the module docstring)."""
+    if not events:
+        raise TrainingError("no events to train on")
+    cutoffs = cutoffs_every(events, every_days, horizon_days)
+    if not cutoffs:
+        span = (events[-1].occurred_at - events[0].occurred_at).days
+        raise TrainingError(
+            f"the history covers {span} days; training needs at least "
+            f"{90 + 2 * horizon_days:.0f} (90 days of features, then two label horizons)"
+        )
+    test = cutoffs[-1]
+    train = [c for c in cutoffs if c + timedelta(days=horizon_days) <= test]
+    if not train:
+        raise TrainingError(
+            f"no training cutoff ends its {horizon_days:.0f}-day horizon before the test "
+            f"cutoff {test.date()}: the history is too short for a time split"
+        )
+    return train, test
+
+
+def train(
+    events: list[CustomerEvent],
+    settings: Settings,
+    registry: Path,
+    source: str,
+    progress: Callable[[str], None] = lambda _step: None,
+    event_progress: Callable[[list[CustomerEvent]], Iterable[CustomerEvent]] = iter,
+) -> TrainResult:
+    """Train, evaluate and write a new version folder to ``registry`` (not promoted)."""
+    horizon = settings.model.horizon_days
+    train_cutoffs, test_cutoff = split_cutoffs(events, settings.model.cutoff_every_days, horizon)
+
+    progress("building the point-in-time training set")
+    data = build_training_set(
+        events, [*train_cutoffs, test_cutoff], horizon, settings.warnings, event_progress
+    )
+    train_rows = data[data["cutoff"] < test_cutoff]
+    test_rows = data[data["cutoff"] == test_cutoff]
+    for name, rows in (("training", train_rows), ("test", test_rows)):
+        if rows[LABEL].nunique() < 2:
+            raise TrainingError(f"the {name} rows have only one label: nothing to learn or test")
+    x_train = train_rows[list(INPUT_FEATURES)].to_numpy(dtype=float, copy=True)
+    y_train = train_rows[LABEL].to_numpy(dtype=float)
+    x_test = test_rows[list(INPUT_FEATURES)].to_numpy(dtype=float)
+    y_test = test_rows[LABEL].to_numpy(dtype=float)
+
+    # An input this history never has (no payments in an order export) cannot be
+    # binned; a constant stands in, the trees never split on it, and the worker
+    # may send anything there.
+    x_train[:, np.isnan(x_train).all(axis=0)] = 0.0
+
+    progress("fitting the model")
+    model = make_model(train_rows["customer_id"].to_numpy(), y_train)
+    model.fit(x_train, y_train)
+    scores = model.predict_proba(x_test)[:, 1]
+
+    progress("scoring the baselines")
+    baseline_scores: dict[str, Vector] = {}
+    for baseline in all_baselines(horizon):
+        baseline.fit(train_rows)
+        baseline_scores[baseline.name] = baseline.score(test_rows)
+
+    version = new_version(registry)
+    folder = registry / version
+    folder.mkdir(parents=True)
+    import skops.io as sio
+
+    sio.dump(model, folder / MODEL_FILE)
+    usual = train_rows[list(INPUT_FEATURES)].median(skipna=True)
+    card: dict[str, Any] = {
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(),
+        "source": source,
+        "data_window": {
+            "first_event": events[0].occurred_at.isoformat(),
+            "last_event": events[-1].occurred_at.isoformat(),
+            "train_cutoffs": [train_cutoffs[0].isoformat(), train_cutoffs[-1].isoformat()],
+            "train_cutoff_every_days": settings.model.cutoff_every_days,
+            "test_cutoff": test_cutoff.isoformat(),
+            "train_rows": len(train_rows),
+            "test_rows": len(test_rows),
+            "train_churn_rate": round(float(y_train.mean()), 4),
+            "test_churn_rate": round(float(y_test.mean()), 4),
+        },
+        "features": list(INPUT_FEATURES),
+        "usual": {k: (None if math.isnan(v) else round(float(v), 4)) for k, v in usual.items()},
+        "label": {
+            "definition": f"no order in the {horizon:g} days from the cutoff",
+            "horizon_days": horizon,
+            "active": "an order in the 365 days before the cutoff",
+        },
+        "estimator": {
+            "type": "CalibratedClassifierCV(HistGradientBoostingClassifier, isotonic, "
+            "3 folds grouped by customer)",
+            "sklearn": sklearn.__version__,
+            "python": platform.python_version(),
+        },
+        "metrics": {
+            "model": metrics(y_test, scores),
+            "baselines": {n: metrics(y_test, s) for n, s in baseline_scores.items()},
+        },
+        "calibration": calibration_table(y_test, scores),
+    }
+
+    progress("writing the report")
+    from models.report import write_report
+
+    card["report"] = write_report(folder, card, model, test_rows, scores, baseline_scores)
+    write_card(folder, card)
+    return TrainResult(version, folder, card)
+
+
+def format_comparison(card: dict[str, Any]) -> str:
+    """The model and every baseline on the test rows, as a Markdown table."""
+    head = "| scorer | ROC-AUC | PR-AUC | Brier | precision top 10% | lift top 10% |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    rows = {"model": card["metrics"]["model"], **card["metrics"]["baselines"]}
+    for name, m in rows.items():
+        lines.append(
+            f"| {name} | {m['roc_auc']:.3f} | {m['pr_auc']:.3f} | {m['brier']:.3f} "
+            f"| {m['precision_top10']:.3f} | {m['lift_top10']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def beats_baselines(card: dict[str, Any]) -> float:
+    """Model ROC-AUC minus the best baseline's."""
+    best = max(m["roc_auc"] for m in card["metrics"]["baselines"].values())
+    return round(float(card["metrics"]["model"]["roc_auc"]) - float(best), 4)

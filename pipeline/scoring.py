@@ -1,0 +1,207 @@
+"""The churn model as the worker uses it: inputs, safe loading, batch scores, reasons.
+
+The model reads exactly the rules' :class:`~pipeline.features.Features`, as a
+vector in the fixed order of :data:`INPUT_FEATURES`, so training (``models/``)
+and serving share one definition. A model folder holds ``model.skops`` (the
+scikit-learn estimator in skops' format: loading it runs no arbitrary code, and
+only the types listed in :data:`TRUSTED_TYPES` are accepted) and ``card.json``
+(version, feature list, typical values). :class:`ModelHolder` follows the
+registry's promoted version and swaps models while the worker runs; a model
+that does not load, or expects other features, is refused and the previous one
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import operator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from models.registry import CARD_FILE, MODEL_FILE, promoted_version
+from pipeline.features import QUADRANTS, Features
+from pipeline.texts import FEATURE_LABELS, Language, text
+
+log = logging.getLogger(__name__)
+
+Matrix = npt.NDArray[np.float64]
+
+#: Feature fields that are not model inputs: the moment itself, and a label
+#: that enters one-hot encoded (``quadrant_<name>``).
+NOT_INPUTS = ("as_of", "quadrant")
+_NUMERIC = tuple(f.name for f in fields(Features) if f.name not in NOT_INPUTS)
+_QUADRANTS = tuple(sorted(set(QUADRANTS.values())))
+#: The model's inputs, in the order of its feature vector.
+INPUT_FEATURES: tuple[str, ...] = _NUMERIC + tuple(f"quadrant_{q}" for q in _QUADRANTS)
+_get_numeric = operator.attrgetter(*_NUMERIC)
+
+#: Types beyond skops' own safe list that a churnwatch model file may contain.
+TRUSTED_TYPES = [
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
+
+
+def feature_vector(features: Features) -> list[float]:
+    """``features`` as the model's input vector (None -> NaN, booleans -> 0/1)."""
+    values = [math.nan if v is None else float(v) for v in _get_numeric(features)]
+    values.extend(float(features.quadrant == q) for q in _QUADRANTS)
+    return values
+
+
+class Classifier(Protocol):
+    def predict_proba(self, x: Matrix) -> Matrix: ...
+
+
+class ModelError(Exception):
+    """A model folder that cannot serve: the message says why."""
+
+
+@dataclass(frozen=True)
+class ChurnModel:
+    """A loaded model: probabilities for many customers at once, and their reasons."""
+
+    version: str
+    estimator: Classifier
+    #: Typical value of each input over the training rows (the reasons' "usual").
+    usual: Matrix
+    horizon_days: float
+
+    def probabilities(self, rows: Matrix) -> Matrix:
+        """P(churn within the horizon) for each row of ``rows`` (one call, any number)."""
+        return self.estimator.predict_proba(rows)[:, 1]
+
+    def reasons(
+        self, row: Matrix, language: Language, top: int = 3
+    ) -> list[tuple[str, float, float, float]]:
+        """The inputs that pushed this row's score up the most, strongest first.
+
+        Each input in turn is set to its usual value and the row re-scored (all
+        variants in one batch); the drop in probability is how much that input
+        raised the score. Returns ``(label, value, usual, raise)`` for the
+        inputs with a positive raise.
+        """
+        variants = np.repeat(row[np.newaxis, :], len(INPUT_FEATURES) + 1, axis=0)
+        for j in range(len(INPUT_FEATURES)):
+            variants[j + 1, j] = self.usual[j]
+        scores = self.probabilities(variants)
+        raises = scores[0] - scores[1:]
+        labels = FEATURE_LABELS[language]
+        out = []
+        for j in np.argsort(-raises)[:top]:
+            if raises[j] <= 0.005:
+                break
+            name = INPUT_FEATURES[j]
+            out.append((labels[name], float(row[j]), float(self.usual[j]), float(raises[j])))
+        return out
+
+    def explain(self, row: Matrix, language: Language, top: int = 3) -> str:
+        """The reasons as one line in ``language``."""
+        parts = [
+            text(
+                language,
+                "churn_risk.reason",
+                label=label,
+                value=_fmt(v, language),
+                usual=_fmt(u, language),
+            )
+            for label, v, u, _ in self.reasons(row, language, top)
+        ]
+        return text(language, "separator").join(parts) or "-"
+
+
+def _fmt(value: float, language: Language) -> str:
+    if math.isnan(value):
+        return text(language, "unknown")
+    if abs(value) >= 100 or value == int(value):
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+def load_model(folder: Path) -> ChurnModel:
+    """Load and check the model in ``folder``; :class:`ModelError` says what is wrong."""
+    import skops.io as sio
+
+    try:
+        card: dict[str, Any] = json.loads((folder / CARD_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder / CARD_FILE}: cannot read the model card ({exc})") from None
+    expected = list(INPUT_FEATURES)
+    if card.get("features") != expected:
+        have = card.get("features") or []
+        missing = sorted(set(expected) - set(have))
+        extra = sorted(set(have) - set(expected))
+        raise ModelError(
+            f"{folder.name}: trained on other features than this worker computes "
+            f"(missing {missing or 'none'}, unknown {extra or 'none'}, or a different order)"
+        )
+    path = folder / MODEL_FILE
+    try:
+        untrusted = set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES)
+        if untrusted:
+            raise ModelError(f"{path}: refuses to load types {sorted(untrusted)}")
+        estimator = sio.load(path, trusted=TRUSTED_TYPES)
+    except ModelError:
+        raise
+    except Exception as exc:  # a damaged file can fail in many ways
+        raise ModelError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") from None
+    usual = np.array([card.get("usual", {}).get(n, math.nan) for n in expected], dtype=float)
+    model = ChurnModel(
+        version=str(card.get("version", folder.name)),
+        estimator=estimator,
+        usual=usual,
+        horizon_days=float(card.get("label", {}).get("horizon_days", 90)),
+    )
+    try:  # the model must answer for a row like the worker's before it serves
+        scores = model.probabilities(usual[np.newaxis, :])
+    except Exception as exc:
+        raise ModelError(f"{path}: the model cannot score a feature row ({exc})") from None
+    if scores.shape != (1,) or not 0.0 <= float(scores[0]) <= 1.0:
+        raise ModelError(f"{path}: the model returned {scores!r}, not one probability")
+    return model
+
+
+class ModelHolder:
+    """The model the worker serves: follows the registry's promoted version.
+
+    :meth:`refresh` is cheap when nothing changed (it reads one small file), so
+    the worker calls it on a timer. A promoted version that cannot serve is
+    refused once, with a log line, and the current model keeps serving.
+    """
+
+    def __init__(self, registry: Path) -> None:
+        self.registry = registry
+        self.model: ChurnModel | None = None
+        self.refused: str | None = None
+        self._said_rules_only = False
+
+    def refresh(self) -> ChurnModel | None:
+        version = promoted_version(self.registry)
+        if version is None:
+            if self.model is None and not self._said_rules_only:
+                log.warning(
+                    "no churn model promoted in %s: running the warning rules only "
+                    "(train one with `churnwatch train`, then `churnwatch models promote`)",
+                    self.registry,
+                )
+                self._said_rules_only = True
+            return self.model
+        if (self.model is not None and version == self.model.version) or version == self.refused:
+            return self.model
+        try:
+            model = load_model(self.registry / version)
+        except ModelError as exc:
+            self.refused = version
+            keeping = self.model.version if self.model else "none (rules only)"
+            log.error("refused churn model %s: %s; still serving %s", version, exc, keeping)
+            return self.model
+        previous = self.model.version if self.model else "none"
+        self.model, self.refused = model, None
+        log.info("now serving churn model %s (was %s)", model.version, previous)
+        return model

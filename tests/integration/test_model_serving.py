@@ -1,0 +1,107 @@
+"""The worker serves the promoted churn model, follows promotions, refuses a bad model."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from models.registry import MODEL_FILE, promote
+from models.train import train
+from pipeline.events import Topic, WarningRecord, decode_event
+from producers.produce import produce
+from producers.simulator import iter_paced, parse_start, simulate
+from tests.integration.conftest import isolated_settings, read_topic, wait_processed
+
+
+def samples(settings, name: str) -> list[tuple[dict[str, str], float]]:
+    url = f"http://127.0.0.1:{settings.worker.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def wait_for(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def serving(settings) -> str | None:
+    found = samples(settings, "churnwatch_model_info")
+    return found[0][0]["version"] if found else None
+
+
+def warnings(settings) -> list[WarningRecord]:
+    return [WarningRecord.model_validate_json(v) for v in read_topic(settings, Topic.WARNINGS)]
+
+
+def test_promoting_while_running_switches_models_and_a_corrupt_one_is_refused(
+    broker, worker, tmp_path
+):
+    registry = tmp_path / "registry"
+    settings = isolated_settings(
+        broker,
+        tmp_path / "worker",
+        model={"registry": str(registry), "reload_seconds": 0.5},
+    )
+    # a model trained on another company's history (another seed)
+    past, _ = simulate(120, 11, parse_start("2024-10-07"), 540, 3, 0)
+    model = train([decode_event(e.payload) for e in past], settings, registry, "simulator")
+
+    events, _ = simulate(60, 5, parse_start("2024-10-07"), 540, 3, 0)
+    first, second, third = (
+        events[: len(events) // 2],
+        events[len(events) // 2 : len(events) * 3 // 4],
+        events[len(events) * 3 // 4 :],
+    )
+    proc = worker(settings)
+
+    # 1. no model promoted: rules only, and the worker says so
+    assert produce(settings, iter_paced(first, 0)).failed == 0
+    wait_processed(settings, len(first), proc)
+    before = warnings(settings)
+    assert before and all(w.model_version == "" and w.churn_probability is None for w in before)
+    assert serving(settings) == "none"
+
+    # 2. promoted while running: picked up without a restart
+    promote(registry, model.version)
+    wait_for(lambda: serving(settings) == model.version, "the worker to load the model")
+    assert produce(settings, iter_paced(second, 0)).failed == 0
+    wait_processed(settings, len(first) + len(second), proc)
+    seen = {(w.warning_id, w.status) for w in before}
+    after = [w for w in warnings(settings) if (w.warning_id, w.status) not in seen]
+    assert after, "no warnings after the promotion"
+    assert all(w.model_version == model.version for w in after)
+    assert all(w.churn_probability is not None for w in after)
+    risk = [w for w in after if w.warning_type == "churn_risk" and w.status == "opened"]
+    assert risk and all("main reasons:" in w.summary for w in risk)
+
+    # 3. a corrupt model promoted: refused, the old one keeps scoring
+    bad = registry / "v-corrupt"
+    shutil.copytree(model.folder, bad)
+    (bad / MODEL_FILE).write_bytes((bad / MODEL_FILE).read_bytes()[:1000])
+    promote(registry, "v-corrupt")
+    wait_for(
+        lambda: sum(v for _, v in samples(settings, "churnwatch_model_refused_total")) == 1,
+        "the worker to refuse the corrupt model",
+    )
+    assert serving(settings) == model.version
+    assert produce(settings, iter_paced(third, 0)).failed == 0
+    wait_processed(settings, len(events), proc)
+    seen |= {(w.warning_id, w.status) for w in after}
+    last = [w for w in warnings(settings) if (w.warning_id, w.status) not in seen]
+    assert last and all(w.model_version == model.version for w in last)
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "refused churn model v-corrupt" in log
+    assert "running the warning rules only" in log

@@ -1,0 +1,179 @@
+"""Training, the registry, safe loading and scoring in sweeps (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from models.baselines import p_no_order
+from models.registry import (
+    MODEL_FILE,
+    RegistryError,
+    promote,
+    promoted_version,
+    rollback,
+    versions,
+)
+from models.train import TrainingError, train
+from pipeline.events import decode_event
+from pipeline.processing import run_history, sweep
+from pipeline.scoring import INPUT_FEATURES, ModelError, ModelHolder, load_model
+from producers.simulator import parse_start, simulate
+
+
+@pytest.fixture(scope="module")
+def history():
+    events, truth = simulate(120, 11, parse_start("2024-10-07"), 540, 3, 0)
+    return [decode_event(e.payload) for e in events], truth
+
+
+@pytest.fixture(scope="module")
+def trained(history, tmp_path_factory):
+    from churnwatch.settings import load_settings
+
+    registry = tmp_path_factory.mktemp("registry")
+    result = train(history[0], load_settings(None), registry, "simulator")
+    return registry, result
+
+
+def test_training_writes_a_complete_card_model_and_report(trained):
+    registry, result = trained
+    card = json.loads((result.folder / "card.json").read_text())
+    assert card["version"] == result.version
+    assert card["features"] == list(INPUT_FEATURES)
+    assert card["label"]["horizon_days"] == 90
+    assert set(card["metrics"]["baselines"]) == {"recency", "frequency", "logistic", "bgnbd"}
+    for scores in [card["metrics"]["model"], *card["metrics"]["baselines"].values()]:
+        assert {"roc_auc", "pr_auc", "brier", "precision_top10"} <= set(scores)
+        assert 0 <= scores["brier"] <= 1
+    # a time split: every training cutoff's horizon ended by the test cutoff
+    window = card["data_window"]
+    assert window["train_cutoffs"][1] < window["test_cutoff"]
+    assert window["train_rows"] > window["test_rows"] > 50
+    assert sum(row["rows"] for row in card["calibration"]) == window["test_rows"]
+    for name in ["report.md", "roc.png", "calibration.png", "scores.png", "importance.png"]:
+        assert (result.folder / name).stat().st_size > 500, name
+    assert (result.folder / MODEL_FILE).read_bytes()[:2] == b"PK"  # skops zip, not a pickle
+    # on the simulator, whose churners fade in several ways, the model beats
+    # the best single-number baseline
+    assert card["metrics"]["model"]["roc_auc"] > card["metrics"]["baselines"]["recency"]["roc_auc"]
+    assert versions(registry) == [result.version]
+
+
+def test_too_short_a_history_is_a_clear_error(history, settings, tmp_path):
+    events = [e for e in history[0] if (e.occurred_at - history[0][0].occurred_at).days < 200]
+    with pytest.raises(TrainingError, match="history"):
+        train(events, settings, tmp_path, "short")
+
+
+def test_promote_and_rollback(trained, tmp_path):
+    registry = tmp_path / "registry"
+    source = trained[0] / trained[1].version
+    for version in ("v1", "v2"):
+        shutil.copytree(source, registry / version)
+    assert promoted_version(registry) is None
+    assert promote(registry, "v1") is None
+    assert promote(registry, "v2") == "v1"
+    assert promoted_version(registry) == "v2"
+    assert rollback(registry) == "v1"
+    assert promoted_version(registry) == "v1"
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        rollback(registry)
+    with pytest.raises(RegistryError, match="no model 'v9'"):
+        promote(registry, "v9")
+
+
+def test_loaded_model_scores_and_explains(trained):
+    model = load_model(trained[1].folder)
+    rows = np.array([model.usual, model.usual * 0 + 1.0])
+    p = model.probabilities(rows)
+    assert p.shape == (2,) and ((p >= 0) & (p <= 1)).all()
+    reasons = model.reasons(rows[1], "en", top=3)
+    assert len(reasons) <= 3
+    assert all(r[3] > 0 for r in reasons)
+
+
+def test_corrupt_or_mismatched_model_is_refused(trained, tmp_path):
+    good = trained[1].folder
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(good, corrupt)
+    data = (corrupt / MODEL_FILE).read_bytes()
+    (corrupt / MODEL_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="cannot load"):
+        load_model(corrupt)
+    other = tmp_path / "other"
+    shutil.copytree(good, other)
+    card = json.loads((other / "card.json").read_text())
+    card["features"] = card["features"][:-1]
+    (other / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="other features"):
+        load_model(other)
+
+
+def test_holder_keeps_serving_the_old_model_when_the_new_one_is_corrupt(trained, tmp_path, caplog):
+    registry = tmp_path / "registry"
+    shutil.copytree(trained[1].folder, registry / "v1")
+    shutil.copytree(trained[1].folder, registry / "v2")
+    (registry / "v2" / MODEL_FILE).write_bytes(b"not a model")
+    holder = ModelHolder(registry)
+    with caplog.at_level(logging.WARNING):
+        assert holder.refresh() is None
+    assert "running the warning rules only" in caplog.text
+    promote(registry, "v1")
+    assert holder.refresh().version == trained[1].version
+    promote(registry, "v2")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        model = holder.refresh()
+    assert model is not None and model.version == trained[1].version  # the old one
+    assert "refused churn model v2" in caplog.text
+    assert model.probabilities(model.usual[np.newaxis, :]).shape == (1,)
+
+
+def test_sweeps_score_in_batches_and_raise_explained_churn_risk(trained, history, settings):
+    model = load_model(trained[1].folder)
+    calls: list[int] = []
+
+    class Counting:
+        def predict_proba(self, x):
+            calls.append(len(x))
+            return model.estimator.predict_proba(x)
+
+    counting = type(model)(model.version, Counting(), model.usual, model.horizon_days)
+    states, _ = run_history(history[0], settings.warnings, 86400.0)
+    active = [s for s in states.values() if s.orders_total]
+    changed = sweep(
+        active,
+        max(s.last_order_at for s in active) + 86400,
+        settings.warnings,
+        counting,
+        batch_size=50,
+    )
+    risk = [r for _, recs in changed for r in recs if r.warning_type == "churn_risk"]
+    assert risk, "no churn-risk warning opened"
+    # one call per batch of 50 customers, plus one per warning for its reasons
+    explain = len(INPUT_FEATURES) + 1
+    assert [c for c in calls if c != explain] == [50, 50, len(active) - 100]
+    assert calls.count(explain) == len(risk)
+    record = risk[0]
+    assert record.status == "opened"
+    assert record.model_version == model.version
+    assert record.churn_probability >= settings.warnings.churn_risk.enter_probability
+    assert "main reasons:" in record.summary
+    assert record.evidence["expected_loss"] == pytest.approx(
+        record.churn_probability * record.evidence["revenue_52w"], rel=0.01, abs=1
+    )
+
+
+def test_bgnbd_no_order_probability_grows_with_silence():
+    params = np.array([0.5, 4.0, 0.1, 0.5])
+    x = np.array([5.0, 5.0, 5.0])
+    t_x = np.array([50.0, 30.0, 10.0])  # last order 0, 20, 40 weeks ago
+    big_t = np.array([50.0, 50.0, 50.0])
+    p = p_no_order(params, x, t_x, big_t, 13.0)
+    assert ((p > 0) & (p < 1)).all()
+    assert p[0] < p[1] < p[2]
