@@ -126,9 +126,13 @@ def worker(ctx: click.Context) -> None:
     """Run the Faust worker (state, rules, warnings) until Ctrl-C."""
     from faust import Worker
     from prometheus_client import start_http_server
+    from threadpoolctl import threadpool_limits
 
     from pipeline.app import create_app
 
+    # The model scores a partition's customers per sweep: small batches, for
+    # which one thread is faster than a pool that competes with Kafka I/O.
+    threadpool_limits(1)
     settings = _settings(ctx)
     _ensure_topics(settings)
     if settings.worker.metrics_port:
@@ -563,6 +567,7 @@ def warnings_tail(ctx: click.Context, from_beginning: bool) -> None:
     help="Accelerated clock for the simulated history.",
 )
 @click.option("--quiet", is_flag=True, help="Do not print each warning, only progress.")
+@click.option("--no-model", is_flag=True, help="Skip training the demo's churn model: rules only.")
 @click.pass_context
 def demo(
     ctx: click.Context,
@@ -571,6 +576,7 @@ def demo(
     customers: int | None,
     days_per_second: float,
     quiet: bool,
+    no_model: bool,
 ) -> None:
     """Run everything on this machine: broker, worker, simulator and the warnings view."""
     from churnwatch.broker import BrokerError
@@ -584,6 +590,7 @@ def demo(
             customers=customers,
             days_per_second=days_per_second,
             show_warnings=not quiet,
+            with_model=not no_model,
         )
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -88,8 +88,8 @@ def make_model(groups: Vector, labels: Vector) -> CalibratedClassifierCV:
     booster = HistGradientBoostingClassifier(
         # Small, well-regularised trees: a churn history has a few thousand
         # customers per cutoff, and the test period is later than any training row.
-        learning_rate=0.05,
-        max_iter=300,
+        learning_rate=0.1,
+        max_iter=60,
         max_depth=3,
         min_samples_leaf=100,
         l2_regularization=1.0,
@@ -99,6 +99,9 @@ def make_model(groups: Vector, labels: Vector) -> CalibratedClassifierCV:
         random_state=0,
     )
     folds = list(GroupKFold(n_splits=3).split(np.zeros(len(labels)), labels, groups))
+    # One calibrated booster per fold, averaged: a little bagging, which ranks
+    # better than one booster on all rows; 3 x 60 small trees stay cheap to
+    # run in every sweep.
     return CalibratedClassifierCV(booster, method="isotonic", cv=folds)
 
 
@@ -197,8 +200,9 @@ def train(
             "active": "an order in the 365 days before the cutoff",
         },
         "estimator": {
-            "type": "CalibratedClassifierCV(HistGradientBoostingClassifier, isotonic, "
-            "3 folds grouped by customer)",
+            "type": "3 HistGradientBoostingClassifiers with isotonic calibration, one per "
+            "fold (folds grouped by customer), averaged",
+            "trees": sum(int(c.estimator.n_iter_) for c in model.calibrated_classifiers_),
             "sklearn": sklearn.__version__,
             "python": platform.python_version(),
         },

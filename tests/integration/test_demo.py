@@ -26,11 +26,12 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def batch_summary(customers: int, days_per_second: float) -> dict:
-    from churnwatch.demo import Tally, lateness_hours, summarise
+def batch_summary(customers: int, days_per_second: float, tmp_path) -> dict:
+    from churnwatch.demo import Tally, lateness_hours, summarise, train_demo_model
     from churnwatch.settings import load_settings
     from pipeline.events import decode_event
     from pipeline.processing import run_history
+    from pipeline.scoring import load_model
     from producers.produce import ProduceStats
     from producers.simulator import parse_start, simulate
 
@@ -40,11 +41,14 @@ def batch_summary(customers: int, days_per_second: float) -> dict:
         customers, sim.seed, parse_start(sim.start), sim.days, sim.owners, sim.malformed
     )
     good = [decode_event(e.payload) for e in events if not e.malformed]
+    # the same model the demo trains (deterministic), served the same way
+    trained = train_demo_model(s, customers, tmp_path / "registry")
     _, records = run_history(
         good,
         s.warnings,
         s.clock.sweep_every_hours * 3600,
         lateness_hours(s, days_per_second) * 3600,
+        load_model(trained.folder),
     )
     tally = Tally()
     for record in records:
@@ -83,7 +87,7 @@ def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path):
     assert result["churners_total"] + result["steady_total"] == 60
     assert result["churners_warned"] / result["churners_total"] >= 0.8
     # exactly what the same logic finds in batch over the same simulation
-    expected = batch_summary(60, 60)
+    expected = batch_summary(60, 60, tmp_path)
     assert result["churners_warned"] == expected["churners_warned"]
     assert result["steady_warned"] == expected["steady_warned"]
     assert result["warnings"] == expected["warnings"]
@@ -92,7 +96,11 @@ def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path):
         "overdue_debt",
         "cooling_engagement",
         "complaint_trouble",
+        "churn_risk",
     }
+    # the demo trained and served a model, and it raised churn-risk warnings
+    assert result["model_version"].startswith("v")
+    assert result["warnings"].get("churn_risk", 0) > 0
 
 
 def test_ctrl_c_stops_the_demo_and_leaves_no_process_behind():

@@ -23,3 +23,55 @@ def test_bad_settings_file_exits_2_naming_the_key(tmp_path):
 def test_docs_check_passes_on_the_committed_docs():
     result = CliRunner().invoke(cli, ["docs", "events", "--check"])
     assert result.exit_code == 0, result.output
+
+
+def test_train_from_the_archive_then_promote_show_and_roll_back(tmp_path, monkeypatch):
+    from collections import defaultdict
+
+    from consumers.archiver import Archive, ArchiveStats
+    from pipeline.events import decode_event
+    from producers.simulator import parse_start, simulate
+
+    events, _ = simulate(120, 11, parse_start("2024-10-07"), 540, 3, 0)
+    by_topic = defaultdict(list)
+    for e in events:
+        by_topic[e.topic.value].append(decode_event(e.payload))
+    archive = Archive(tmp_path / "archive")
+    for topic, batch in by_topic.items():
+        archive.write(topic, batch, ArchiveStats())
+    monkeypatch.setenv("CHURNWATCH_ARCHIVE__PATH", str(tmp_path / "archive"))
+    monkeypatch.setenv("CHURNWATCH_MODEL__REGISTRY", str(tmp_path / "registry"))
+    runner = CliRunner()
+
+    empty = runner.invoke(cli, ["models", "list"])
+    assert empty.exit_code == 0 and "no models" in empty.output
+    versions = []
+    for _ in range(2):
+        result = runner.invoke(cli, ["train", "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert f"training on {len(events):,} events from archive" in result.output
+        assert "| model |" in result.output and "| bgnbd |" in result.output
+        versions.append(result.output.split("churnwatch models promote ")[1].split()[0])
+    for version in versions:
+        assert runner.invoke(cli, ["models", "promote", version]).exit_code == 0
+    listing = runner.invoke(cli, ["models", "list"]).output
+    assert f"* {versions[1]}" in listing and f"  {versions[0]}" in listing
+    shown = runner.invoke(cli, ["models", "show"])
+    assert shown.exit_code == 0 and f"version {versions[1]}" in shown.output
+    back = runner.invoke(cli, ["models", "rollback"])
+    assert back.exit_code == 0 and versions[0] in back.output
+    assert f"* {versions[0]}" in runner.invoke(cli, ["models", "list"]).output
+    again = runner.invoke(cli, ["models", "rollback"])
+    assert again.exit_code == 1 and "nothing to roll back" in again.output
+    missing = runner.invoke(cli, ["models", "promote", "v0"])
+    assert missing.exit_code == 1 and "no model 'v0'" in missing.output
+
+
+def test_train_needs_both_events_and_mapping_or_an_archive(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHURNWATCH_ARCHIVE__PATH", str(tmp_path / "nothing"))
+    result = CliRunner().invoke(cli, ["train", "--quiet"])
+    assert result.exit_code == 1 and "archive" in result.output and "is empty" in result.output
+    csv = tmp_path / "x.csv"
+    csv.write_text("a\n1\n")
+    result = CliRunner().invoke(cli, ["train", "--events", str(csv)])
+    assert result.exit_code == 2 and "go together" in result.output
