@@ -50,11 +50,12 @@ def cli(ctx: click.Context, config: Path | None) -> None:
         raise click.UsageError(str(exc)) from exc
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGINT or SIGTERM; install it before announcing readiness."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
 def _ensure_topics(settings: Settings) -> list[str]:
@@ -98,10 +99,11 @@ def broker(ctx: click.Context) -> None:
     from churnwatch.broker import BrokerError, EmbeddedBroker
 
     b = _settings(ctx).broker
+    stop = _stop_on_signal()  # before "ready": a client may stop us right after it
     try:
         with EmbeddedBroker(b.host, b.port, b.startup_timeout_seconds) as running:
             click.echo(f"broker ready on {running.bootstrap_servers} (memory only; Ctrl-C stops)")
-            _wait_for_signal()
+            stop.wait()
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("broker stopped")
@@ -513,9 +515,7 @@ def archive(ctx: click.Context) -> None:
 
     settings = _settings(ctx)
     _ensure_topics(settings)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signal()
 
     def report(stats: ArchiveStats) -> None:
         click.echo(
