@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -545,6 +545,182 @@ def warnings_tail(ctx: click.Context, from_beginning: bool) -> None:
         tail_warnings(_settings(ctx), stop, lambda w: click.echo(format_warning(w)), from_beginning)
     except KeyboardInterrupt:
         pass
+
+
+@cli.group()
+def alerts() -> None:
+    """Notifications: run the dispatcher, list, snooze, give feedback."""
+
+
+def _dispatcher_parts(ctx: click.Context) -> tuple[Settings, Any]:
+    from consumers.alerts.ledger import open_ledger
+
+    settings = _settings(ctx)
+    return settings, open_ledger(settings.alerts.ledger_url)
+
+
+@alerts.command("run")
+@click.pass_context
+def alerts_run(ctx: click.Context) -> None:
+    """Consume warnings, route and deliver notifications until Ctrl-C."""
+    from consumers.alerts.dispatcher import make_dispatcher, run_dispatcher
+    from consumers.alerts.routing import RoutingError
+
+    settings = _settings(ctx)
+    try:
+        dispatcher = make_dispatcher(settings)
+    except RoutingError as exc:
+        raise click.UsageError(str(exc)) from exc
+    _ensure_topics(settings)
+    stop = _stop_on_signal()
+    click.echo(
+        f"dispatching warnings from {settings.kafka.bootstrap_servers} "
+        f"(routing {settings.alerts.routing}); Ctrl-C stops"
+    )
+    run_dispatcher(settings, stop, dispatcher)
+    click.echo("dispatcher stopped")
+
+
+@alerts.command("list")
+@click.option("--customer", help="Only this customer.")
+@click.option("--recipient", help="Only notifications to this recipient.")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "sent", "snoozed", "inhibited", "capped"]),
+    help="Only notifications in this state.",
+)
+@click.option("--kind", type=click.Choice(["opened", "reminder", "resolved", "digest"]))
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.pass_context
+def alerts_list(
+    ctx: click.Context,
+    customer: str | None,
+    recipient: str | None,
+    status: str | None,
+    kind: str | None,
+    limit: int,
+) -> None:
+    """Notifications in the ledger, newest first."""
+    from sqlalchemy import select
+
+    from consumers.alerts.ledger import Notification
+
+    _, sessions = _dispatcher_parts(ctx)
+    query = select(Notification).order_by(Notification.id.desc()).limit(limit)
+    for column, value in (
+        (Notification.customer_id, customer),
+        (Notification.recipient, recipient),
+        (Notification.status, status),
+        (Notification.kind, kind),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    with sessions() as session:
+        rows = list(session.scalars(query))
+    if not rows:
+        click.echo("no notifications match")
+    for n in rows:
+        sent = n.sent_at.isoformat(timespec="seconds") if n.sent_at else "-"
+        click.echo(
+            f"{n.short_id}  {n.status:9} {n.kind:8} {n.recipient:28} {n.channel:30} "
+            f"sent {sent}  {n.subject}"
+        )
+
+
+@alerts.command("snooze")
+@click.argument("customer")
+@click.option("--type", "warning_type", help="Only this warning type (default: all).")
+@click.option(
+    "--until",
+    required=True,
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"]),
+    help="UTC date (or date and time) the snooze ends.",
+)
+@click.option("--reason", required=True, help="Why (kept in the ledger).")
+@click.pass_context
+def alerts_snooze(
+    ctx: click.Context, customer: str, warning_type: str | None, until: Any, reason: str
+) -> None:
+    """Record but do not send CUSTOMER's notifications until a date."""
+    from datetime import UTC, datetime
+
+    from consumers.alerts.ledger import Snooze
+
+    _, sessions = _dispatcher_parts(ctx)
+    end = until.replace(tzinfo=UTC)
+    if end <= datetime.now(UTC):
+        raise click.UsageError("--until must be in the future")
+    with sessions.begin() as session:
+        session.add(
+            Snooze(
+                customer_id=customer,
+                warning_type=warning_type,
+                until=end,
+                reason=reason,
+                created_at=datetime.now(UTC),
+            )
+        )
+    click.echo(f"snoozed {customer} ({warning_type or 'all warnings'}) until {end.isoformat()}")
+
+
+@alerts.command("unsnooze")
+@click.argument("customer")
+@click.pass_context
+def alerts_unsnooze(ctx: click.Context, customer: str) -> None:
+    """Lift CUSTOMER's snoozes (new notifications are sent again)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from consumers.alerts.ledger import Snooze
+
+    _, sessions = _dispatcher_parts(ctx)
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        active = list(
+            session.scalars(
+                select(Snooze).where(
+                    Snooze.customer_id == customer, Snooze.lifted_at.is_(None), Snooze.until > now
+                )
+            )
+        )
+        for snooze in active:
+            snooze.lifted_at = now
+    click.echo(f"lifted {len(active)} snooze(s) for {customer}")
+
+
+@alerts.command("feedback")
+@click.argument("short_id")
+@click.argument(
+    "verdict", type=click.Choice(["acted", "false_alarm", "already_known", "not_reachable"])
+)
+@click.option("--note", default="", help="Free text.")
+@click.pass_context
+def alerts_feedback(ctx: click.Context, short_id: str, verdict: str, note: str) -> None:
+    """Record what came of notification SHORT_ID (the id in its subject)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from consumers.alerts.ledger import Feedback, Notification
+
+    _, sessions = _dispatcher_parts(ctx)
+    with sessions.begin() as session:
+        found = session.scalar(select(Notification).where(Notification.short_id == short_id))
+        if found is None:
+            raise click.ClickException(
+                f"no notification {short_id!r} (see `churnwatch alerts list`)"
+            )
+        session.add(
+            Feedback(
+                short_id=short_id,
+                warning_id=found.warning_id,
+                verdict=verdict,
+                note=note,
+                at=datetime.now(UTC),
+            )
+        )
+    click.echo(f"recorded {verdict} for {short_id}")
 
 
 @cli.command()

@@ -187,6 +187,33 @@ class ModelSettings(_Section):
     top_reasons: int = Field(3, ge=1, le=10)
 
 
+class SmtpSettings(_Section):
+    """The mail server email channels send through; the password only from the environment."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1025, ge=1, le=65535)
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    sender: str = "churnwatch@localhost"
+    security: Literal["insecure", "starttls", "ssl"] = "insecure"
+
+
+class AlertSettings(_Section):
+    """``churnwatch alerts``: routing, channels, noise control, ledger."""
+
+    routing: str = "configs/routing.yaml"
+    ledger_url: str = "sqlite:///.churnwatch/alerts.db"
+    group_id: str = "churnwatch-alerts"
+    smtp: SmtpSettings = SmtpSettings()
+    #: Hours before an open episode is notified again, by warning type ("*": the rest).
+    cooldown_hours: dict[str, float] = {"*": 72.0}
+    daily_cap: int = Field(20, ge=1)
+    digest_hour: int = Field(17, ge=0, le=23)
+    retry_first_seconds: float = Field(5.0, gt=0)
+    retry_max_seconds: float = Field(600.0, gt=0)
+    poll_seconds: float = Field(1.0, gt=0)
+
+
 class SimulatorSettings(_Section):
     customers: int = Field(300, ge=1)
     seed: int = 7
@@ -211,6 +238,7 @@ class Settings(BaseSettings):
     warnings: WarningThresholds = WarningThresholds()
     archive: ArchiveSettings = ArchiveSettings()
     model: ModelSettings = ModelSettings()
+    alerts: AlertSettings = AlertSettings()
     simulator: SimulatorSettings = SimulatorSettings()
 
     @classmethod

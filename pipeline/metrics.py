@@ -40,3 +40,18 @@ MODEL = Info("churnwatch_model", "The churn model this worker serves (version 'n
 MODEL_REFUSED = Counter(
     "churnwatch_model_refused_total", "Promoted models that could not load and were refused."
 )
+NOTIFICATIONS = Counter(
+    "churnwatch_notifications_total",
+    "Notifications recorded by the dispatcher, by kind and first status "
+    "(pending, snoozed, inhibited, capped).",
+    ["kind", "status"],
+)
+NOTIFICATIONS_SENT = Counter(
+    "churnwatch_notifications_sent_total", "Notifications delivered, by channel.", ["channel"]
+)
+NOTIFICATIONS_FAILED = Counter(
+    "churnwatch_notifications_failed_total",
+    "Delivery attempts that failed (retried later), by channel.",
+    ["channel"],
+)
+OUTBOX_DEPTH = Gauge("churnwatch_outbox_depth", "Notifications waiting to be delivered.")

@@ -1,0 +1,498 @@
+"""The alert dispatcher: turns warning records into notifications, and delivers them.
+
+:class:`Dispatcher` holds the rules of who is told what and when, over the
+ledger (no Kafka in it: the tests drive it with a clock of their own).
+:func:`run_dispatcher` feeds it from the warnings and customers topics and
+commits offsets only after the ledger has the records, so a crash or a
+redelivery never loses or repeats a notification (the ledger's unique keys
+drop the repeats).
+
+Noise control, in order: a snoozed customer's notifications are recorded as
+``snoozed``; a warning held back by an open one (``inhibit`` in the routing
+file) is recorded as ``inhibited`` and listed inside the open one's message;
+past the recipient's daily cap it is ``capped`` and goes into the digest;
+otherwise it is ``pending`` until the recipient's delivery window opens. An
+open episode is notified again after its cooldown; a resolved one gets a
+short message to whoever heard about it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from churnwatch.settings import AlertSettings, Settings
+from consumers.alerts.ledger import (
+    Attempt,
+    Customer,
+    Episode,
+    Notification,
+    Snooze,
+    open_ledger,
+    short_id,
+)
+from consumers.alerts.messages import Message, digest_message, episode_message
+from consumers.alerts.routing import Channel, Recipient, Routing, RoutingError, load_routing
+from pipeline import metrics
+from pipeline.events import CustomerUpdated, Topic, WarningRecord, decode_event
+
+log = logging.getLogger(__name__)
+
+#: Sends one message through one Apprise URL; returns (ok, error text).
+Sender = Callable[[str, Message], tuple[bool, str]]
+Clock = Callable[[], datetime]
+
+
+def apprise_send(url: str, message: Message) -> tuple[bool, str]:
+    """Send through Apprise (Markdown body: channels that render it get the rich form)."""
+    import apprise
+
+    notifier = apprise.Apprise()
+    if not notifier.add(url):
+        return False, "Apprise does not understand this channel's URL"
+    with apprise.LogCapture(level=logging.WARNING) as captured:  # type: ignore[no-untyped-call]
+        ok = notifier.notify(
+            title=message.subject,
+            body=message.markdown,
+            body_format=apprise.NotifyFormat.MARKDOWN,
+        )
+    if ok:
+        return True, ""
+    lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+    return False, (lines[-1] if lines else "the channel did not accept the message")[:500]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: AlertSettings,
+        routing: Routing,
+        sessions: sessionmaker[Session],
+        send: Sender = apprise_send,
+        clock: Clock = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.routing = routing
+        self.sessions = sessions
+        self.send = send
+        self.clock = clock
+
+    # -- input -------------------------------------------------------------
+
+    def on_customer(self, event: CustomerUpdated) -> None:
+        with self.sessions.begin() as session:
+            customer = session.get(Customer, event.customer_id) or Customer(
+                customer_id=event.customer_id
+            )
+            customer.name, customer.owner = event.name, event.owner
+            customer.segment, customer.region = event.segment, event.region
+            session.add(customer)
+
+    def on_warning(self, record: WarningRecord) -> int:
+        """Record the episode change and queue its notifications; returns how many are new."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            episode = session.get(Episode, record.warning_id)
+            if episode is None:
+                episode = Episode(
+                    warning_id=record.warning_id,
+                    customer_id=record.customer_id,
+                    warning_type=record.warning_type,
+                    opened_at=record.opened_at,
+                    received_at=now,
+                    status="open",
+                )
+                session.add(episode)
+            if record.status == "opened" and episode.status == "open":
+                episode.customer_name, episode.owner = record.customer_name, record.owner
+                episode.segment, episode.severity = record.segment, record.severity
+                episode.summary, episode.evidence = record.summary, dict(record.evidence)
+                episode.action = record.recommended_action
+                episode.churn_probability = record.churn_probability
+            elif record.status == "resolved":
+                if not episode.severity:  # never saw it open: keep what the record says
+                    episode.severity, episode.summary = record.severity, record.summary
+                    episode.customer_name, episode.owner = record.customer_name, record.owner
+                    episode.segment = record.segment
+                episode.status, episode.resolved_at = "resolved", record.at
+                episode.summary = record.summary or episode.summary
+            session.flush()
+            kind = "opened" if record.status == "opened" else "resolved"
+            created = self._queue(session, episode, kind, now)
+            if kind == "resolved":
+                self._release_held(session, episode, now)
+            return created
+
+    def _release_held(self, session: Session, holder: Episode, now: datetime) -> None:
+        """The holding episode closed: what it held back (still open) goes out now."""
+        for held in self._held(session, holder):
+            if self._open_of(
+                session,
+                held.customer_id,
+                [t for t in self.routing.held_by(held.warning_type) if t != holder.warning_type],  # type: ignore[arg-type]
+            ):
+                continue  # another holder is still open
+            for note in session.scalars(
+                select(Notification).where(
+                    Notification.warning_id == held.warning_id,
+                    Notification.status == "inhibited",
+                )
+            ):
+                note.status = "pending"
+                note.due_at = self.routing.recipient(note.recipient).window.next_open(now)
+
+    # -- deciding ----------------------------------------------------------
+
+    def _recipients(self, session: Session, episode: Episode) -> list[tuple[str, Recipient]]:
+        customer = session.get(Customer, episode.customer_id)
+        names = self.routing.route(
+            episode.owner or (customer.owner if customer else ""),
+            episode.warning_type,  # type: ignore[arg-type]
+            episode.severity,  # type: ignore[arg-type]
+            episode.segment or (customer.segment if customer else ""),
+            customer.region if customer else "",
+        )
+        return [(name, self.routing.recipient(name)) for name in names]
+
+    def _snoozed(self, session: Session, episode: Episode, now: datetime) -> bool:
+        query = select(Snooze).where(
+            Snooze.customer_id == episode.customer_id,
+            Snooze.until > now,
+            Snooze.lifted_at.is_(None),
+        )
+        return any(s.warning_type in (None, episode.warning_type) for s in session.scalars(query))
+
+    def _open_of(self, session: Session, customer_id: str, types: Sequence[str]) -> list[Episode]:
+        if not types:
+            return []
+        query = select(Episode).where(
+            Episode.customer_id == customer_id,
+            Episode.status == "open",
+            Episode.warning_type.in_(types),
+        )
+        return list(session.scalars(query))
+
+    def _held(self, session: Session, episode: Episode) -> list[Episode]:
+        """Open episodes of the customer that this episode's type holds back."""
+        held_types = [
+            t for i in self.routing.inhibit if i.while_open == episode.warning_type for t in i.hold
+        ]
+        return self._open_of(session, episode.customer_id, held_types)
+
+    def _day_count(self, session: Session, name: str, recipient: Recipient, now: datetime) -> int:
+        zone = ZoneInfo(recipient.window.timezone)
+        local = now.astimezone(zone)
+        start = datetime.combine(local.date(), datetime.min.time(), zone)
+        query = select(func.count(Notification.id)).where(
+            Notification.recipient == name,
+            Notification.kind.in_(["opened", "reminder"]),
+            Notification.status.in_(["pending", "sent"]),
+            Notification.created_at >= start,
+        )
+        return int(session.scalar(query) or 0)
+
+    def _status(
+        self, session: Session, episode: Episode, kind: str, name: str, r: Recipient, now: datetime
+    ) -> str:
+        if self._snoozed(session, episode, now):
+            return "snoozed"
+        if kind == "resolved":
+            return "pending"
+        holders = self.routing.held_by(episode.warning_type)  # type: ignore[arg-type]
+        if self._open_of(session, episode.customer_id, list(holders)):
+            return "inhibited"
+        if self._day_count(session, name, r, now) >= self.settings.daily_cap:
+            return "capped"
+        return "pending"
+
+    def _queue(self, session: Session, episode: Episode, kind: str, now: datetime) -> int:
+        created = 0
+        for name, recipient in self._recipients(session, episode):
+            for channel in recipient.channels:
+                base = f"{episode.warning_id}|{{kind}}|{name}|{channel.name}"
+                if kind == "resolved":
+                    told = session.scalar(
+                        select(Notification.id).where(
+                            Notification.warning_id == episode.warning_id,
+                            Notification.recipient == name,
+                            Notification.channel == channel.name,
+                            Notification.kind.in_(["opened", "reminder"]),
+                            Notification.status == "sent",
+                        )
+                    )
+                    if told is None:
+                        continue  # nobody heard of it here: no news in its end either
+                key = base.format(kind=kind)
+                if session.scalar(select(Notification.id).where(Notification.dedup_key == key)):
+                    continue  # a redelivered record: already queued
+                self._add(session, episode, kind, key, name, recipient, channel, now)
+                created += 1
+        return created
+
+    def _add(
+        self,
+        session: Session,
+        episode: Episode,
+        kind: str,
+        key: str,
+        name: str,
+        recipient: Recipient,
+        channel: Channel,
+        now: datetime,
+    ) -> None:
+        sid = short_id(key)
+        held = self._held(session, episode) if kind != "resolved" else []
+        message = episode_message(
+            episode,
+            "opened" if kind == "opened" else kind.split("-")[0],
+            recipient.language,
+            sid,
+            held,
+        )
+        status = self._status(session, episode, kind, name, recipient, now)
+        session.add(
+            Notification(
+                short_id=sid,
+                dedup_key=key,
+                warning_id=episode.warning_id,
+                customer_id=episode.customer_id,
+                recipient=name,
+                channel=channel.name,
+                kind=kind.split("-")[0],
+                status=status,
+                subject=message.subject,
+                body_text=message.text,
+                body_markdown=message.markdown,
+                created_at=now,
+                due_at=recipient.window.next_open(now),
+            )
+        )
+        metrics.NOTIFICATIONS.labels(kind.split("-")[0], status).inc()
+
+    # -- time-driven -------------------------------------------------------
+
+    def remind(self) -> int:
+        """Queue a reminder for open episodes whose cooldown has passed since the last one."""
+        now = self.clock()
+        created = 0
+        with self.sessions.begin() as session:
+            for episode in session.scalars(select(Episode).where(Episode.status == "open")):
+                hours = self.settings.cooldown_hours.get(
+                    episode.warning_type, self.settings.cooldown_hours.get("*", 72.0)
+                )
+                for name, recipient in self._recipients(session, episode):
+                    for channel in recipient.channels:
+                        last = session.scalars(
+                            select(Notification)
+                            .where(
+                                Notification.warning_id == episode.warning_id,
+                                Notification.recipient == name,
+                                Notification.channel == channel.name,
+                                Notification.kind.in_(["opened", "reminder"]),
+                            )
+                            .order_by(Notification.id.desc())
+                        ).first()
+                        if last is None or last.status != "sent" or last.sent_at is None:
+                            continue
+                        if now - last.sent_at < timedelta(hours=hours):
+                            continue
+                        count = session.scalar(
+                            select(func.count(Notification.id)).where(
+                                Notification.warning_id == episode.warning_id,
+                                Notification.recipient == name,
+                                Notification.channel == channel.name,
+                                Notification.kind == "reminder",
+                            )
+                        )
+                        key = (
+                            f"{episode.warning_id}|reminder-{int(count or 0) + 1}|{name}|"
+                            f"{channel.name}"
+                        )
+                        self._add(
+                            session,
+                            episode,
+                            f"reminder-{int(count or 0) + 1}",
+                            key,
+                            name,
+                            recipient,
+                            channel,
+                            now,
+                        )
+                        created += 1
+        return created
+
+    def digests(self) -> int:
+        """Each recipient's daily digest, once its local digest hour has come."""
+        now = self.clock()
+        created = 0
+        with self.sessions.begin() as session:
+            names = set(
+                session.scalars(
+                    select(Notification.recipient)
+                    .join(Episode, Episode.warning_id == Notification.warning_id)
+                    .where(Episode.status == "open")
+                )
+            )
+            for name in sorted(names):
+                recipient = self.routing.recipient(name)
+                local = now.astimezone(ZoneInfo(recipient.window.timezone))
+                if local.hour < self.settings.digest_hour:
+                    continue
+                episodes = list(
+                    session.scalars(
+                        select(Episode)
+                        .join(Notification, Notification.warning_id == Episode.warning_id)
+                        .where(
+                            Episode.status == "open",
+                            Notification.recipient == name,
+                            Notification.status.in_(["sent", "pending", "capped"]),
+                        )
+                        .distinct()
+                    )
+                )
+                if not episodes:
+                    continue
+                for channel in recipient.channels:
+                    key = f"digest|{local.date().isoformat()}|{name}|{channel.name}"
+                    if session.scalar(select(Notification.id).where(Notification.dedup_key == key)):
+                        continue
+                    sid = short_id(key)
+                    message = digest_message(episodes, recipient.language, sid)
+                    session.add(
+                        Notification(
+                            short_id=sid,
+                            dedup_key=key,
+                            recipient=name,
+                            channel=channel.name,
+                            kind="digest",
+                            status="pending",
+                            subject=message.subject,
+                            body_text=message.text,
+                            body_markdown=message.markdown,
+                            created_at=now,
+                            due_at=recipient.window.next_open(now),
+                        )
+                    )
+                    metrics.NOTIFICATIONS.labels("digest", "pending").inc()
+                    created += 1
+        return created
+
+    def deliver_due(self, limit: int = 200) -> int:
+        """Send pending notifications whose time has come; failures wait and retry."""
+        now = self.clock()
+        sent = 0
+        with self.sessions() as session:
+            due = list(
+                session.scalars(
+                    select(Notification)
+                    .where(Notification.status == "pending", Notification.due_at <= now)
+                    .order_by(Notification.due_at, Notification.id)
+                    .limit(limit)
+                )
+            )
+            for note in due:
+                ok, error = self._send(note)
+                at = self.clock()
+                note.attempts += 1
+                session.add(Attempt(notification_id=note.id, at=at, ok=ok, error=error))
+                if ok:
+                    note.status, note.sent_at = "sent", at
+                    sent += 1
+                    metrics.NOTIFICATIONS_SENT.labels(note.channel.split(":")[0]).inc()
+                else:
+                    wait = min(
+                        self.settings.retry_first_seconds * 2 ** (note.attempts - 1),
+                        self.settings.retry_max_seconds,
+                    )
+                    note.due_at = at + timedelta(seconds=wait)
+                    metrics.NOTIFICATIONS_FAILED.labels(note.channel.split(":")[0]).inc()
+                    log.warning(
+                        "delivery %s to %s via %s failed (attempt %d, next in %.0f s): %s",
+                        note.short_id,
+                        note.recipient,
+                        note.channel,
+                        note.attempts,
+                        wait,
+                        error,
+                    )
+                session.commit()  # one by one: a crash repeats at most one message
+            depth = session.scalar(
+                select(func.count(Notification.id)).where(Notification.status == "pending")
+            )
+            metrics.OUTBOX_DEPTH.set(int(depth or 0))
+        return sent
+
+    def _send(self, note: Notification) -> tuple[bool, str]:
+        recipient = self.routing.recipient(note.recipient)
+        channel = next((c for c in recipient.channels if c.name == note.channel), None)
+        if channel is None:
+            return False, f"channel {note.channel} is no longer in the routing file"
+        try:
+            url = channel.apprise_url(self.settings.smtp)
+        except RoutingError as exc:
+            return False, str(exc)
+        message = Message(note.subject, note.body_text, note.body_markdown)
+        try:
+            return self.send(url, message)
+        except Exception as exc:  # a channel library error must not stop the outbox
+            return False, f"{type(exc).__name__}: {exc}"[:500]
+
+    def tick(self) -> None:
+        self.remind()
+        self.digests()
+        self.deliver_due()
+
+
+def make_dispatcher(settings: Settings, **kwargs: Any) -> Dispatcher:
+    return Dispatcher(
+        settings.alerts,
+        load_routing(settings.alerts.routing),
+        open_ledger(settings.alerts.ledger_url),
+        **kwargs,
+    )
+
+
+def run_dispatcher(settings: Settings, stop: threading.Event, dispatcher: Dispatcher) -> None:
+    """Consume warnings and customers until ``stop``; deliver between polls."""
+    from kafka import KafkaConsumer
+
+    warnings_topic = settings.topic(Topic.WARNINGS)
+    customers_topic = settings.topic(Topic.CUSTOMERS)
+    consumer = KafkaConsumer(
+        warnings_topic,
+        customers_topic,
+        group_id=settings.alerts.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **settings.kafka_client_options(),
+    )
+    try:
+        while not stop.is_set():
+            batches = consumer.poll(timeout_ms=int(settings.alerts.poll_seconds * 1000))
+            for messages in batches.values():
+                for message in messages:
+                    _consume(dispatcher, message, warnings_topic)
+            if batches:
+                consumer.commit()  # after the ledger has them: at least once, deduplicated
+            dispatcher.tick()
+    finally:
+        consumer.close()
+
+
+def _consume(dispatcher: Dispatcher, message: Any, warnings_topic: str) -> None:
+    try:
+        if message.topic == warnings_topic:
+            dispatcher.on_warning(WarningRecord.model_validate_json(message.value))
+        else:
+            event = decode_event(message.value, message.key)
+            if isinstance(event, CustomerUpdated):
+                dispatcher.on_customer(event)
+    except Exception as exc:  # the worker validated these; skip and say so, never die
+        log.error("skipped %s[%s]@%s: %s", message.topic, message.partition, message.offset, exc)

@@ -1,0 +1,155 @@
+"""The alert ledger: every episode, notification, delivery attempt, snooze and feedback.
+
+SQLAlchemy, so the default SQLite file can be swapped for PostgreSQL by URL
+(``alerts.ledger_url``). Notifications double as the outbox: a notification is
+written (``pending``) before it is sent, and stays pending, retried with
+backoff, until a channel accepts it; a dispatcher restart picks it up again.
+Unique keys make redelivered warnings harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+)
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, whatever the database keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("the ledger stores aware datetimes only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    """Master data from the customers topic (for routing by region)."""
+
+    __tablename__ = "customers"
+    customer_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    segment: Mapped[str] = mapped_column(String(50), default="")
+    region: Mapped[str] = mapped_column(String(50), default="")
+
+
+class Episode(Base):
+    """A warning episode as the worker reported it."""
+
+    __tablename__ = "episodes"
+    warning_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(100), index=True)
+    customer_name: Mapped[str] = mapped_column(String(200), default="")
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    segment: Mapped[str] = mapped_column(String(50), default="")
+    warning_type: Mapped[str] = mapped_column(String(40))
+    severity: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))  # open | resolved
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    evidence: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    action: Mapped[str] = mapped_column(Text, default="")
+    churn_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expected_loss: Mapped[float] = mapped_column(Float, default=0.0)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Notification(Base):
+    """One message to one recipient through one channel; also the outbox entry."""
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    short_id: Mapped[str] = mapped_column(String(12), unique=True)
+    dedup_key: Mapped[str] = mapped_column(String(300), unique=True)
+    warning_id: Mapped[str | None] = mapped_column(
+        ForeignKey("episodes.warning_id"), nullable=True, index=True
+    )
+    customer_id: Mapped[str] = mapped_column(String(100), default="", index=True)
+    recipient: Mapped[str] = mapped_column(String(200), index=True)
+    channel: Mapped[str] = mapped_column(String(200))  # a safe label, never the URL
+    kind: Mapped[str] = mapped_column(String(20))  # opened | reminder | resolved | digest
+    #: pending (in the outbox) | sent | snoozed | inhibited | capped (into the digest)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    subject: Mapped[str] = mapped_column(Text)
+    body_text: Mapped[str] = mapped_column(Text)
+    body_markdown: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ok: Mapped[bool] = mapped_column()
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Snooze(Base):
+    __tablename__ = "snoozes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(100), index=True)
+    warning_type: Mapped[str | None] = mapped_column(String(40), nullable=True)  # None: all
+    until: Mapped[datetime] = mapped_column(UtcDateTime())
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    lifted_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    short_id: Mapped[str] = mapped_column(String(12), index=True)
+    warning_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    verdict: Mapped[str] = mapped_column(String(20))
+    note: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+def short_id(dedup_key: str) -> str:
+    """A short, stable reference for a notification (the one quoted in feedback)."""
+    return "N" + hashlib.sha256(dedup_key.encode()).hexdigest()[:8].upper()
+
+
+def open_ledger(url: str) -> sessionmaker[Any]:
+    """Connect (creating the SQLite folder and the tables if needed)."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        from pathlib import Path
+
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine: Engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)

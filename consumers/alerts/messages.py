@@ -1,0 +1,150 @@
+"""The text of each notification, per warning type, in English and Simplified Chinese.
+
+Every message names the customer and its owner, says what changed (the
+warning's summary), lists the evidence against the baseline, the expected
+loss when a churn model score exists, the recommended action, and the short
+id to quote in feedback. Each comes as plain text and as Markdown (channels
+that render it get the rich variant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consumers.alerts.ledger import Episode
+from pipeline.texts import Language
+
+TITLES: dict[Language, dict[str, str]] = {
+    "en": {
+        "sales_drop": "Sales drop",
+        "overdue_debt": "Overdue debt",
+        "cooling_engagement": "Cooling engagement",
+        "complaint_trouble": "Complaint trouble",
+        "churn_risk": "Churn risk",
+    },
+    "zh-CN": {
+        "sales_drop": "销售进程预警",
+        "overdue_debt": "欠款预警",
+        "cooling_engagement": "关系冷淡预警",
+        "complaint_trouble": "投诉预警",
+        "churn_risk": "流失风险预警",
+    },
+}
+
+WORDS: dict[Language, dict[str, str]] = {
+    "en": {
+        "opened": "{title} ({severity}): {customer}",
+        "reminder": "Still open: {title} ({severity}): {customer}",
+        "resolved": "Resolved: {title}: {customer}",
+        "owner": "Owner",
+        "changed": "What changed",
+        "evidence": "Evidence",
+        "loss": "Expected loss (value at stake x churn risk)",
+        "no_loss": "Value at stake (52-week revenue)",
+        "action": "Recommended action",
+        "held": "Also open for this customer (held back, see above)",
+        "ref": "Reference {short_id}: reply with `churnwatch alerts feedback {short_id} "
+        "acted|false_alarm|already_known|not_reachable`",
+        "resolved_body": "The {title} warning for {customer} has cleared: {summary}",
+        "digest": "Your open warnings ({count}), by expected loss",
+        "digest_line": "{rank}. {customer} - {title} ({severity}), {loss_label} {loss:,.0f}: "
+        "{summary}",
+        "digest_empty": "No open warnings.",
+    },
+    "zh-CN": {
+        "opened": "{title}（{severity}）：{customer}",
+        "reminder": "仍未解决：{title}（{severity}）：{customer}",
+        "resolved": "已解除：{title}：{customer}",
+        "owner": "负责人",
+        "changed": "变化",
+        "evidence": "依据",
+        "loss": "预期损失（涉及金额 x 流失概率）",
+        "no_loss": "涉及金额（近 52 周销售额）",
+        "action": "建议行动",
+        "held": "该客户同时存在（已合并在本消息中）",
+        "ref": "编号 {short_id}：反馈请用 `churnwatch alerts feedback {short_id} "
+        "acted|false_alarm|already_known|not_reachable`",
+        "resolved_body": "{customer} 的{title}已解除：{summary}",
+        "digest": "您的未解决预警（{count} 条），按预期损失排序",
+        "digest_line": (
+            "{rank}. {customer} - {title}（{severity}），{loss_label} {loss:,.0f}：{summary}"
+        ),
+        "digest_empty": "没有未解决的预警。",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    subject: str
+    text: str
+    markdown: str
+
+
+def expected_loss(episode: Episode) -> float:
+    """Value at stake x churn risk when a model scored the customer, else the value at stake."""
+    value = float(episode.evidence.get("revenue_52w", 0.0))
+    if episode.churn_probability is not None:
+        return value * episode.churn_probability
+    return value
+
+
+def _customer(e: Episode) -> str:
+    return f"{e.customer_name} ({e.customer_id})" if e.customer_name else e.customer_id
+
+
+def episode_message(
+    episode: Episode, kind: str, language: Language, short_id: str, held: list[Episode]
+) -> Message:
+    """An ``opened``, ``reminder`` or ``resolved`` message about ``episode``."""
+    w = WORDS[language]
+    title = TITLES[language][episode.warning_type]
+    customer = _customer(episode)
+    subject = w[kind].format(title=title, severity=episode.severity, customer=customer)
+    subject = f"[churnwatch {short_id}] {subject}"
+    if kind == "resolved":
+        body = w["resolved_body"].format(title=title, customer=customer, summary=episode.summary)
+        ref = w["ref"].format(short_id=short_id)
+        return Message(subject, f"{body}\n\n{ref}\n", f"{body}\n\n{ref}\n")
+    loss_label = w["loss"] if episode.churn_probability is not None else w["no_loss"]
+    evidence = [f"{k}: {v:,.2f}".rstrip("0").rstrip(".") for k, v in episode.evidence.items()]
+    lines = [
+        (w["owner"], episode.owner or "-"),
+        (w["changed"], episode.summary),
+        (loss_label, f"{expected_loss(episode):,.0f}"),
+        (w["action"], episode.action),
+    ]
+    text = [subject, ""] + [f"{label}: {value}" for label, value in lines]
+    text += ["", w["evidence"] + ":"] + [f"  {line}" for line in evidence]
+    md = [f"**{subject}**", ""] + [f"- **{label}**: {value}" for label, value in lines]
+    md += ["", f"**{w['evidence']}**", ""] + [f"- `{line}`" for line in evidence]
+    if held:
+        items = [f"{TITLES[language][h.warning_type]}: {h.summary}" for h in held]
+        text += ["", w["held"] + ":"] + [f"  - {i}" for i in items]
+        md += ["", f"**{w['held']}**", ""] + [f"- {i}" for i in items]
+    ref = w["ref"].format(short_id=short_id)
+    return Message(subject, "\n".join(text + ["", ref]) + "\n", "\n".join(md + ["", ref]) + "\n")
+
+
+def digest_message(episodes: list[Episode], language: Language, short_id: str) -> Message:
+    """The recipient's open warnings, highest expected loss first."""
+    w = WORDS[language]
+    ranked = sorted(episodes, key=expected_loss, reverse=True)
+    subject = f"[churnwatch {short_id}] " + w["digest"].format(count=len(ranked))
+    lines = [
+        w["digest_line"].format(
+            rank=i,
+            customer=_customer(e),
+            title=TITLES[language][e.warning_type],
+            severity=e.severity,
+            loss_label=w["loss"] if e.churn_probability is not None else w["no_loss"],
+            loss=expected_loss(e),
+            summary=e.summary,
+        )
+        for i, e in enumerate(ranked, 1)
+    ] or [w["digest_empty"]]
+    return Message(
+        subject,
+        "\n".join([subject, "", *lines]) + "\n",
+        "\n".join([f"**{subject}**", "", *lines]) + "\n",
+    )

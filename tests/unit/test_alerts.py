@@ -1,0 +1,368 @@
+"""The dispatcher against a real SMTP server and a real HTTP webhook receiver.
+
+The dispatcher runs on a test clock so that cooldowns, delivery windows and
+digests can be checked without waiting; the receivers are real servers on
+loopback ports.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from sqlalchemy import select
+
+from churnwatch.broker import free_port
+from churnwatch.settings import AlertSettings, SmtpSettings
+from consumers.alerts.dispatcher import Dispatcher
+from consumers.alerts.inbox import LocalInbox
+from consumers.alerts.ledger import Notification, Snooze, open_ledger
+from consumers.alerts.routing import Routing, RoutingError, load_routing
+from pipeline.events import WarningRecord
+
+NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, 10:00 UTC
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+class Webhook:
+    """A real HTTP server standing in for a Slack/WeCom-style JSON webhook."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[dict] = []
+        self.server: HTTPServer | None = None
+
+    def start(self) -> None:
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def inbox():
+    box = LocalInbox().start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture
+def webhook():
+    hook = Webhook()
+    hook.start()
+    yield hook
+    if hook.server is not None:
+        try:
+            hook.stop()
+        except OSError:
+            pass
+
+
+def routing_for(webhook: Webhook, **extra) -> Routing:
+    return Routing.model_validate(
+        {
+            "recipients": {
+                "team": {"channels": [{"email": "team@example.com"}]},
+                "finance": {
+                    "channels": [{"webhook": f"http://127.0.0.1:{webhook.port}/hook"}],
+                    "language": "zh-CN",
+                },
+                "manager": {
+                    "channels": [{"email": "manager@example.com"}],
+                    "window": {
+                        "timezone": "Europe/London",
+                        "hours": "08:00-18:00",
+                        "weekdays_only": True,
+                    },
+                },
+            },
+            "fallback": "team",
+            "rules": [
+                {
+                    "when": {"warning_type": ["overdue_debt"], "severity": ["critical"]},
+                    "notify": ["finance"],
+                },
+                {"when": {"segment": ["key_account"]}, "notify": ["manager"]},
+            ],
+            "inhibit": [{"while_open": "overdue_debt", "hold": ["sales_drop"]}],
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+def make(tmp_path, inbox, webhook):
+    clock = Clock()
+
+    def build(**settings) -> Dispatcher:
+        alert_settings = AlertSettings(
+            ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+            smtp=SmtpSettings(port=inbox.port, sender="churnwatch@example.com"),
+            retry_first_seconds=5,
+            **settings,
+        )
+        return Dispatcher(
+            alert_settings,
+            routing_for(webhook),
+            open_ledger(alert_settings.ledger_url),
+            clock=clock,
+        )
+
+    build.clock = clock
+    return build
+
+
+def record(
+    wid: str = "w-1",
+    status: str = "opened",
+    warning_type: str = "sales_drop",
+    customer: str = "C1",
+    owner: str = "rep1@sales.example.com",
+    severity: str = "medium",
+    segment: str = "standard",
+    revenue: float = 10_000.0,
+    probability: float | None = None,
+) -> WarningRecord:
+    return WarningRecord(
+        warning_id=wid,
+        status=status,
+        warning_type=warning_type,
+        customer_id=customer,
+        customer_name=f"Customer {customer}",
+        owner=owner,
+        segment=segment,
+        severity=severity,
+        opened_at=NOW,
+        at=NOW,
+        summary=f"{warning_type} summary for {customer}",
+        evidence={"revenue_52w": revenue, "amount_recent": 1015.0},
+        recommended_action="Call the customer this week.",
+        churn_probability=probability,
+    )
+
+
+def statuses(dispatcher: Dispatcher) -> list[tuple[str, str, str]]:
+    with dispatcher.sessions() as session:
+        rows = session.scalars(select(Notification).order_by(Notification.id))
+        return [(n.recipient, n.kind, n.status) for n in rows]
+
+
+def test_owner_gets_one_email_with_the_evidence_even_when_redelivered(make, inbox):
+    dispatcher = make()
+    assert dispatcher.on_warning(record()) == 1
+    assert dispatcher.on_warning(record()) == 0  # redelivered
+    dispatcher.tick()
+    restarted = make()  # a new process over the same ledger
+    assert restarted.on_warning(record()) == 0
+    restarted.tick()
+    mails = inbox.received()
+    assert len(mails) == 1
+    mail = mails[0]
+    assert mail["To"] == "rep1@sales.example.com"
+    assert "Sales drop (medium): Customer C1 (C1)" in mail["Subject"]
+    text = LocalInbox.text(mail)
+    for expected in (
+        "rep1@sales.example.com",
+        "sales_drop summary for C1",
+        "10,000",
+        "Call the customer this week.",
+        "amount_recent: 1,015",
+    ):
+        assert expected in text, expected
+    short_id = mail["Subject"].split()[1].rstrip("]")
+    assert f"churnwatch alerts feedback {short_id}" in text
+
+
+def test_routing_by_type_severity_and_segment_with_fallback(make, inbox, webhook):
+    dispatcher = make()
+    dispatcher.on_warning(record("w-1", warning_type="overdue_debt", severity="critical"))
+    dispatcher.on_warning(record("w-2", customer="C2", owner="", segment="key_account"))
+    dispatcher.tick()
+    assert sorted(r for r, _, _ in statuses(dispatcher)) == [
+        "finance",
+        "manager",
+        "rep1@sales.example.com",
+        "team",
+    ]
+    assert sorted(m["To"] for m in inbox.received()) == [
+        "manager@example.com",
+        "rep1@sales.example.com",
+        "team@example.com",
+    ]
+    assert len(webhook.received) == 1
+    assert webhook.received[0]["title"].endswith("欠款预警（critical）：Customer C1 (C1)")
+
+
+def test_cooldown_then_reminder_and_a_resolved_message(make, inbox):
+    dispatcher = make(cooldown_hours={"*": 72.0})
+    dispatcher.on_warning(record())
+    dispatcher.tick()
+    make.clock.advance(hours=71)
+    dispatcher.tick()
+    assert len(inbox.received()) == 1  # still cooling down
+    make.clock.advance(hours=2)
+    dispatcher.tick()
+    dispatcher.tick()
+    assert [m["Subject"].split("] ")[1] for m in inbox.received()] == [
+        "Sales drop (medium): Customer C1 (C1)",
+        "Still open: Sales drop (medium): Customer C1 (C1)",
+    ]
+    dispatcher.on_warning(record(status="resolved"))
+    dispatcher.tick()
+    assert inbox.received()[-1]["Subject"].endswith("Resolved: Sales drop: Customer C1 (C1)")
+    make.clock.advance(hours=100)
+    dispatcher.tick()
+    assert len(inbox.received()) == 3  # no reminder for a closed episode
+
+
+def test_sales_drop_is_held_while_debt_is_overdue_and_mentioned_in_its_message(make, inbox):
+    dispatcher = make()
+    dispatcher.on_warning(record("w-debt", warning_type="overdue_debt"))
+    dispatcher.on_warning(record("w-drop", warning_type="sales_drop"))
+    dispatcher.tick()
+    assert statuses(dispatcher) == [
+        ("rep1@sales.example.com", "opened", "sent"),
+        ("rep1@sales.example.com", "opened", "inhibited"),
+    ]
+    # another customer's sales drop is not held
+    dispatcher.on_warning(record("w-other", customer="C2"))
+    dispatcher.tick()
+    assert len(inbox.received()) == 2
+    # the other way round: the open drop is listed inside the debt message
+    dispatcher.on_warning(record("w-drop3", customer="C3"))
+    dispatcher.on_warning(record("w-debt3", customer="C3", warning_type="overdue_debt"))
+    dispatcher.tick()
+    debt_mail = inbox.received()[-1]
+    assert "Overdue debt" in debt_mail["Subject"]
+    assert "sales_drop summary for C3" in LocalInbox.text(debt_mail)
+    # once the debt is settled, the held drop goes out
+    dispatcher.on_warning(record("w-debt", status="resolved", warning_type="overdue_debt"))
+    dispatcher.tick()
+    subjects = [m["Subject"] for m in inbox.received()]
+    assert any("Sales drop (medium): Customer C1" in s for s in subjects)
+
+
+def test_snoozed_customer_is_recorded_not_sent(make, inbox):
+    dispatcher = make()
+    with dispatcher.sessions.begin() as session:
+        session.add(
+            Snooze(
+                customer_id="C1",
+                warning_type=None,
+                until=NOW + timedelta(days=7),
+                reason="on holiday",
+                created_at=NOW,
+            )
+        )
+    dispatcher.on_warning(record())
+    dispatcher.on_warning(record("w-2", customer="C2"))
+    dispatcher.tick()
+    assert statuses(dispatcher) == [
+        ("rep1@sales.example.com", "opened", "snoozed"),
+        ("rep1@sales.example.com", "opened", "sent"),
+    ]
+    assert [m["Subject"].split("] ")[1] for m in inbox.received()] == [
+        "Sales drop (medium): Customer C2 (C2)"
+    ]
+
+
+def test_outside_business_hours_the_message_waits_for_the_window(make, inbox):
+    dispatcher = make(digest_hour=23)
+    make.clock.now = datetime(2026, 3, 6, 19, 30, tzinfo=UTC)  # Friday evening in London
+    dispatcher.on_warning(record(segment="key_account", owner=""))
+    dispatcher.tick()
+    assert [m["To"] for m in inbox.received()] == ["team@example.com"]  # no window for the team
+    make.clock.now = datetime(2026, 3, 9, 7, 59, tzinfo=UTC)  # Monday 07:59 London
+    dispatcher.tick()
+    assert len(inbox.received()) == 1
+    make.clock.now = datetime(2026, 3, 9, 8, 0, tzinfo=UTC)
+    dispatcher.tick()
+    assert [m["To"] for m in inbox.received()] == ["team@example.com", "manager@example.com"]
+
+
+def test_daily_cap_sends_the_rest_to_the_digest_ranked_by_expected_loss(make, inbox):
+    dispatcher = make(daily_cap=2, digest_hour=17)
+    dispatcher.on_warning(record("w-a", customer="A", revenue=1_000.0, probability=0.9))
+    dispatcher.on_warning(record("w-b", customer="B", revenue=100_000.0, probability=0.2))
+    dispatcher.on_warning(record("w-c", customer="C", revenue=50_000.0, probability=0.8))
+    dispatcher.tick()
+    assert [s for _, _, s in statuses(dispatcher)] == ["sent", "sent", "capped"]
+    assert len(inbox.received()) == 2
+    make.clock.now = NOW.replace(hour=17)
+    dispatcher.tick()
+    dispatcher.tick()  # one digest a day
+    digest = inbox.received()[-1]
+    assert len(inbox.received()) == 3 and "Your open warnings (3)" in digest["Subject"]
+    text = LocalInbox.text(digest)
+    # expected loss: C 40,000 > B 20,000 > A 900
+    assert text.index("Customer C") < text.index("Customer B") < text.index("Customer A")
+
+
+def test_a_webhook_down_for_a_minute_loses_nothing(make, webhook):
+    dispatcher = make()
+    webhook.stop()
+    dispatcher.on_warning(record("w-debt", warning_type="overdue_debt", severity="critical"))
+    for _ in range(12):  # a minute of retries at most every 5, 10, 20 ... seconds
+        dispatcher.tick()
+        make.clock.advance(seconds=5)
+    with dispatcher.sessions() as session:
+        note = session.scalar(select(Notification).where(Notification.recipient == "finance"))
+        assert note.status == "pending" and note.attempts >= 3
+    assert webhook.received == []
+    webhook.start()  # the receiver is back (same port)
+    restarted = make()  # and the dispatcher restarted meanwhile
+    make.clock.advance(seconds=600)
+    restarted.tick()
+    assert len(webhook.received) == 1
+    restarted.tick()
+    assert len(webhook.received) == 1
+
+
+def test_routing_file_errors_name_the_key(tmp_path):
+    path = tmp_path / "routing.yaml"
+    path.write_text("fallback: nobody\nrecipients: {}\n")
+    with pytest.raises(RoutingError, match="fallback 'nobody' is not under recipients"):
+        load_routing(path)
+    path.write_text(
+        "fallback: t\nrecipients: {t: {channels: [{email: a@b, webhook: 'http://x'}]}}\n"
+    )
+    with pytest.raises(RoutingError, match=r"recipients\.t\.channels\.0"):
+        load_routing(path)
+    path.write_text(
+        "fallback: t\nrecipients: {t: {channels: [{email: a@b}], window: {timezone: Mars/Base}}}\n"
+    )
+    with pytest.raises(RoutingError, match="unknown time zone"):
+        load_routing(path)
+
+
+def test_shipped_routing_file_loads():
+    routing = load_routing("configs/routing.yaml")
+    assert routing.route("", "sales_drop", "low", "standard", "") == [routing.fallback]
