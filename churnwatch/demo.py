@@ -1,6 +1,7 @@
 """The whole pipeline on loopback: ``churnwatch demo`` (what ``make demo`` runs).
 
-Starts the embedded broker, the Faust worker (a child process), the simulator
+Starts the embedded broker, the Faust worker and the alert dispatcher (child
+processes, the dispatcher mailing a local inbox), the simulator
 on an accelerated clock and the warnings view; prints progress; stops
 everything on Ctrl-C or when done, leaving no process behind; optionally
 writes a JSON summary that compares the warnings with the simulator's truth.
@@ -30,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from churnwatch.broker import EmbeddedBroker, free_port, port_is_free, start_child, stop_child
 from churnwatch.settings import Settings
 from churnwatch.topics import ensure_topics
+from consumers.alerts.inbox import LocalInbox
 from consumers.warnings_view import format_warning, tail_warnings
 from models.train import TrainResult, beats_baselines
 from pipeline.events import Topic, WarningRecord, decode_event
@@ -131,6 +133,40 @@ def summarise(
         "steady_warned": sum(bool(tally.opened_for[t.customer_id]) for t in steady),
         "by_profile": dict(sorted(by_profile.items())),
     }
+
+
+def notification_summary(inbox: LocalInbox, ledger_url: str) -> dict[str, Any]:
+    """What reached the demo's inbox, and the ledger's account of every notification."""
+    from sqlalchemy import func, select
+
+    from consumers.alerts.ledger import Notification, open_ledger
+
+    subjects = Counter(str(m["Subject"]) for m in inbox.received())
+    with open_ledger(ledger_url)() as session:
+        rows = session.execute(
+            select(Notification.status, func.count(Notification.id)).group_by(Notification.status)
+        ).all()
+    return {
+        "notifications_sent": sum(subjects.values()),
+        "duplicate_notifications": sum(n - 1 for n in subjects.values() if n > 1),
+        "notifications_by_status": {status: count for status, count in sorted(rows)},
+        "notified_owners": len({str(m["To"]) for m in inbox.received()}),
+    }
+
+
+def outbox_due(ledger_url: str) -> int:
+    """Notifications due now and not yet delivered (not those waiting for a window)."""
+    from datetime import UTC
+
+    from sqlalchemy import func, select
+
+    from consumers.alerts.ledger import Notification, open_ledger
+
+    with open_ledger(ledger_url)() as session:
+        query = select(func.count(Notification.id)).where(
+            Notification.status == "pending", Notification.due_at <= datetime.now(UTC)
+        )
+        return int(session.scalar(query) or 0)
 
 
 #: The simulator streams live while the worker reads: an event still in the
@@ -239,6 +275,9 @@ def run_demo(
     )
     broker = EmbeddedBroker(host, port, settings.broker.startup_timeout_seconds)
     worker = None
+    dispatcher = None
+    inbox = LocalInbox()
+    ledger_url = f"sqlite:///{workdir / 'alerts.db'}"
     stop = threading.Event()
     tally = Tally()
     stats = ProduceStats()
@@ -265,6 +304,24 @@ def run_demo(
             [sys.executable, "-m", "churnwatch.cli", "worker"], env=env, log=worker_log
         )
         say(f"worker started (pid {worker.pid}, log {worker_log})")
+        inbox.start()
+        alerts_env = dict(
+            env,
+            CHURNWATCH_ALERTS__LEDGER_URL=ledger_url,
+            CHURNWATCH_ALERTS__SMTP__HOST=inbox.host,
+            CHURNWATCH_ALERTS__SMTP__PORT=str(inbox.port),
+            CHURNWATCH_ALERTS__SMTP__SECURITY="insecure",
+        )
+        dispatcher_log = workdir / "alerts.log"
+        dispatcher = start_child(
+            [sys.executable, "-m", "churnwatch.cli", "alerts", "run"],
+            env=alerts_env,
+            log=dispatcher_log,
+        )
+        say(
+            f"alert dispatcher started (pid {dispatcher.pid}, log {dispatcher_log}); "
+            f"owners' mail goes to a local inbox on {inbox.host}:{inbox.port}"
+        )
 
         def on_warning(w: WarningRecord) -> None:
             tally.add(w)
@@ -310,9 +367,17 @@ def run_demo(
                     f"produced {stats.sent}, processed {processed}, "
                     f"warnings opened {sum(tally.opened_by_type.values())}"
                 )
+            if dispatcher.poll() is not None:
+                say(f"the alert dispatcher exited (code {dispatcher.returncode}); its log:")
+                say(dispatcher_log.read_text(errors="replace")[-3000:])
+                failed = True
+                break
             caught_up = not producing and processed >= stats.sent > 0
             if caught_up and time.monotonic() - tally.last_change > 3:
-                say("the simulated history is fully processed")
+                quiet_for = time.monotonic() - tally.last_change
+                if quiet_for < 60 and (quiet_for < 5 or outbox_due(ledger_url)):
+                    continue  # let the dispatcher catch up and deliver what is due
+                say("the simulated history is fully processed and notified")
                 break
             if duration is not None and elapsed >= duration:
                 say(f"--duration {duration:g}s reached")
@@ -330,11 +395,16 @@ def run_demo(
                 dead = dead_letter_count(settings)
             except Exception as exc:  # the summary is still worth writing
                 say(f"could not count dead letters: {exc}")
+        if dispatcher is not None:
+            stop_child(dispatcher, timeout=20)
         if worker is not None:
             stop_child(worker, timeout=20)
         broker.stop()
         summary = summarise(truth, tally, stats, processed, dead)
         summary.update(model_info)
+        if dispatcher is not None:
+            summary.update(notification_summary(inbox, ledger_url))
+        inbox.stop()
         summary["seconds"] = round(time.monotonic() - started, 1)
         shutil.rmtree(workdir, ignore_errors=True)
     say(json.dumps({k: v for k, v in summary.items() if k != "by_profile"}, indent=2))

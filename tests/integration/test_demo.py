@@ -101,6 +101,11 @@ def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path):
     # the demo trained and served a model, and it raised churn-risk warnings
     assert result["model_version"].startswith("v")
     assert result["warnings"].get("churn_risk", 0) > 0
+    # the owners were mailed, once per notification
+    assert result["notifications_sent"] >= 10
+    assert result["duplicate_notifications"] == 0
+    assert result["notified_owners"] >= 3
+    assert result["notifications_by_status"]["sent"] == result["notifications_sent"]
 
 
 def test_ctrl_c_stops_the_demo_and_leaves_no_process_behind():
@@ -108,7 +113,7 @@ def test_ctrl_c_stops_the_demo_and_leaves_no_process_behind():
     pids: dict[str, int] = {}
     deadline = time.monotonic() + 120
     assert demo.stdout is not None
-    while time.monotonic() < deadline and len(pids) < 2:
+    while time.monotonic() < deadline and len(pids) < 3:
         line = demo.stdout.readline()
         if not line:
             break
@@ -116,7 +121,9 @@ def test_ctrl_c_stops_the_demo_and_leaves_no_process_behind():
             pids["broker"] = int(m.group(1))
         if m := re.search(r"worker started \(pid (\d+)", line):
             pids["worker"] = int(m.group(1))
-    assert set(pids) == {"broker", "worker"}
+        if m := re.search(r"alert dispatcher started \(pid (\d+)", line):
+            pids["dispatcher"] = int(m.group(1))
+    assert set(pids) == {"broker", "worker", "dispatcher"}
     time.sleep(5)  # let it get going
     assert all(alive(pid) for pid in pids.values())
     demo.send_signal(signal.SIGINT)

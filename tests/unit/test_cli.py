@@ -75,3 +75,45 @@ def test_train_needs_both_events_and_mapping_or_an_archive(tmp_path, monkeypatch
     csv.write_text("a\n1\n")
     result = CliRunner().invoke(cli, ["train", "--events", str(csv)])
     assert result.exit_code == 2 and "go together" in result.output
+
+
+def test_alerts_snooze_list_feedback_and_unsnooze(tmp_path, monkeypatch):
+    from sqlalchemy import select
+
+    from consumers.alerts.ledger import Notification, Snooze, open_ledger
+    from tests.unit.test_alerts import record
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("CHURNWATCH_ALERTS__LEDGER_URL", url)
+    runner = CliRunner()
+    snoozed = runner.invoke(
+        cli,
+        ["alerts", "snooze", "C1", "--until", "2099-01-01", "--reason", "holiday"],
+    )
+    assert snoozed.exit_code == 0 and "snoozed C1 (all warnings)" in snoozed.output
+    past = runner.invoke(cli, ["alerts", "snooze", "C1", "--until", "2000-01-01", "--reason", "x"])
+    assert past.exit_code == 2 and "future" in past.output
+
+    from churnwatch.settings import load_settings
+    from consumers.alerts.dispatcher import make_dispatcher
+
+    dispatcher = make_dispatcher(load_settings())
+    dispatcher.on_warning(record())
+    listing = runner.invoke(cli, ["alerts", "list", "--customer", "C1"])
+    assert listing.exit_code == 0 and "snoozed" in listing.output
+    assert (
+        "no notifications match"
+        in runner.invoke(cli, ["alerts", "list", "--status", "sent"]).output
+    )
+
+    with open_ledger(url)() as session:
+        short_id = session.scalar(select(Notification.short_id))
+    ok = runner.invoke(cli, ["alerts", "feedback", short_id, "already_known", "--note", "met"])
+    assert ok.exit_code == 0 and f"recorded already_known for {short_id}" in ok.output
+    bad = runner.invoke(cli, ["alerts", "feedback", "NXXXX", "acted"])
+    assert bad.exit_code == 1 and "no notification" in bad.output
+
+    lifted = runner.invoke(cli, ["alerts", "unsnooze", "C1"])
+    assert lifted.exit_code == 0 and "lifted 1 snooze(s)" in lifted.output
+    with open_ledger(url)() as session:
+        assert session.scalar(select(Snooze.lifted_at)) is not None

@@ -1,0 +1,81 @@
+"""`churnwatch alerts run` as a real process: warnings from Kafka to a real SMTP inbox."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from churnwatch.broker import start_child, stop_child
+from consumers.alerts.inbox import LocalInbox
+from pipeline.events import CustomerUpdated, Topic, encode_event
+from tests.integration.conftest import produce_raw, settings_env
+from tests.unit.test_alerts import record
+
+
+def wait_for(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_dispatcher_sends_each_warning_once_across_a_restart(stream_settings, tmp_path):
+    inbox = LocalInbox().start()
+    env = dict(
+        os.environ,
+        **settings_env(stream_settings),
+        CHURNWATCH_ALERTS__LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
+        CHURNWATCH_ALERTS__SMTP__PORT=str(inbox.port),
+        CHURNWATCH_ALERTS__GROUP_ID=f"alerts-{stream_settings.kafka.topic_prefix}",
+        CHURNWATCH_ALERTS__DIGEST_HOUR="23",
+    )
+    command = [sys.executable, "-m", "churnwatch.cli", "alerts", "run"]
+    customer = CustomerUpdated(
+        event_id="cu-1",
+        customer_id="C9",
+        occurred_at=record().at,
+        name="Customer C9",
+        owner="",  # no owner: the fallback team hears of it
+        segment="standard",
+        region="north",
+    )
+    produce_raw(stream_settings, [(Topic.CUSTOMERS, "C9", encode_event(customer))])
+    warnings = [
+        record("w-1"),
+        record("w-2", customer="C9", owner=""),
+        record("w-3", warning_type="overdue_debt", severity="critical", customer="C3"),
+    ]
+    messages = [(Topic.WARNINGS, w.customer_id, encode_event(w)) for w in warnings]
+    try:
+        produce_raw(stream_settings, messages)
+        proc = start_child(command, env=env, log=tmp_path / "alerts.log")
+        # critical overdue debt also goes to the finance lead (configs/routing.yaml)
+        wait_for(lambda: len(inbox.received()) == 4, "four emails")
+        stop_child(proc)
+        # the same records again (a redelivery), and a resolution, after a restart
+        produce_raw(stream_settings, messages)
+        produce_raw(
+            stream_settings,
+            [(Topic.WARNINGS, "C1", encode_event(record("w-1", status="resolved")))],
+        )
+        proc = start_child(command, env=env, log=tmp_path / "alerts.log")
+        wait_for(lambda: len(inbox.received()) == 5, "the resolved email")
+        time.sleep(3)  # anything duplicated would arrive by now
+        stop_child(proc)
+    finally:
+        inbox.stop()
+    mails = inbox.received()
+    assert len(mails) == 5
+    assert sorted(m["To"] for m in mails) == [
+        "finance-lead@example.com",
+        "rep1@sales.example.com",
+        "rep1@sales.example.com",
+        "rep1@sales.example.com",
+        "sales-team@example.com",
+    ]
+    assert mails[-1]["Subject"].endswith("Resolved: Sales drop: Customer C1 (C1)")
+    log = (tmp_path / "alerts.log").read_text()
+    assert "dispatching warnings" in log
