@@ -54,17 +54,21 @@ class Tally:
     opened_for: dict[str, list[tuple[str, datetime]]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    seen_ids: set[tuple[str, str]] = field(default_factory=set)
+    seen_ids: set[tuple[str, str, str]] = field(default_factory=set)
+    escalated: int = 0
     last_change: float = field(default_factory=time.monotonic)
 
     def add(self, w: WarningRecord) -> None:
-        if (w.warning_id, w.status) in self.seen_ids:
+        key = (w.warning_id, w.status, w.severity if w.status == "escalated" else "")
+        if key in self.seen_ids:
             return  # redelivered after a worker restart: the same episode
-        self.seen_ids.add((w.warning_id, w.status))
+        self.seen_ids.add(key)
         self.last_change = time.monotonic()
         if w.status == "opened":
             self.opened_by_type[w.warning_type] += 1
             self.opened_for[w.customer_id].append((w.warning_type, w.opened_at))
+        elif w.status == "escalated":
+            self.escalated += 1
         else:
             self.resolved += 1
 
@@ -127,6 +131,7 @@ def summarise(
         "dead_letters": dead,
         "warnings": dict(sorted(tally.opened_by_type.items())),
         "warnings_resolved": tally.resolved,
+        "warnings_escalated": tally.escalated,
         "churners_total": len(churners),
         "churners_warned": sum(warned_after_onset(t) for t in churners),
         "steady_total": len(steady),

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from churnwatch.settings import Settings
 from pipeline.events import Topic, WarningRecord
 
-STATUS_MARK = {"opened": "OPEN ", "resolved": "CLOSE"}
+STATUS_MARK = {"opened": "OPEN ", "resolved": "CLOSE", "escalated": "WORSE"}
 
 
 def format_warning(w: WarningRecord) -> str:

@@ -216,7 +216,9 @@ class WarningRecord(_Record):
     warning_id: str = Field(
         description="Deterministic id of the episode: same customer, type and opening time."
     )
-    status: Literal["opened", "resolved"] = Field(description="What happened to the episode.")
+    status: Literal["opened", "resolved", "escalated"] = Field(
+        description="What happened to the episode (escalated: still open, more severe now)."
+    )
     warning_type: WarningType = Field(description="Which warning rule.")
     customer_id: CustomerId = Field(description="The customer.")
     customer_name: str = Field("", description="From the customers topic, '' if unknown.")

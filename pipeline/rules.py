@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from churnwatch.settings import (
     ChurnRiskThresholds,
@@ -56,7 +56,11 @@ def _grade(base: int, revenue_52w: float, thresholds: WarningThresholds) -> Seve
 
 
 def sales_drop(
-    f: Features, t: SalesDropThresholds, all_t: WarningThresholds, is_open: bool
+    f: Features,
+    t: SalesDropThresholds,
+    all_t: WarningThresholds,
+    is_open: bool,
+    explain: bool = False,
 ) -> Verdict:
     """Orders below the customer's own baseline, or silence far beyond its usual gap."""
     expected_orders = f.orders_baseline_per_week * all_t.recent_weeks
@@ -96,7 +100,7 @@ def sales_drop(
         dropped = ratio is not None and ratio <= t.enter_ratio
         silent = silence_ratio is not None and (f.days_since_last_order or 0) >= silence_limit
     active = (dropped or silent) and not seasonal
-    if active == is_open:
+    if active == is_open and not explain:
         return NO_CHANGE[active]
 
     evidence: dict[str, float] = {
@@ -148,7 +152,11 @@ def sales_drop(
 
 
 def overdue_debt(
-    f: Features, t: OverdueDebtThresholds, all_t: WarningThresholds, is_open: bool
+    f: Features,
+    t: OverdueDebtThresholds,
+    all_t: WarningThresholds,
+    is_open: bool,
+    explain: bool = False,
 ) -> Verdict:
     """Unpaid invoices past due, by amount and age."""
     if is_open:
@@ -158,7 +166,7 @@ def overdue_debt(
             f.max_days_past_due >= t.enter_days_past_due
             and f.overdue_amount >= t.min_overdue_amount
         )
-    if active == is_open:
+    if active == is_open and not explain:
         return NO_CHANGE[active]
     base = 3 if f.max_days_past_due > 90 else 2 if f.max_days_past_due > 60 else 1
     return Verdict(
@@ -184,7 +192,11 @@ def overdue_debt(
 
 
 def cooling_engagement(
-    f: Features, t: CoolingEngagementThresholds, all_t: WarningThresholds, is_open: bool
+    f: Features,
+    t: CoolingEngagementThresholds,
+    all_t: WarningThresholds,
+    is_open: bool,
+    explain: bool = False,
 ) -> Verdict:
     """The customer reaches out (calls, replies, logs in) far less than it used to."""
     expected = f.inbound_baseline_per_week * all_t.recent_weeks
@@ -206,7 +218,7 @@ def cooling_engagement(
         silent = silence_known and (silence or 0) >= max(
             t.enter_silence_days, t.enter_silence_gaps * usual_gap
         )
-    if bool(cooled or silent) == is_open:
+    if bool(cooled or silent) == is_open and not explain:
         return NO_CHANGE[is_open]
     evidence: dict[str, float] = {
         "inbound_recent": f.inbound_recent,
@@ -236,7 +248,11 @@ def cooling_engagement(
 
 
 def complaint_trouble(
-    f: Features, t: ComplaintTroubleThresholds, all_t: WarningThresholds, is_open: bool
+    f: Features,
+    t: ComplaintTroubleThresholds,
+    all_t: WarningThresholds,
+    is_open: bool,
+    explain: bool = False,
 ) -> Verdict:
     """A surge of complaints, a complaint left unresolved too long, or heavy returns."""
     share = f.returns_share_13w or 0.0
@@ -250,7 +266,7 @@ def complaint_trouble(
         )
         stale = f.oldest_open_complaint_days >= t.enter_unresolved_days
         returns = share >= t.enter_returns_share and f.returns_13w >= t.min_returns_amount
-    if bool(surge or stale or returns) == is_open:
+    if bool(surge or stale or returns) == is_open and not explain:
         return NO_CHANGE[is_open]
     reasons = []
     if surge:
@@ -307,12 +323,17 @@ class Risk:
 
 
 def churn_risk(
-    f: Features, risk: Risk, t: ChurnRiskThresholds, all_t: WarningThresholds, is_open: bool
+    f: Features,
+    risk: Risk,
+    t: ChurnRiskThresholds,
+    all_t: WarningThresholds,
+    is_open: bool,
+    explain: bool = False,
 ) -> Verdict:
     """The model's probability past the enter threshold (resolves below the exit one)."""
     p = risk.probability
     active = p >= (t.exit_probability if is_open else t.enter_probability)
-    if active == is_open:
+    if active == is_open and not explain:
         return NO_CHANGE[active]
     language = all_t.language
     evidence = {
@@ -332,7 +353,7 @@ def churn_risk(
         )
     return Verdict(
         active=True,
-        severity=_grade(2 if p >= 0.9 else 1 if p >= 0.8 else 0, f.revenue_52w, all_t),
+        severity=_churn_severity(p, f.revenue_52w, all_t),
         summary=text(
             language,
             "churn_risk.summary",
@@ -344,6 +365,10 @@ def churn_risk(
         evidence=evidence,
         action=text(language, "churn_risk.action"),
     )
+
+
+def _churn_severity(p: float, revenue_52w: float, thresholds: WarningThresholds) -> Severity:
+    return _grade(2 if p >= 0.9 else 1 if p >= 0.8 else 0, revenue_52w, thresholds)
 
 
 def warning_id(customer_id: str, warning_type: str, opened_ts: float) -> str:
@@ -385,33 +410,13 @@ def evaluate(
     if features is None:
         features = features_for(state, as_of, thresholds)
     thresholds = thresholds.for_segment(state.segment)
-    verdicts: dict[WarningType, Verdict] = {
-        "sales_drop": sales_drop(
-            features, thresholds.sales_drop, thresholds, "sales_drop" in state.episodes
-        ),
-        "overdue_debt": overdue_debt(
-            features, thresholds.overdue_debt, thresholds, "overdue_debt" in state.episodes
-        ),
-        "cooling_engagement": cooling_engagement(
-            features,
-            thresholds.cooling_engagement,
-            thresholds,
-            "cooling_engagement" in state.episodes,
-        ),
-        "complaint_trouble": complaint_trouble(
-            features,
-            thresholds.complaint_trouble,
-            thresholds,
-            "complaint_trouble" in state.episodes,
-        ),
-    }
+    types: list[WarningType] = list(RULES)
     if risk is not None:
-        verdicts["churn_risk"] = churn_risk(
-            features, risk, thresholds.churn_risk, thresholds, "churn_risk" in state.episodes
-        )
+        types.append("churn_risk")
     out: list[WarningRecord] = []
-    for warning_type, verdict in verdicts.items():
+    for warning_type in types:
         episode = state.episodes.get(warning_type)
+        verdict = _verdict(warning_type, features, thresholds, risk, episode is not None)
         if verdict.active and episode is None:
             wid = warning_id(state.customer_id, warning_type, as_of)
             state.episodes[warning_type] = [wid, as_of, verdict.severity]
@@ -425,14 +430,68 @@ def evaluate(
                     state, warning_type, verdict, "resolved", episode[0], episode[1], as_of, risk
                 )
             )
+        elif verdict.active and episode is not None:
+            # Still open: a new record only when it got worse (never for better).
+            now = _current_severity(warning_type, features, thresholds, risk, episode)
+            if SEVERITIES.index(now) > SEVERITIES.index(episode[2]):
+                full = _verdict(warning_type, features, thresholds, risk, True, explain=True)
+                episode[2] = full.severity
+                out.append(
+                    _record(
+                        state, warning_type, full, "escalated", episode[0], episode[1], as_of, risk
+                    )
+                )
     return out
+
+
+#: The rule-based warning types, in evaluation order.
+RULES: tuple[WarningType, ...] = (
+    "sales_drop",
+    "overdue_debt",
+    "cooling_engagement",
+    "complaint_trouble",
+)
+
+
+def _verdict(
+    warning_type: WarningType,
+    f: Features,
+    t: WarningThresholds,
+    risk: Risk | None,
+    is_open: bool,
+    explain: bool = False,
+) -> Verdict:
+    if warning_type == "sales_drop":
+        return sales_drop(f, t.sales_drop, t, is_open, explain)
+    if warning_type == "overdue_debt":
+        return overdue_debt(f, t.overdue_debt, t, is_open, explain)
+    if warning_type == "cooling_engagement":
+        return cooling_engagement(f, t.cooling_engagement, t, is_open, explain)
+    if warning_type == "complaint_trouble":
+        return complaint_trouble(f, t.complaint_trouble, t, is_open, explain)
+    if risk is None:
+        raise ValueError("churn_risk needs a model score")
+    return churn_risk(f, risk, t.churn_risk, t, is_open, explain)
+
+
+def _current_severity(
+    warning_type: WarningType,
+    f: Features,
+    t: WarningThresholds,
+    risk: Risk | None,
+    episode: list[Any],
+) -> Severity:
+    """How severe an open episode is now (for churn risk without computing its reasons)."""
+    if warning_type == "churn_risk" and risk is not None:
+        return _churn_severity(risk.probability, f.revenue_52w, t)
+    return _verdict(warning_type, f, t, risk, True, explain=True).severity
 
 
 def _record(
     state: CustomerState,
     warning_type: WarningType,
     verdict: Verdict,
-    status: Literal["opened", "resolved"],
+    status: Literal["opened", "resolved", "escalated"],
     wid: str,
     opened_ts: float,
     at_ts: float,

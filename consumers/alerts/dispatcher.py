@@ -110,7 +110,7 @@ class Dispatcher:
                     status="open",
                 )
                 session.add(episode)
-            if record.status == "opened" and episode.status == "open":
+            if record.status in ("opened", "escalated") and episode.status == "open":
                 episode.customer_name, episode.owner = record.customer_name, record.owner
                 episode.segment, episode.severity = record.segment, record.severity
                 episode.summary, episode.evidence = record.summary, dict(record.evidence)
@@ -124,7 +124,11 @@ class Dispatcher:
                 episode.status, episode.resolved_at = "resolved", record.at
                 episode.summary = record.summary or episode.summary
             session.flush()
-            kind = "opened" if record.status == "opened" else "resolved"
+            kind = {
+                "opened": "opened",
+                "resolved": "resolved",
+                "escalated": f"escalated-{record.severity}",
+            }[record.status]
             created = self._queue(session, episode, kind, now)
             if kind == "resolved":
                 self._release_held(session, episode, now)
@@ -192,7 +196,7 @@ class Dispatcher:
         start = datetime.combine(local.date(), datetime.min.time(), zone)
         query = select(func.count(Notification.id)).where(
             Notification.recipient == name,
-            Notification.kind.in_(["opened", "reminder"]),
+            Notification.kind.in_(["opened", "reminder", "escalated"]),
             Notification.status.in_(["pending", "sent"]),
             Notification.created_at >= start,
         )
@@ -223,7 +227,7 @@ class Dispatcher:
                             Notification.warning_id == episode.warning_id,
                             Notification.recipient == name,
                             Notification.channel == channel.name,
-                            Notification.kind.in_(["opened", "reminder"]),
+                            Notification.kind.in_(["opened", "reminder", "escalated"]),
                             Notification.status == "sent",
                         )
                     )
@@ -249,13 +253,7 @@ class Dispatcher:
     ) -> None:
         sid = short_id(key)
         held = self._held(session, episode) if kind != "resolved" else []
-        message = episode_message(
-            episode,
-            "opened" if kind == "opened" else kind.split("-")[0],
-            recipient.language,
-            sid,
-            held,
-        )
+        message = episode_message(episode, kind.split("-")[0], recipient.language, sid, held)
         status = self._status(session, episode, kind, name, recipient, now)
         session.add(
             Notification(
@@ -295,7 +293,7 @@ class Dispatcher:
                                 Notification.warning_id == episode.warning_id,
                                 Notification.recipient == name,
                                 Notification.channel == channel.name,
-                                Notification.kind.in_(["opened", "reminder"]),
+                                Notification.kind.in_(["opened", "reminder", "escalated"]),
                             )
                             .order_by(Notification.id.desc())
                         ).first()

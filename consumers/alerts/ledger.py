@@ -97,7 +97,8 @@ class Notification(Base):
     customer_id: Mapped[str] = mapped_column(String(100), default="", index=True)
     recipient: Mapped[str] = mapped_column(String(200), index=True)
     channel: Mapped[str] = mapped_column(String(200))  # a safe label, never the URL
-    kind: Mapped[str] = mapped_column(String(20))  # opened | reminder | resolved | digest
+    #: opened | escalated | reminder | resolved | digest
+    kind: Mapped[str] = mapped_column(String(20))
     #: pending (in the outbox) | sent | snoozed | inhibited | capped (into the digest)
     status: Mapped[str] = mapped_column(String(20), index=True)
     subject: Mapped[str] = mapped_column(Text)

@@ -35,6 +35,7 @@ WORDS: dict[Language, dict[str, str]] = {
     "en": {
         "opened": "{title} ({severity}): {customer}",
         "reminder": "Still open: {title} ({severity}): {customer}",
+        "escalated": "Worse: {title} now {severity}: {customer}",
         "resolved": "Resolved: {title}: {customer}",
         "owner": "Owner",
         "changed": "What changed",
@@ -54,6 +55,7 @@ WORDS: dict[Language, dict[str, str]] = {
     "zh-CN": {
         "opened": "{title}（{severity}）：{customer}",
         "reminder": "仍未解决：{title}（{severity}）：{customer}",
+        "escalated": "升级：{title}现为 {severity}：{customer}",
         "resolved": "已解除：{title}：{customer}",
         "owner": "负责人",
         "changed": "变化",
@@ -96,7 +98,7 @@ def _customer(e: Episode) -> str:
 def episode_message(
     episode: Episode, kind: str, language: Language, short_id: str, held: list[Episode]
 ) -> Message:
-    """An ``opened``, ``reminder`` or ``resolved`` message about ``episode``."""
+    """An ``opened``, ``escalated``, ``reminder`` or ``resolved`` message about ``episode``."""
     w = WORDS[language]
     title = TITLES[language][episode.warning_type]
     customer = _customer(episode)

@@ -366,3 +366,19 @@ def test_routing_file_errors_name_the_key(tmp_path):
 def test_shipped_routing_file_loads():
     routing = load_routing("configs/routing.yaml")
     assert routing.route("", "sales_drop", "low", "standard", "") == [routing.fallback]
+
+
+def test_escalation_sends_a_new_notification_once(make, inbox, webhook):
+    dispatcher = make()
+    dispatcher.on_warning(record("w-debt", warning_type="overdue_debt", severity="medium"))
+    dispatcher.tick()
+    worse = record("w-debt", status="escalated", warning_type="overdue_debt", severity="critical")
+    assert dispatcher.on_warning(worse) == 2  # the owner again, and now the finance lead
+    assert dispatcher.on_warning(worse) == 0  # redelivered
+    dispatcher.tick()
+    subjects = [m["Subject"].split("] ")[1] for m in inbox.received()]
+    assert subjects == [
+        "Overdue debt (medium): Customer C1 (C1)",
+        "Worse: Overdue debt now critical: Customer C1 (C1)",
+    ]
+    assert len(webhook.received) == 1 and "升级" in webhook.received[0]["title"]

@@ -26,13 +26,16 @@ def test_sales_drop_opens_with_evidence_and_resolves_when_orders_come_back(setti
     amounts = [100.0] * 40 + [20.0] * 10 + [100.0] * 12
     _, records = run_history(weekly_orders(event_factory, amounts), settings.warnings, DAY)
     drops = [r for r in records if r.warning_type == "sales_drop"]
-    assert [r.status for r in drops] == ["opened", "resolved"]
+    # as the low weeks fill the recent window the drop deepens: one escalation
+    assert [r.status for r in drops] == ["opened", "escalated", "resolved"]
+    assert drops[0].severity == "medium" and drops[1].severity == "high"
+    assert drops[1].evidence["amount_change_pct"] < drops[0].evidence["amount_change_pct"]
     first = drops[0]
     assert T0 + timedelta(weeks=40) < first.opened_at < T0 + timedelta(weeks=46)
     assert first.evidence["amount_change_pct"] <= -60
     assert first.evidence["orders_expected"] == pytest.approx(8, abs=0.5)
     assert "usually" in first.summary
-    assert drops[1].warning_id == first.warning_id
+    assert drops[1].warning_id == drops[2].warning_id == first.warning_id
 
 
 def test_a_customer_hovering_around_the_threshold_gets_one_episode(settings, event_factory):
