@@ -58,6 +58,14 @@ def _stop_on_signal() -> threading.Event:
     return stop
 
 
+def _serve_metrics(port: int, host: str) -> None:
+    """Prometheus /metrics on ``port`` (0: none)."""
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=host)
+
+
 def _ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics (a clear error if the broker is unreachable)."""
     from churnwatch.topics import TopicsError, ensure_topics
@@ -127,7 +135,6 @@ def topics_create(ctx: click.Context) -> None:
 def worker(ctx: click.Context) -> None:
     """Run the Faust worker (state, rules, warnings) until Ctrl-C."""
     from faust import Worker
-    from prometheus_client import start_http_server
     from threadpoolctl import threadpool_limits
 
     from pipeline.app import create_app
@@ -137,8 +144,7 @@ def worker(ctx: click.Context) -> None:
     threadpool_limits(1)
     settings = _settings(ctx)
     _ensure_topics(settings)
-    if settings.worker.metrics_port:
-        start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
+    _serve_metrics(settings.worker.metrics_port, settings.worker.metrics_host)
     pipeline = create_app(settings)
     click.echo(
         f"worker {settings.worker.app_id}: {settings.kafka.bootstrap_servers}, "
@@ -515,6 +521,7 @@ def archive(ctx: click.Context) -> None:
 
     settings = _settings(ctx)
     _ensure_topics(settings)
+    _serve_metrics(settings.archive.metrics_port, settings.worker.metrics_host)
     stop = _stop_on_signal()
 
     def report(stats: ArchiveStats) -> None:
@@ -572,6 +579,7 @@ def alerts_run(ctx: click.Context) -> None:
     except RoutingError as exc:
         raise click.UsageError(str(exc)) from exc
     _ensure_topics(settings)
+    _serve_metrics(settings.alerts.metrics_port, settings.worker.metrics_host)
     stop = _stop_on_signal()
     click.echo(
         f"dispatching warnings from {settings.kafka.bootstrap_servers} "

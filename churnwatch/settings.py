@@ -174,6 +174,7 @@ class ArchiveSettings(_Section):
     group_id: str = "churnwatch-archiver"
     flush_events: int = Field(5000, ge=1)
     flush_seconds: float = Field(10.0, gt=0)
+    metrics_port: int = Field(0, ge=0, le=65535)  # 0: no /metrics
 
 
 class ModelSettings(_Section):
@@ -212,6 +213,7 @@ class AlertSettings(_Section):
     retry_first_seconds: float = Field(5.0, gt=0)
     retry_max_seconds: float = Field(600.0, gt=0)
     poll_seconds: float = Field(1.0, gt=0)
+    metrics_port: int = Field(0, ge=0, le=65535)  # 0: no /metrics
 
 
 class SimulatorSettings(_Section):

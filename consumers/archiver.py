@@ -27,6 +27,7 @@ import pandas as pd
 from kafka import KafkaConsumer
 
 from churnwatch.settings import Settings
+from pipeline import metrics
 from pipeline.events import EVENT_TOPICS, CustomerEvent, InvalidEvent, decode_event, encode_event
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,13 @@ class Archive:
             frame.to_parquet(tmp, index=False)
             tmp.rename(path)  # readers never see half a file
             known.update(fresh)
+            size = path.stat().st_size
             stats.archived += len(fresh)
             stats.files += 1
-            stats.bytes += path.stat().st_size
+            stats.bytes += size
+            metrics.ARCHIVE_EVENTS.inc(len(fresh))
+            metrics.ARCHIVE_FILES.inc()
+            metrics.ARCHIVE_BYTES.inc(size)
 
 
 def run_archiver(

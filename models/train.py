@@ -32,7 +32,7 @@ from models.baselines import LABEL, all_baselines
 from models.dataset import build_training_set, cutoffs_every
 from models.registry import MODEL_FILE, new_version, write_card
 from pipeline.events import CustomerEvent
-from pipeline.scoring import INPUT_FEATURES
+from pipeline.scoring import DRIFT_FEATURES, INPUT_FEATURES, drift_reference
 
 Vector = npt.NDArray[np.float64]
 TOP_SHARE = 0.10
@@ -211,6 +211,9 @@ def train(
             "baselines": {n: metrics(y_test, s) for n, s in baseline_scores.items()},
         },
         "calibration": calibration_table(y_test, scores),
+        "drift": {
+            name: drift_reference(train_rows[name].to_numpy(dtype=float)) for name in DRIFT_FEATURES
+        },
     }
 
     progress("writing the report")

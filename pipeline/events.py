@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -208,6 +208,7 @@ WarningType = Literal[
     "sales_drop", "overdue_debt", "cooling_engagement", "complaint_trouble", "churn_risk"
 ]
 Severity = Literal["low", "medium", "high", "critical"]
+WARNING_TYPES: tuple[WarningType, ...] = get_args(WarningType)
 
 
 class WarningRecord(_Record):

@@ -5,7 +5,7 @@ Labels are low-cardinality: never a customer id.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Info
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 EVENTS_CONSUMED = Counter(
     "churnwatch_events_consumed_total", "Messages read by the worker, by topic.", ["topic"]
@@ -55,3 +55,47 @@ NOTIFICATIONS_FAILED = Counter(
     ["channel"],
 )
 OUTBOX_DEPTH = Gauge("churnwatch_outbox_depth", "Notifications waiting to be delivered.")
+WARNING_LATENCY = Histogram(
+    "churnwatch_warning_latency_seconds",
+    "From the event that let a sweep run to the warning it emitted: since its event "
+    "time (large in replays), and since the broker received it.",
+    ["since"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400, 604800, 31536000),
+)
+PROCESSING_LAG = Gauge(
+    "churnwatch_processing_lag_seconds",
+    "Wall-clock time minus the event time of the newest event processed.",
+)
+CONSUMER_LAG = Gauge(
+    "churnwatch_consumer_lag_messages",
+    "Messages not yet read, by input topic and partition.",
+    ["topic", "partition"],
+)
+OPEN_EPISODES = Gauge(
+    "churnwatch_open_episodes",
+    "Open warning episodes in this worker's partitions, by type.",
+    ["warning_type"],
+)
+CHURN_SCORE = Histogram(
+    "churnwatch_churn_score",
+    "Churn probabilities given in sweeps (every customer, every sweep).",
+    buckets=tuple(i / 10 for i in range(1, 11)),
+)
+FEATURE_DRIFT = Gauge(
+    "churnwatch_feature_drift_psi",
+    "Population stability index of a main model input: the last sweep's customers "
+    "against the training rows saved in the model card.",
+    ["feature"],
+)
+ARCHIVE_FILES = Counter("churnwatch_archive_files_total", "Parquet files the archiver wrote.")
+ARCHIVE_BYTES = Counter("churnwatch_archive_bytes_total", "Bytes the archiver wrote.")
+ARCHIVE_EVENTS = Counter("churnwatch_archive_events_total", "Events archived (each event id once).")
+MODEL_CREATED = Gauge(
+    "churnwatch_model_created_timestamp_seconds",
+    "When the served churn model was trained (UTC epoch seconds; absent: rules only).",
+)
+EXPECTED_LOSS = Gauge(
+    "churnwatch_expected_loss",
+    "Sum of churn probability x 52-week revenue over this worker's customers "
+    "(value at risk; the last sweep of each partition; absent without a model).",
+)

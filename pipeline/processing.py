@@ -24,7 +24,7 @@ from churnwatch.settings import WarningThresholds
 from pipeline.events import CustomerEvent, WarningRecord
 from pipeline.features import CustomerState, Features, apply_event, new_state, to_epoch
 from pipeline.rules import Risk, evaluate, features_for
-from pipeline.scoring import ChurnModel, feature_vector
+from pipeline.scoring import ChurnModel, Matrix, feature_vector
 
 T = TypeVar("T")
 
@@ -52,12 +52,14 @@ def sweep(
     model: ChurnModel | None = None,
     batch_size: int = 512,
     top_reasons: int = 3,
+    observe: Callable[[Matrix, Matrix], None] | None = None,
 ) -> list[tuple[CustomerState, list[WarningRecord]]]:
     """Re-evaluate every customer at ``as_of``; returns only those whose episodes changed.
 
     With a ``model``, customers are scored ``batch_size`` at a time (one
     ``predict_proba`` call per batch) and the churn-risk episode is evaluated
     with the rules; reasons are computed only for a warning that opens.
+    ``observe(rows, probabilities)`` sees every scored batch (for metrics).
     """
     changed = []
     if model is None:
@@ -70,6 +72,8 @@ def sweep(
     def score(batch: list[tuple[CustomerState, Features]]) -> None:
         rows = np.array([feature_vector(f) for _, f in batch], dtype=float)
         probabilities = model.probabilities(rows)
+        if observe is not None:
+            observe(rows, probabilities)
         for row, p, (state, features) in zip(rows, probabilities, batch, strict=True):
             language = thresholds.for_segment(state.segment).language
             risk = Risk(

@@ -17,7 +17,8 @@ import json
 import logging
 import math
 import operator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,6 +64,42 @@ class ModelError(Exception):
     """A model folder that cannot serve: the message says why."""
 
 
+#: Inputs whose drift the worker reports (``churnwatch_feature_drift_psi``).
+DRIFT_FEATURES = (
+    "days_since_last_order",
+    "orders_13w",
+    "amount_13w",
+    "revenue_52w",
+    "silence_vs_usual_gap",
+    "overdue_amount",
+    "complaints_13w",
+    "inbound_recent",
+)
+_PSI_FLOOR = 1e-4
+
+
+def drift_reference(values: Matrix) -> dict[str, list[float]]:
+    """Decile edges of one input over the training rows and each bin's share (last: missing)."""
+    known = values[~np.isnan(values)]
+    edges = sorted(set(np.quantile(known, np.linspace(0.1, 0.9, 9)).tolist())) if len(known) else []
+    return {"edges": edges, "shares": _shares(values, edges).tolist()}
+
+
+def _shares(values: Matrix, edges: list[float]) -> Matrix:
+    missing = np.isnan(values)
+    bins = np.searchsorted(np.asarray(edges, dtype=float), values[~missing], side="right")
+    counts = np.bincount(bins, minlength=len(edges) + 1).astype(float)
+    counts = np.append(counts, float(missing.sum()))
+    return counts / max(1.0, float(len(values)))
+
+
+def psi(reference: dict[str, list[float]], values: Matrix) -> float:
+    """Population stability index of ``values`` against a :func:`drift_reference`."""
+    expected = np.maximum(np.asarray(reference["shares"], dtype=float), _PSI_FLOOR)
+    actual = np.maximum(_shares(values, reference["edges"]), _PSI_FLOOR)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
 @dataclass(frozen=True)
 class ChurnModel:
     """A loaded model: probabilities for many customers at once, and their reasons."""
@@ -72,6 +109,18 @@ class ChurnModel:
     #: Typical value of each input over the training rows (the reasons' "usual").
     usual: Matrix
     horizon_days: float
+    #: When the model was trained (UTC epoch seconds, from the card).
+    created_at: float = 0.0
+    #: Training distribution of the :data:`DRIFT_FEATURES` (from the card).
+    drift: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def feature_drift(self, rows: Matrix) -> dict[str, float]:
+        """PSI of each drift feature of ``rows`` against the training rows."""
+        return {
+            name: psi(reference, rows[:, INPUT_FEATURES.index(name)])
+            for name, reference in self.drift.items()
+            if name in INPUT_FEATURES and len(rows)
+        }
 
     def probabilities(self, rows: Matrix) -> Matrix:
         """P(churn within the horizon) for each row of ``rows`` (one call, any number)."""
@@ -124,6 +173,13 @@ def _fmt(value: float, language: Language) -> str:
     return f"{value:.2f}"
 
 
+def _epoch(iso: object) -> float:
+    try:
+        return datetime.fromisoformat(str(iso)).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def load_model(folder: Path) -> ChurnModel:
     """Load and check the model in ``folder``; :class:`ModelError` says what is wrong."""
     import skops.io as sio
@@ -157,6 +213,8 @@ def load_model(folder: Path) -> ChurnModel:
         estimator=estimator,
         usual=usual,
         horizon_days=float(card.get("label", {}).get("horizon_days", 90)),
+        drift=dict(card.get("drift", {})),
+        created_at=_epoch(card.get("created_at")),
     )
     try:  # the model must answer for a row like the worker's before it serves
         scores = model.probabilities(usual[np.newaxis, :])

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, EventT
 
@@ -30,6 +31,7 @@ from pipeline.app import Pipeline
 from pipeline.events import (
     EVENT_TOPICS,
     TOPIC_OF_TYPE,
+    WARNING_TYPES,
     CustomerEvent,
     DeadLetter,
     InvalidEvent,
@@ -40,9 +42,11 @@ from pipeline.events import (
 )
 from pipeline.features import CustomerState, apply_event, new_state, to_epoch
 from pipeline.processing import Apply, Sequencer, Sweep, Watermark, due_sweeps, sweep
-from pipeline.scoring import ModelHolder
+from pipeline.scoring import INPUT_FEATURES, ModelHolder
 
 log = logging.getLogger(__name__)
+
+REVENUE = INPUT_FEATURES.index("revenue_52w")
 
 #: An event waiting to be applied: decoded, and the Faust event to ack after.
 Held = tuple[CustomerEvent, EventT[bytes]]
@@ -74,6 +78,8 @@ def register(p: Pipeline) -> None:
         version = model.version if model else "none"
         if published[-1:] != [version]:
             metrics.MODEL.info({"version": version})
+            if model is not None and model.created_at:
+                metrics.MODEL_CREATED.set(model.created_at)
             published.append(version)
 
     refresh_model()  # before the first sweep: a promoted model serves from the start
@@ -104,10 +110,15 @@ def register(p: Pipeline) -> None:
         metrics.DEAD_LETTERS.inc()
         await p.dead_letters.send(key=message.key, value=encode_event(record))
 
-    async def emit(records: list[WarningRecord]) -> None:
+    async def emit(records: list[WarningRecord], received_at: float) -> None:
         for record in records:
             metrics.WARNINGS.labels(record.warning_type, record.status, record.severity).inc()
             await p.warnings.send(key=record.customer_id.encode(), value=encode_event(record))
+            now = time.time()
+            metrics.WARNING_LATENCY.labels("event_time").observe(
+                max(0.0, now - to_epoch(record.at))
+            )
+            metrics.WARNING_LATENCY.labels("ingest").observe(max(0.0, now - received_at))
 
     # Decoded states of each partition this worker owns, filled from the table on
     # first use: sweeps then never decode the whole table again. Forgotten on
@@ -134,11 +145,15 @@ def register(p: Pipeline) -> None:
         # After a rebalance Faust re-seeks to the committed offsets, so events
         # still held in the buffer (never acked) are delivered again.
         decoded_states.clear()
+        scored.clear()
+        expected_loss.clear()
         metrics.CUSTOMERS_TRACKED.set(0)
         resumed.clear()
         wall_last_sweep.clear()
         watermark.reset()
         sequencer.clear()
+
+    newest = [0.0]  # event time of the newest event applied
 
     def apply(partition: int, decoded: CustomerEvent, late: bool = False) -> None:
         state = partition_states(partition).get(decoded.customer_id)
@@ -149,22 +164,56 @@ def register(p: Pipeline) -> None:
             state.late_events += 1
         if apply_event(state, decoded):
             store(partition, state)
+            newest[0] = max(newest[0], to_epoch(decoded.occurred_at))
+            metrics.PROCESSING_LAG.set(max(0.0, time.time() - newest[0]))
         else:
             metrics.EVENTS_DUPLICATE.inc()
 
-    async def sweep_at(partition: int, boundary: float, clock_name: str) -> None:
+    # The customers each partition's last sweep scored: the live population
+    # whose drift against the training rows the metrics report.
+    scored: dict[int, list[Any]] = {}
+    expected_loss: dict[int, float] = {}
+
+    async def sweep_at(
+        partition: int, boundary: float, clock_name: str, received_at: float
+    ) -> None:
+        batches: list[Any] = []
+        loss = [0.0]
+
+        def observe(rows: Any, probabilities: Any) -> None:
+            batches.append(rows)
+            loss[0] += float(np.dot(probabilities, np.nan_to_num(rows[:, REVENUE])))
+            for probability in probabilities:
+                metrics.CHURN_SCORE.observe(float(probability))
+
+        model = models.model
         changed = sweep(
             partition_states(partition).values(),
             boundary,
             thresholds,
-            models.model,
+            model,
             settings.model.batch_size,
             settings.model.top_reasons,
+            observe,
         )
         for state, records in changed:
             store(partition, state)
-            await emit(records)
+            await emit(records, received_at)
         metrics.SWEEPS.labels(clock_name).inc()
+        open_by_type: dict[str, int] = dict.fromkeys(WARNING_TYPES, 0)
+        for states in decoded_states.values():
+            for state in states.values():
+                for warning_type in state.episodes:
+                    open_by_type[warning_type] = open_by_type.get(warning_type, 0) + 1
+        for warning_type, count in open_by_type.items():
+            metrics.OPEN_EPISODES.labels(warning_type).set(count)
+        if model is not None and batches:
+            scored[partition] = batches
+            expected_loss[partition] = loss[0]
+            metrics.EXPECTED_LOSS.set(sum(expected_loss.values()))
+            population = np.vstack([rows for rows_list in scored.values() for rows in rows_list])
+            for feature, value in model.feature_drift(population).items():
+                metrics.FEATURE_DRIFT.labels(feature).set(value)
 
     resumed: set[int] = set()
 
@@ -175,10 +224,12 @@ def register(p: Pipeline) -> None:
             sequencer.last_sweep[partition] = max(sequencer.last_sweep.get(partition, 0.0), done)
             resumed.add(partition)
 
-    async def run(stream: Any, partition: int, steps: list[Apply[Held] | Sweep]) -> None:
+    async def run(
+        stream: Any, partition: int, steps: list[Apply[Held] | Sweep], received_at: float
+    ) -> None:
         for step in steps:
             if isinstance(step, Sweep):
-                await sweep_at(partition, step.boundary, "event")
+                await sweep_at(partition, step.boundary, "event", received_at)
                 p.sweep_progress[str(partition)] = step.boundary
                 continue
             decoded, held = step.item
@@ -204,11 +255,18 @@ def register(p: Pipeline) -> None:
         message = event.message
         logical = topic_names.get(message.topic)
         metrics.EVENTS_CONSUMED.labels(logical.value if logical else "unknown").inc()
+        # the producer's or broker's timestamp (Faust gives seconds); when unknown, now
+        received_at = message.timestamp if message.timestamp else time.time()
+        end = highwater(message.topic, message.partition)
+        if end is not None:
+            metrics.CONSUMER_LAG.labels(message.topic, str(message.partition)).set(
+                max(0, end - message.offset - 1)
+            )
         if logical is Topic.TICKS:
             if settings.clock.mode == "wall":
                 last = wall_last_sweep.get(message.partition, 0.0)
                 for boundary in due_sweeps(last, time.time(), every):
-                    await sweep_at(message.partition, boundary, "wall")
+                    await sweep_at(message.partition, boundary, "wall", received_at)
                     wall_last_sweep[message.partition] = boundary
             return True
         try:
@@ -225,7 +283,12 @@ def register(p: Pipeline) -> None:
                 watermark.observe(message.topic, message.partition, message.offset)
                 now = event_clock(message.partition)
                 resume(message.partition)
-                await run(stream, message.partition, sequencer.advance(message.partition, now))
+                await run(
+                    stream,
+                    message.partition,
+                    sequencer.advance(message.partition, now),
+                    received_at,
+                )
             return True
         if settings.clock.mode == "wall":
             apply(message.partition, decoded)
@@ -238,6 +301,7 @@ def register(p: Pipeline) -> None:
             stream,
             message.partition,
             sequencer.offer(message.partition, event_ts, (decoded, event), now),
+            received_at,
         )
         return False  # acked by run() once applied
 

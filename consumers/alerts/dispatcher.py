@@ -83,6 +83,15 @@ class Dispatcher:
         self.sessions = sessions
         self.send = send
         self.clock = clock
+        # every channel kind in use is exported from the start (at 0), so a
+        # dashboard or alert never sees "no data" for "no failures yet"
+        for recipient in routing.recipients.values():
+            for channel in recipient.channels:
+                kind = channel.name.split(":")[0]
+                metrics.NOTIFICATIONS_SENT.labels(kind)
+                metrics.NOTIFICATIONS_FAILED.labels(kind)
+        metrics.NOTIFICATIONS_SENT.labels("email")
+        metrics.NOTIFICATIONS_FAILED.labels("email")
 
     # -- input -------------------------------------------------------------
 

@@ -86,6 +86,21 @@ def test_promoting_while_running_switches_models_and_a_corrupt_one_is_refused(
     assert all(w.churn_probability is not None for w in after)
     risk = [w for w in after if w.warning_type == "churn_risk" and w.status == "opened"]
     assert risk and all("main reasons:" in w.summary for w in risk)
+    # what the model does shows in the metrics
+    assert sum(v for _, v in samples(settings, "churnwatch_churn_score_count")) > 0
+    drift = {
+        labels["feature"]: v for labels, v in samples(settings, "churnwatch_feature_drift_psi")
+    }
+    assert "days_since_last_order" in drift and all(v >= 0 for v in drift.values())
+    open_risk = [
+        v
+        for labels, v in samples(settings, "churnwatch_open_episodes")
+        if labels["warning_type"] == "churn_risk"
+    ]
+    assert open_risk and open_risk[0] >= 0
+    latency = samples(settings, "churnwatch_warning_latency_seconds_count")
+    assert {labels["since"] for labels, v in latency if v > 0} == {"event_time", "ingest"}
+    assert samples(settings, "churnwatch_consumer_lag_messages")
 
     # 3. a corrupt model promoted: refused, the old one keeps scoring
     bad = registry / "v-corrupt"

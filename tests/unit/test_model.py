@@ -177,3 +177,17 @@ def test_bgnbd_no_order_probability_grows_with_silence():
     p = p_no_order(params, x, t_x, big_t, 13.0)
     assert ((p > 0) & (p < 1)).all()
     assert p[0] < p[1] < p[2]
+
+
+def test_psi_is_small_for_the_same_distribution_and_large_for_a_shifted_one():
+    from pipeline.scoring import drift_reference, psi
+
+    rng = np.random.default_rng(0)
+    training = rng.exponential(30.0, 5000)
+    training[:250] = np.nan  # some customers never ordered
+    reference = drift_reference(training)
+    assert len(reference["edges"]) == 9 and len(reference["shares"]) == 11
+    same = rng.exponential(30.0, 2000)
+    same[:100] = np.nan
+    assert psi(reference, same) < 0.1
+    assert psi(reference, same * 3) > 0.25  # everyone silent three times longer
