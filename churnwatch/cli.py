@@ -782,6 +782,46 @@ def demo(
 
 
 @cli.group()
+def check() -> None:
+    """Checks on a running deployment."""
+
+
+@check.command("consistency")
+@click.option("--sample", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Which customers to sample.")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=10),
+    help="Repeat every SECONDS (with /metrics on archive.metrics_port) until Ctrl-C.",
+)
+@click.pass_context
+def check_consistency_command(
+    ctx: click.Context, sample: int, seed: int, every: float | None
+) -> None:
+    """Recompute sampled customers' features from the archive; compare with the live table.
+
+    Exit code 1 when a compared customer differs (the features are listed).
+    """
+    from consumers.consistency import check_consistency
+
+    settings = _settings(ctx)
+    stop = _stop_on_signal()
+    if every is not None:
+        _serve_metrics(settings.archive.metrics_port, settings.worker.metrics_host)
+    while True:
+        report = check_consistency(settings, sample, seed)
+        click.echo(
+            f"sampled {report.sampled}, compared {report.compared}, "
+            f"lagging {report.lagging}, mismatched {len(report.mismatched)}"
+        )
+        for customer_id, features in sorted(report.mismatched.items()):
+            click.echo(f"  {customer_id}: {', '.join(features)}")
+        if every is None or stop.wait(every):
+            break
+    sys.exit(1 if report.mismatched else 0)
+
+
+@cli.group()
 def docs() -> None:
     """Generate documentation from the code."""
 

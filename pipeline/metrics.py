@@ -99,3 +99,15 @@ EXPECTED_LOSS = Gauge(
     "Sum of churn probability x 52-week revenue over this worker's customers "
     "(value at risk; the last sweep of each partition; absent without a model).",
 )
+CONSISTENCY_COMPARED = Gauge(
+    "churnwatch_consistency_compared",
+    "Customers whose live features the last consistency check compared with a batch rebuild.",
+)
+CONSISTENCY_MISMATCHES = Gauge(
+    "churnwatch_consistency_mismatches",
+    "Customers whose live features differ from the batch rebuild (last check).",
+)
+CONSISTENCY_LAGGING = Gauge(
+    "churnwatch_consistency_lagging",
+    "Sampled customers not compared: live state and archive had not seen the same events yet.",
+)

@@ -8,15 +8,14 @@ episodes must be identical.
 
 from __future__ import annotations
 
-import json
 import zlib
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
-from churnwatch.settings import PROJECT_ROOT, Settings
+from churnwatch.settings import PROJECT_ROOT
+from consumers.consistency import compare, live_states
 from pipeline.events import Topic, WarningRecord
-from pipeline.features import CustomerState, read_features, to_epoch
+from pipeline.features import read_features, to_epoch
 from pipeline.processing import run_history
 from producers.mapping import load_events
 from producers.produce import produce
@@ -27,24 +26,6 @@ from tests.integration.conftest import read_topic, wait_processed
 pytestmark = pytest.mark.integration
 
 DATA = PROJECT_ROOT.parent / "shared" / "data" / "online_retail" / "invoices.csv.gz"
-
-
-def live_states(settings: Settings) -> dict[str, CustomerState]:
-    """The worker's table as its changelog has it (last record per customer)."""
-    consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
-    name = f"{settings.worker.app_id}-customer_state-changelog"
-    tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    ends = consumer.end_offsets(tps)
-    states: dict[str, CustomerState] = {}
-    while any(consumer.position(tp) < ends[tp] for tp in tps):
-        for batch in consumer.poll(timeout_ms=500).values():
-            for message in batch:
-                _partition, row = json.loads(message.value)
-                states[json.loads(message.key)] = CustomerState.from_row(row)
-    consumer.close()
-    return states
 
 
 @pytest.mark.skipif(not DATA.exists(), reason="../shared/data is absent (CI always has it)")
@@ -69,6 +50,9 @@ def test_online_retail_stream_and_batch_agree(stream_settings, worker):
         expected = read_features(state, end, w.recent_weeks, w.baseline_weeks)
         got = read_features(stream_states[customer], end, w.recent_weeks, w.baseline_weeks)
         assert got == expected, customer
+    # the consistency check reads the same changelog and agrees
+    report = compare(stream_states, events, stream_settings, sample=100)
+    assert report.compared == 100 and not report.mismatched and not report.lagging
 
     stream_warnings = [
         WarningRecord.model_validate_json(v) for v in read_topic(stream_settings, Topic.WARNINGS)

@@ -25,11 +25,27 @@ def test_compose_has_kafka_with_a_healthcheck_and_the_worker_waits_for_topics():
     assert "container_name" not in services["worker"], "workers must be scalable"
 
 
+def substitute(value: str) -> str:
+    """Compose's ${VAR:-default} interpolation, with .env's values."""
+    import re
+
+    env = dict(
+        line.split("=", 1)
+        for line in (PROJECT_ROOT / ".env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    return re.sub(
+        r"\$\{([A-Z_]+)(?::-([^}]*))?[^}]*\}",
+        lambda m: env.get(m.group(1)) or (m.group(2) or ""),
+        value,
+    )
+
+
 def test_every_churnwatch_variable_in_compose_is_a_real_setting(monkeypatch):
     for service in compose()["services"].values():
         for key, value in (service.get("environment") or {}).items():
             if key.startswith("CHURNWATCH_"):
-                monkeypatch.setenv(key, str(value))
+                monkeypatch.setenv(key, substitute(str(value)))
     settings = load_settings()  # extra="forbid": a misspelt variable would fail here
     assert settings.kafka.bootstrap_servers == "kafka:9092"
 
@@ -52,3 +68,67 @@ def test_dockerfile_copies_every_package_and_runs_as_non_root():
         assert f"COPY {package} ./{package}" in text
     assert "\nUSER " in text
     assert Path(PROJECT_ROOT / "configs" / "default.yaml").exists()
+
+
+def test_compose_file_validates_against_the_compose_specification():
+    import json
+    import re
+
+    import jsonschema
+
+    schema = json.loads((PROJECT_ROOT / "tests" / "schemas" / "compose-spec.json").read_text())
+    # Compose substitutes ${VAR} before validating; .env gives the values
+    env = dict(
+        line.split("=", 1)
+        for line in (PROJECT_ROOT / ".env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    text = COMPOSE.read_text()
+    for name in re.findall(r"\$\{([A-Z_]+)(?::?[-?])?[^}]*\}", text):
+        assert name in env or re.search(rf"\$\{{{name}:-", text), f"${{{name}}} has no value"
+    jsonschema.validate(compose(), schema)  # raises with the path of the first problem
+    broken = compose()
+    broken["services"]["worker"]["restart"] = ["always"]
+    with __import__("pytest").raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_compose_runs_the_whole_stack_and_pins_its_images():
+    services = compose()["services"]
+    assert {"kafka", "topics", "worker", "alerts", "archiver", "prometheus", "grafana"} <= set(
+        services
+    )
+    assert services["simulator"]["profiles"] == ["demo"] == services["mailpit"]["profiles"]
+    env = (PROJECT_ROOT / ".env").read_text()
+    for service in services.values():
+        image = service.get("image")
+        if image:
+            variable = image.split("${")[1].split(":")[0].split("}")[0]
+            assert f"{variable}=" in env, f"{image}: tag not pinned in .env"
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    for service in ("prometheus", "grafana"):
+        for volume in services[service]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (PROJECT_ROOT / source).exists(), source
+    # every scrape target is a service of the stack, on the port it serves /metrics on
+    prometheus = yaml.safe_load((PROJECT_ROOT / "configs/prometheus/prometheus.yml").read_text())
+    for job in prometheus["scrape_configs"]:
+        for target in [t for c in job.get("static_configs", []) for t in c["targets"]] + [
+            f"{n}:{c['port']}" for c in job.get("dns_sd_configs", []) for n in c["names"]
+        ]:
+            host, port = target.split(":")
+            assert host in services and port in [str(p) for p in services[host]["expose"]]
+
+
+def test_dockerfile_pins_every_dependency():
+    import tomllib
+
+    lock = (PROJECT_ROOT / "requirements.lock").read_text().lower()
+    deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = dep.split(">")[0].split("<")[0].split("=")[0].strip().lower()
+        assert f"\n{name}==" in "\n" + lock.replace("_", "-"), f"{name} not in requirements.lock"
+    assert "-c requirements.lock" in (PROJECT_ROOT / "Dockerfile").read_text()

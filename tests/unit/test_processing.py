@@ -85,3 +85,29 @@ def test_sequencer_holds_back_for_the_allowed_lateness_and_counts_later_events()
     assert seq.offer(0, 10.6 * DAY, "c", 10.6 * DAY) == [Apply("early"), Sweep(10 * DAY)]
     # older than the sweep already run: applied at once, marked late
     assert seq.offer(0, 9.5 * DAY, "late", 10.6 * DAY)[0] == Apply("late", late=True)
+
+
+def test_consistency_check_finds_a_differing_customer_and_skips_lagging_ones(settings):
+    from consumers.consistency import compare
+    from pipeline.events import decode_event
+    from pipeline.processing import run_history
+    from producers.simulator import parse_start, simulate
+
+    events = [
+        decode_event(e.payload) for e in simulate(30, 3, parse_start("2024-10-07"), 200, 2, 0)[0]
+    ]
+    live, _ = run_history(events, settings.warnings, 86400.0)
+    report = compare(live, events, settings, sample=30)
+    assert report.sampled == 30 and report.compared == 30 and not report.mismatched
+
+    # an archived order whose amount differs from what the worker applied
+    target = next(e for e in reversed(events) if e.type == "order_placed")
+    changed = [e.model_copy(update={"amount": e.amount * 3}) if e is target else e for e in events]
+    report = compare(live, changed, settings, sample=30)
+    assert list(report.mismatched) == [target.customer_id]
+    assert "revenue_52w" in report.mismatched[target.customer_id]
+
+    # an event the worker has not applied yet: lagging, not a mismatch
+    fewer = [e for e in events if e is not target]
+    report = compare(live, fewer, settings, sample=30)
+    assert report.lagging == 1 and not report.mismatched
