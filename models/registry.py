@@ -84,6 +84,16 @@ def _pointer(registry: Path) -> dict[str, Any]:
     return data
 
 
+def _write_pointer(registry: Path, version: str, history: list[str], **extra: Any) -> None:
+    pointer = {
+        "version": version,
+        "history": history,
+        "promoted_at": datetime.now(UTC).isoformat(),
+        **extra,
+    }
+    _write_atomic(registry / PROMOTED_FILE, json.dumps(pointer, indent=2) + "\n")
+
+
 def promoted_version(registry: Path) -> str | None:
     """The version that should serve, or None before the first promotion."""
     version = _pointer(registry).get("version")
@@ -100,18 +110,7 @@ def promote(registry: Path, version: str) -> str | None:
     history = list(pointer.get("history", []))
     if previous:
         history.append(previous)
-    _write_atomic(
-        registry / PROMOTED_FILE,
-        json.dumps(
-            {
-                "version": version,
-                "history": history,
-                "promoted_at": datetime.now(UTC).isoformat(),
-            },
-            indent=2,
-        )
-        + "\n",
-    )
+    _write_pointer(registry, version, history)
     return str(previous) if previous else None
 
 
@@ -122,17 +121,5 @@ def rollback(registry: Path) -> str:
     if not history:
         raise RegistryError(f"nothing to roll back to in {registry}: only one model was promoted")
     version = history.pop()
-    _write_atomic(
-        registry / PROMOTED_FILE,
-        json.dumps(
-            {
-                "version": version,
-                "history": history,
-                "promoted_at": datetime.now(UTC).isoformat(),
-                "rolled_back_from": pointer.get("version"),
-            },
-            indent=2,
-        )
-        + "\n",
-    )
+    _write_pointer(registry, version, history, rolled_back_from=pointer.get("version"))
     return str(version)
