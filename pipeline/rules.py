@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from churnwatch.settings import (
     ChurnRiskThresholds,
@@ -416,7 +416,11 @@ def evaluate(
     out: list[WarningRecord] = []
     for warning_type in types:
         episode = state.episodes.get(warning_type)
-        verdict = _verdict(warning_type, features, thresholds, risk, episode is not None)
+        # An open rule episode is re-graded every sweep, so its full verdict is
+        # needed anyway; churn risk is graded from the probability alone, and
+        # explained only when it opens or gets worse.
+        explain = episode is not None and warning_type != "churn_risk"
+        verdict = _verdict(warning_type, features, thresholds, risk, episode is not None, explain)
         if verdict.active and episode is None:
             wid = warning_id(state.customer_id, warning_type, as_of)
             state.episodes[warning_type] = [wid, as_of, verdict.severity]
@@ -432,13 +436,23 @@ def evaluate(
             )
         elif verdict.active and episode is not None:
             # Still open: a new record only when it got worse (never for better).
-            now = _current_severity(warning_type, features, thresholds, risk, episode)
+            now = verdict.severity
+            if risk is not None and warning_type == "churn_risk":
+                now = _churn_severity(risk.probability, features.revenue_52w, thresholds)
             if SEVERITIES.index(now) > SEVERITIES.index(episode[2]):
-                full = _verdict(warning_type, features, thresholds, risk, True, explain=True)
-                episode[2] = full.severity
+                if not explain:
+                    verdict = _verdict(warning_type, features, thresholds, risk, True, True)
+                episode[2] = verdict.severity
                 out.append(
                     _record(
-                        state, warning_type, full, "escalated", episode[0], episode[1], as_of, risk
+                        state,
+                        warning_type,
+                        verdict,
+                        "escalated",
+                        episode[0],
+                        episode[1],
+                        as_of,
+                        risk,
                     )
                 )
     return out
@@ -472,19 +486,6 @@ def _verdict(
     if risk is None:
         raise ValueError("churn_risk needs a model score")
     return churn_risk(f, risk, t.churn_risk, t, is_open, explain)
-
-
-def _current_severity(
-    warning_type: WarningType,
-    f: Features,
-    t: WarningThresholds,
-    risk: Risk | None,
-    episode: list[Any],
-) -> Severity:
-    """How severe an open episode is now (for churn risk without computing its reasons)."""
-    if warning_type == "churn_risk" and risk is not None:
-        return _churn_severity(risk.probability, f.revenue_52w, t)
-    return _verdict(warning_type, f, t, risk, True, explain=True).severity
 
 
 def _record(
