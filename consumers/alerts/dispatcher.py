@@ -69,6 +69,11 @@ def apprise_send(url: str, message: Message) -> tuple[bool, str]:
     return False, (lines[-1] if lines else "the channel did not accept the message")[:500]
 
 
+def _key(episode: Episode, kind: str, name: str, channel: Channel) -> str:
+    """The unique key of one notification: a redelivered record finds it taken."""
+    return f"{episode.warning_id}|{kind}|{name}|{channel.name}"
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -227,9 +232,9 @@ class Dispatcher:
 
     def _queue(self, session: Session, episode: Episode, kind: str, now: datetime) -> int:
         created = 0
+        held = self._held(session, episode) if kind != "resolved" else []
         for name, recipient in self._recipients(session, episode):
             for channel in recipient.channels:
-                base = f"{episode.warning_id}|{{kind}}|{name}|{channel.name}"
                 if kind == "resolved":
                     told = session.scalar(
                         select(Notification.id).where(
@@ -242,10 +247,10 @@ class Dispatcher:
                     )
                     if told is None:
                         continue  # nobody heard of it here: no news in its end either
-                key = base.format(kind=kind)
+                key = _key(episode, kind, name, channel)
                 if session.scalar(select(Notification.id).where(Notification.dedup_key == key)):
                     continue  # a redelivered record: already queued
-                self._add(session, episode, kind, key, name, recipient, channel, now)
+                self._add(session, episode, kind, key, name, recipient, channel, now, held)
                 created += 1
         return created
 
@@ -259,9 +264,9 @@ class Dispatcher:
         recipient: Recipient,
         channel: Channel,
         now: datetime,
+        held: list[Episode],
     ) -> None:
         sid = short_id(key)
-        held = self._held(session, episode) if kind != "resolved" else []
         message = episode_message(episode, kind.split("-")[0], recipient.language, sid, held)
         status = self._status(session, episode, kind, name, recipient, now)
         session.add(
@@ -294,6 +299,7 @@ class Dispatcher:
                 hours = self.settings.cooldown_hours.get(
                     episode.warning_type, self.settings.cooldown_hours.get("*", 72.0)
                 )
+                held: list[Episode] | None = None  # looked up once, if a reminder is due
                 for name, recipient in self._recipients(session, episode):
                     for channel in recipient.channels:
                         last = session.scalars(
@@ -318,20 +324,11 @@ class Dispatcher:
                                 Notification.kind == "reminder",
                             )
                         )
-                        key = (
-                            f"{episode.warning_id}|reminder-{int(count or 0) + 1}|{name}|"
-                            f"{channel.name}"
-                        )
-                        self._add(
-                            session,
-                            episode,
-                            f"reminder-{int(count or 0) + 1}",
-                            key,
-                            name,
-                            recipient,
-                            channel,
-                            now,
-                        )
+                        kind = f"reminder-{int(count or 0) + 1}"
+                        if held is None:
+                            held = self._held(session, episode)
+                        key = _key(episode, kind, name, channel)
+                        self._add(session, episode, kind, key, name, recipient, channel, now, held)
                         created += 1
         return created
 
