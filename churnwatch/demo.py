@@ -27,11 +27,13 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session, sessionmaker
 
 from churnwatch.broker import EmbeddedBroker, free_port, port_is_free, start_child, stop_child
 from churnwatch.settings import Settings
 from churnwatch.topics import ensure_topics
 from consumers.alerts.inbox import LocalInbox
+from consumers.alerts.ledger import open_ledger
 from consumers.warnings_view import format_warning, tail_warnings
 from models.train import TrainResult, beats_baselines
 from pipeline.events import Topic, WarningRecord, decode_event
@@ -140,14 +142,14 @@ def summarise(
     }
 
 
-def notification_summary(inbox: LocalInbox, ledger_url: str) -> dict[str, Any]:
+def notification_summary(inbox: LocalInbox, ledger: sessionmaker[Session]) -> dict[str, Any]:
     """What reached the demo's inbox, and the ledger's account of every notification."""
     from sqlalchemy import func, select
 
-    from consumers.alerts.ledger import Notification, open_ledger
+    from consumers.alerts.ledger import Notification
 
     subjects = Counter(str(m["Subject"]) for m in inbox.received())
-    with open_ledger(ledger_url)() as session:
+    with ledger() as session:
         rows = session.execute(
             select(Notification.status, func.count(Notification.id)).group_by(Notification.status)
         ).all()
@@ -159,15 +161,15 @@ def notification_summary(inbox: LocalInbox, ledger_url: str) -> dict[str, Any]:
     }
 
 
-def outbox_due(ledger_url: str) -> int:
+def outbox_due(ledger: sessionmaker[Session]) -> int:
     """Notifications due now and not yet delivered (not those waiting for a window)."""
     from datetime import UTC
 
     from sqlalchemy import func, select
 
-    from consumers.alerts.ledger import Notification, open_ledger
+    from consumers.alerts.ledger import Notification
 
-    with open_ledger(ledger_url)() as session:
+    with ledger() as session:
         query = select(func.count(Notification.id)).where(
             Notification.status == "pending", Notification.due_at <= datetime.now(UTC)
         )
@@ -283,6 +285,7 @@ def run_demo(
     dispatcher = None
     inbox = LocalInbox()
     ledger_url = f"sqlite:///{workdir / 'alerts.db'}"
+    ledger: sessionmaker[Session] | None = None
     stop = threading.Event()
     tally = Tally()
     stats = ProduceStats()
@@ -380,7 +383,9 @@ def run_demo(
             caught_up = not producing and processed >= stats.sent > 0
             if caught_up and time.monotonic() - tally.last_change > 3:
                 quiet_for = time.monotonic() - tally.last_change
-                if quiet_for < 60 and (quiet_for < 5 or outbox_due(ledger_url)):
+                if ledger is None:  # the dispatcher created the tables long ago
+                    ledger = open_ledger(ledger_url)
+                if quiet_for < 60 and (quiet_for < 5 or outbox_due(ledger)):
                     continue  # let the dispatcher catch up and deliver what is due
                 say("the simulated history is fully processed and notified")
                 break
@@ -408,7 +413,7 @@ def run_demo(
         summary = summarise(truth, tally, stats, processed, dead)
         summary.update(model_info)
         if dispatcher is not None:
-            summary.update(notification_summary(inbox, ledger_url))
+            summary.update(notification_summary(inbox, ledger or open_ledger(ledger_url)))
         inbox.stop()
         summary["seconds"] = round(time.monotonic() - started, 1)
         shutil.rmtree(workdir, ignore_errors=True)
