@@ -283,15 +283,9 @@ def backtest(
     """Run the warning rules over a history in batch; score them against what happened."""
     from models.backtest import backtest as run_backtest
     from models.backtest import format_table
-    from producers.mapping import MappingError, load_events
 
     settings = _settings(ctx)
-    try:
-        events, rejected = load_events(events_path, mapping)
-    except MappingError as exc:
-        raise click.UsageError(str(exc)) from exc
-    if rejected:
-        click.echo(f"{len(rejected)} row(s) rejected, e.g. {rejected[0].error}", err=True)
+    events = _load_export(events_path, mapping)
     click.echo(f"backtesting {len(events)} events ...")
     try:
         summary = run_backtest(
@@ -303,6 +297,19 @@ def backtest(
     click.echo(f"wrote {out / 'warnings.csv'} and {out / 'summary.json'}")
 
 
+def _load_export(events_path: Path, mapping: Path) -> list[CustomerEvent]:
+    """Events from an export and its mapping; rejected rows are reported, bad mappings exit 2."""
+    from producers.mapping import MappingError, load_events
+
+    try:
+        events, rejected = load_events(events_path, mapping)
+    except MappingError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if rejected:
+        click.echo(f"{len(rejected)} row(s) rejected, e.g. {rejected[0].error}", err=True)
+    return events
+
+
 def _load_history(
     settings: Settings, events_path: Path | None, mapping: Path | None
 ) -> tuple[list[CustomerEvent], str]:
@@ -310,14 +317,7 @@ def _load_history(
     if (events_path is None) != (mapping is None):
         raise click.UsageError("--events and --mapping go together")
     if events_path is not None and mapping is not None:
-        from producers.mapping import MappingError, load_events
-
-        try:
-            events, rejected = load_events(events_path, mapping)
-        except MappingError as exc:
-            raise click.UsageError(str(exc)) from exc
-        if rejected:
-            click.echo(f"{len(rejected)} row(s) rejected, e.g. {rejected[0].error}", err=True)
+        events = _load_export(events_path, mapping)
         return events, f"{events_path.name} (mapping {mapping.name})"
     from consumers.archiver import read_archive
 
