@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from churnwatch.broker import EmbeddedBroker, free_port, start_child, stop_child
 from churnwatch.demo import events_processed
@@ -124,3 +126,29 @@ def wait_processed(settings: Settings, count: int, proc: Any, timeout: float = 1
             return
         time.sleep(0.5)
     raise AssertionError(f"worker processed {seen} of {count} events in {timeout}s")
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> None:
+    """Until ``condition()`` is true (a server not answering yet counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples called ``name`` on the /metrics of the process on ``port``."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]

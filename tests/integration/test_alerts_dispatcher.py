@@ -9,17 +9,8 @@ import time
 from churnwatch.broker import start_child, stop_child
 from consumers.alerts.inbox import LocalInbox
 from pipeline.events import CustomerUpdated, Topic, encode_event
-from tests.integration.conftest import produce_raw, settings_env
+from tests.integration.conftest import produce_raw, settings_env, wait_for
 from tests.unit.test_alerts import record
-
-
-def wait_for(condition, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_dispatcher_sends_each_warning_once_across_a_restart(stream_settings, tmp_path):

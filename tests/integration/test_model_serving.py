@@ -3,42 +3,23 @@
 from __future__ import annotations
 
 import shutil
-import time
-import urllib.request
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from models.registry import MODEL_FILE, promote
 from models.train import train
 from pipeline.events import Topic, WarningRecord, decode_event
 from producers.produce import produce
 from producers.simulator import iter_paced, parse_start, simulate
-from tests.integration.conftest import isolated_settings, read_topic, wait_processed
-
-
-def samples(settings, name: str) -> list[tuple[dict[str, str], float]]:
-    url = f"http://127.0.0.1:{settings.worker.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-        text = response.read().decode()
-    return [
-        (sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    ]
-
-
-def wait_for(condition, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.integration.conftest import (
+    isolated_settings,
+    read_topic,
+    samples,
+    wait_for,
+    wait_processed,
+)
 
 
 def serving(settings) -> str | None:
-    found = samples(settings, "churnwatch_model_info")
+    found = samples(settings.worker.metrics_port, "churnwatch_model_info")
     return found[0][0]["version"] if found else None
 
 
@@ -66,6 +47,7 @@ def test_promoting_while_running_switches_models_and_a_corrupt_one_is_refused(
         events[len(events) * 3 // 4 :],
     )
     proc = worker(settings)
+    port = settings.worker.metrics_port
 
     # 1. no model promoted: rules only, and the worker says so
     assert produce(settings, iter_paced(first, 0)).failed == 0
@@ -87,20 +69,18 @@ def test_promoting_while_running_switches_models_and_a_corrupt_one_is_refused(
     risk = [w for w in after if w.warning_type == "churn_risk" and w.status == "opened"]
     assert risk and all("main reasons:" in w.summary for w in risk)
     # what the model does shows in the metrics
-    assert sum(v for _, v in samples(settings, "churnwatch_churn_score_count")) > 0
-    drift = {
-        labels["feature"]: v for labels, v in samples(settings, "churnwatch_feature_drift_psi")
-    }
+    assert sum(v for _, v in samples(port, "churnwatch_churn_score_count")) > 0
+    drift = {labels["feature"]: v for labels, v in samples(port, "churnwatch_feature_drift_psi")}
     assert "days_since_last_order" in drift and all(v >= 0 for v in drift.values())
     open_risk = [
         v
-        for labels, v in samples(settings, "churnwatch_open_episodes")
+        for labels, v in samples(port, "churnwatch_open_episodes")
         if labels["warning_type"] == "churn_risk"
     ]
     assert open_risk and open_risk[0] >= 0
-    latency = samples(settings, "churnwatch_warning_latency_seconds_count")
+    latency = samples(port, "churnwatch_warning_latency_seconds_count")
     assert {labels["since"] for labels, v in latency if v > 0} == {"event_time", "ingest"}
-    assert samples(settings, "churnwatch_consumer_lag_messages")
+    assert samples(port, "churnwatch_consumer_lag_messages")
 
     # 3. a corrupt model promoted: refused, the old one keeps scoring
     bad = registry / "v-corrupt"
@@ -108,7 +88,7 @@ def test_promoting_while_running_switches_models_and_a_corrupt_one_is_refused(
     (bad / MODEL_FILE).write_bytes((bad / MODEL_FILE).read_bytes()[:1000])
     promote(registry, "v-corrupt")
     wait_for(
-        lambda: sum(v for _, v in samples(settings, "churnwatch_model_refused_total")) == 1,
+        lambda: sum(v for _, v in samples(port, "churnwatch_model_refused_total")) == 1,
         "the worker to refuse the corrupt model",
     )
     assert serving(settings) == model.version

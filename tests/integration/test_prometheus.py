@@ -25,7 +25,7 @@ from models.train import train
 from pipeline.events import decode_event
 from producers.produce import produce
 from producers.simulator import iter_paced, parse_start, simulate
-from tests.integration.conftest import isolated_settings, settings_env, wait_processed
+from tests.integration.conftest import isolated_settings, settings_env, wait_for, wait_processed
 from tests.unit.test_grafana import dashboard
 
 PROMETHEUS = shutil.which("prometheus")
@@ -38,18 +38,6 @@ def api(port: int, path: str, **params: str) -> dict:
         url += "?" + urllib.parse.urlencode(params)
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
         return json.loads(response.read())
-
-
-def wait_for(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus missing (`make test` installs it)")
@@ -83,7 +71,7 @@ def test_every_dashboard_query_returns_data_from_a_running_pipeline(broker, work
         events, _ = simulate(60, 5, parse_start("2024-10-07"), 540, 3, 2)
         produce(settings, iter_paced(events, 0))
         wait_processed(settings, len(events), proc)
-        wait_for(lambda: len(inbox.received()) > 0, "a notification")
+        wait_for(lambda: len(inbox.received()) > 0, "a notification", timeout=60)
 
         port = free_port()
         config = {
@@ -120,7 +108,7 @@ def test_every_dashboard_query_returns_data_from_a_running_pipeline(broker, work
             result = api(port, "query", query="count(up == 1)")["data"]["result"]
             return int(result[0]["value"][1]) if result else 0
 
-        wait_for(lambda: targets_up() == 2, "both targets up")
+        wait_for(lambda: targets_up() == 2, "both targets up", timeout=60)
         time.sleep(4)  # a few scrapes, so that rate() has two samples
 
         groups = api(port, "rules")["data"]["groups"]

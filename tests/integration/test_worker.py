@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.events import (
     DeadLetter,
@@ -24,21 +21,14 @@ from tests.integration.conftest import (
     isolated_settings,
     produce_raw,
     read_topic,
+    samples,
     wait_processed,
 )
 
 
 def metric(settings, name: str) -> float:
     """One sample of the worker's /metrics, summed over its labels."""
-    url = f"http://127.0.0.1:{settings.worker.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    )
+    return sum(value for _, value in samples(settings.worker.metrics_port, name))
 
 
 def test_simulated_customers_in_warnings_out(stream_settings, worker):
