@@ -276,11 +276,29 @@ def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> Non
     show_default=True,
     help="Churn = no order for this many days.",
 )
+@click.option(
+    "--retrain-every-days",
+    type=click.IntRange(min=1),
+    default=28,
+    show_default=True,
+    help="Walk-forward: how often the churn model is retrained on the history so far.",
+)
+@click.option("--no-model", is_flag=True, help="Rules only: no walk-forward churn model.")
 @click.pass_context
 def backtest(
-    ctx: click.Context, events_path: Path, mapping: Path, out: Path, horizon_days: float
+    ctx: click.Context,
+    events_path: Path,
+    mapping: Path,
+    out: Path,
+    horizon_days: float,
+    retrain_every_days: int,
+    no_model: bool,
 ) -> None:
-    """Run the warning rules over a history in batch; score them against what happened."""
+    """Run the warning rules (and a walk-forward churn model) over a history in batch.
+
+    Every warning episode is scored against what the customer did next; see
+    docs/features.md ("Backtest") for the definitions.
+    """
     from models.backtest import backtest as run_backtest
     from models.backtest import format_table
 
@@ -289,7 +307,14 @@ def backtest(
     click.echo(f"backtesting {len(events)} events ...")
     try:
         summary = run_backtest(
-            events, settings.warnings, settings.clock.sweep_every_hours * 3600, horizon_days, out
+            events,
+            settings.warnings,
+            settings.clock.sweep_every_hours * 3600,
+            horizon_days,
+            out,
+            model_settings=None if no_model else settings.model,
+            retrain_every_days=retrain_every_days,
+            progress=lambda message: click.echo(f"  {message}", err=True),
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

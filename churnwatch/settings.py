@@ -164,7 +164,11 @@ class WarningThresholds(_Section):
 
     def for_segment(self, segment: str) -> WarningThresholds:
         """The thresholds for a customer of ``segment`` (the defaults if not overridden)."""
-        return self._by_segment.get(segment, self)
+        # Called for every customer in every sweep: a private attribute goes
+        # through pydantic's slow __getattr__, a field does not.
+        if segment not in self.segments:
+            return self
+        return self._by_segment[segment]
 
 
 class ArchiveSettings(_Section):

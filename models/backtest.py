@@ -19,6 +19,14 @@ scored against what the customer did next:
   rule's flag the warning opened;
 - **base rate**: the precision of warning a random active customer (one that
   ordered in the past year) on a random day.
+
+The churn model is backtested **walk-forward**, as a worker whose model is
+retrained every ``retrain_every_days`` would have run: each retraining sees
+only the training rows whose label horizon had ended by then (features before
+the cutoff, labels before the retraining day), and the model then serves the
+sweeps until the next one. Its ``churn_risk`` episodes are scored from the day
+the first model served: recall over the churns the plain rule flags from then
+on, and the summary adds the base rate over that same period.
 """
 
 from __future__ import annotations
@@ -28,16 +36,25 @@ import csv
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from churnwatch.settings import WarningThresholds
-from pipeline.events import CustomerEvent, OrderPlaced, WarningRecord
+from churnwatch.settings import ModelSettings, WarningThresholds
+from models.baselines import LABEL
+from models.dataset import build_training_set, cutoffs_every, order_times
+from models.train import fit_model, usual_values
+from pipeline.events import CustomerEvent, WarningRecord
 from pipeline.features import DAY, to_epoch
 from pipeline.processing import run_history
+from pipeline.rules import RULES
+from pipeline.scoring import ChurnModel
 
-RULES = ("sales_drop", "overdue_debt", "cooling_engagement", "complaint_trouble")
+#: Fewer training rows than this make a model that is mostly noise: the
+#: walk-forward waits until the history has that many.
+MIN_TRAIN_ROWS = 500
 
 
 @dataclass(frozen=True)
@@ -45,16 +62,6 @@ class Churn:
     customer_id: str
     last_order: float
     flagged_at: float  # last_order + horizon: when the plain rule sees it
-
-
-def order_times(events: list[CustomerEvent]) -> dict[str, list[float]]:
-    orders: dict[str, list[float]] = defaultdict(list)
-    for event in events:
-        if isinstance(event, OrderPlaced):
-            orders[event.customer_id].append(to_epoch(event.occurred_at))
-    for times in orders.values():
-        times.sort()
-    return orders
 
 
 def find_churns(orders: dict[str, list[float]], data_end: float, horizon: float) -> list[Churn]:
@@ -105,12 +112,19 @@ def score(
 
 
 def base_rate(
-    orders: dict[str, list[float]], data_start: float, data_end: float, horizon: float
+    orders: dict[str, list[float]],
+    data_start: float,
+    data_end: float,
+    horizon: float,
+    since: float = 0.0,
 ) -> float | None:
-    """P(no order within the horizon) for an active customer on a random (weekly) day."""
+    """P(no order within the horizon) for an active customer on a random (weekly) day.
+
+    ``since``: only days from then on (the period a model served).
+    """
     hits = total = 0
     day = data_start + 365 * DAY if data_end - data_start > 365 * DAY + horizon else data_start
-    day = max(day, data_start + horizon)
+    day = max(day, data_start + horizon, since)
     while day + horizon <= data_end:
         for times in orders.values():
             i = bisect.bisect_right(times, day)
@@ -121,18 +135,96 @@ def base_rate(
     return round(hits / total, 3) if total else None
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """One walk-forward model and when it took over."""
+
+    serving_from: float
+    model: ChurnModel
+    train_rows: int
+    train_cutoffs: tuple[date, date]
+
+
+def walk_forward_models(
+    events: list[CustomerEvent],
+    thresholds: WarningThresholds,
+    model_settings: ModelSettings,
+    retrain_every_days: float,
+    progress: Callable[[str], None] = lambda _message: None,
+) -> list[ServedModel]:
+    """The models a worker retrained every ``retrain_every_days`` would have served.
+
+    The training set (:func:`models.dataset.build_training_set`, cutoffs every
+    ``model_settings.cutoff_every_days`` as ``churnwatch train`` uses) is built
+    once; a model retrained on day D learns only from the rows whose cutoff
+    plus horizon is at or before D, so none of its labels looks past D.
+    """
+    horizon = model_settings.horizon_days * DAY
+    cutoffs = cutoffs_every(events, model_settings.cutoff_every_days, model_settings.horizon_days)
+    if not cutoffs:
+        return []
+    progress(f"building the training set ({len(cutoffs)} cutoffs)")
+    data = build_training_set(events, cutoffs, model_settings.horizon_days, thresholds)
+    # In epoch seconds: a horizon is so many days of 24 hours, whatever the
+    # clocks did (as the labels count it).
+    labelled_at = data["cutoff"].map(to_epoch) + horizon
+    served: list[ServedModel] = []
+    day, last = to_epoch(cutoffs[0]) + horizon, to_epoch(events[-1].occurred_at)
+    while day <= last:
+        rows = data[labelled_at <= day]
+        if len(rows) >= MIN_TRAIN_ROWS and rows[LABEL].nunique() == 2:
+            date = datetime.fromtimestamp(day, tz=UTC).date()
+            progress(f"retraining as of {date}: {len(rows)} rows")
+            model = ChurnModel(
+                version=f"backtest-{date}",
+                estimator=fit_model(rows),
+                usual=usual_values(rows).to_numpy(dtype=float),
+                horizon_days=model_settings.horizon_days,
+                created_at=day,
+            )
+            cutoff_range = (rows["cutoff"].min().date(), rows["cutoff"].max().date())
+            served.append(ServedModel(day, model, len(rows), cutoff_range))
+        day += retrain_every_days * DAY
+    return served
+
+
+def _serving(served: list[ServedModel]) -> Callable[[float], ChurnModel | None]:
+    starts = [s.serving_from for s in served]
+
+    def model_at(boundary: float) -> ChurnModel | None:
+        i = bisect.bisect_right(starts, boundary)
+        return served[i - 1].model if i else None
+
+    return model_at
+
+
 def backtest(
     events: list[CustomerEvent],
     thresholds: WarningThresholds,
     sweep_every_seconds: float,
     horizon_days: float,
     out: Path,
+    model_settings: ModelSettings | None = None,
+    retrain_every_days: float = 28,
+    progress: Callable[[str], None] = lambda _message: None,
 ) -> dict[str, Any]:
-    """Run the rules over ``events`` (time-ordered); write warnings.csv and summary.json."""
+    """Run the rules over ``events`` (time-ordered); write warnings.csv and summary.json.
+
+    With ``model_settings``, a walk-forward churn model serves as well (see
+    the module docstring) and its ``churn_risk`` episodes are scored too.
+    """
     if not events:
         raise ValueError("no events to backtest")
     horizon = horizon_days * DAY
-    _, records = run_history(events, thresholds, sweep_every_seconds)
+    served = (
+        walk_forward_models(events, thresholds, model_settings, retrain_every_days, progress)
+        if model_settings is not None
+        else []
+    )
+    progress("running the rules over the history")
+    _, records = run_history(
+        events, thresholds, sweep_every_seconds, model_at=_serving(served) if served else None
+    )
     orders = order_times(events)
     data_start = to_epoch(events[0].occurred_at)
     data_end = to_epoch(events[-1].occurred_at)
@@ -142,7 +234,28 @@ def backtest(
     for record in records:
         if record.status == "opened":
             opened[record.warning_type].append((record.customer_id, to_epoch(record.opened_at)))
-    rules = {r: score(opened[r], orders, churns, data_end, horizon) for r in RULES}
+    rules: dict[str, dict[str, Any]] = {
+        r: score(opened[r], orders, churns, data_end, horizon) for r in RULES
+    }
+    model_summary: dict[str, Any] | None = None
+    if served:
+        since = served[0].serving_from
+        later = [c for c in churns if c.flagged_at >= since]
+        rules["churn_risk"] = score(opened["churn_risk"], orders, later, data_end, horizon)
+        model_summary = {
+            "retrain_every_days": retrain_every_days,
+            "serving_from": served[0].model.version.removeprefix("backtest-"),
+            "churns_since": len(later),
+            "base_rate_since": base_rate(orders, data_start, data_end, horizon, since),
+            "versions": [
+                {
+                    "version": s.model.version,
+                    "train_rows": s.train_rows,
+                    "train_cutoffs": [c.isoformat() for c in s.train_cutoffs],
+                }
+                for s in served
+            ],
+        }
     plain = [(c.customer_id, c.flagged_at) for c in churns]
     rules["plain_90_day" if horizon_days == 90 else f"plain_{horizon_days:g}_day"] = score(
         plain, orders, churns, data_end, horizon
@@ -154,6 +267,7 @@ def backtest(
         "churns": len(churns),
         "base_rate": base_rate(orders, data_start, data_end, horizon),
         "rules": rules,
+        "model": model_summary,
     }
     out.mkdir(parents=True, exist_ok=True)
     write_warnings_csv(records, out / "warnings.csv")
@@ -172,6 +286,8 @@ def write_warnings_csv(records: list[WarningRecord], path: Path) -> None:
         "at",
         "summary",
         "evidence",
+        "churn_probability",
+        "model_version",
     ]
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -188,6 +304,8 @@ def write_warnings_csv(records: list[WarningRecord], path: Path) -> None:
                     r.at.isoformat(),
                     r.summary,
                     json.dumps(r.evidence, sort_keys=True),
+                    "" if r.churn_probability is None else r.churn_probability,
+                    r.model_version,
                 ]
             )
 

@@ -10,14 +10,14 @@ rows' features, so training sees exactly what the stream would have seen.
 from __future__ import annotations
 
 import bisect
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import pandas as pd
 
 from churnwatch.settings import WarningThresholds
-from models.backtest import order_times
-from pipeline.events import CustomerEvent
+from pipeline.events import CustomerEvent, OrderPlaced
 from pipeline.features import (
     DAY,
     CustomerState,
@@ -29,6 +29,17 @@ from pipeline.features import (
 from pipeline.scoring import INPUT_FEATURES, feature_vector
 
 ACTIVE_DAYS = 365
+
+
+def order_times(events: list[CustomerEvent]) -> dict[str, list[float]]:
+    """Each customer's order times (epoch seconds), oldest first."""
+    orders: dict[str, list[float]] = defaultdict(list)
+    for event in events:
+        if isinstance(event, OrderPlaced):
+            orders[event.customer_id].append(to_epoch(event.occurred_at))
+    for times in orders.values():
+        times.sort()
+    return orders
 
 
 def cutoffs_every(

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import sklearn
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -105,6 +106,24 @@ def make_model(groups: Vector, labels: Vector) -> CalibratedClassifierCV:
     return CalibratedClassifierCV(booster, method="isotonic", cv=folds)
 
 
+def fit_model(train_rows: pd.DataFrame) -> CalibratedClassifierCV:
+    """The churn model fitted on training-set rows (:func:`models.dataset.build_training_set`)."""
+    x_train = train_rows[list(INPUT_FEATURES)].to_numpy(dtype=float, copy=True)
+    y_train = train_rows[LABEL].to_numpy(dtype=float)
+    # An input this history never has (no payments in an order export) cannot be
+    # binned; a constant stands in, the trees never split on it, and the worker
+    # may send anything there.
+    x_train[:, np.isnan(x_train).all(axis=0)] = 0.0
+    model = make_model(train_rows["customer_id"].to_numpy(), y_train)
+    model.fit(x_train, y_train)
+    return model
+
+
+def usual_values(train_rows: pd.DataFrame) -> pd.Series:
+    """Each input's median over the training rows: the "usual" value reasons compare with."""
+    return train_rows[list(INPUT_FEATURES)].median(skipna=True)
+
+
 def split_cutoffs(
     events: list[CustomerEvent], every_days: int, horizon_days: float
 ) -> tuple[list[datetime], datetime]:
@@ -149,19 +168,12 @@ def train(
     for name, rows in (("training", train_rows), ("test", test_rows)):
         if rows[LABEL].nunique() < 2:
             raise TrainingError(f"the {name} rows have only one label: nothing to learn or test")
-    x_train = train_rows[list(INPUT_FEATURES)].to_numpy(dtype=float, copy=True)
     y_train = train_rows[LABEL].to_numpy(dtype=float)
     x_test = test_rows[list(INPUT_FEATURES)].to_numpy(dtype=float)
     y_test = test_rows[LABEL].to_numpy(dtype=float)
 
-    # An input this history never has (no payments in an order export) cannot be
-    # binned; a constant stands in, the trees never split on it, and the worker
-    # may send anything there.
-    x_train[:, np.isnan(x_train).all(axis=0)] = 0.0
-
     progress("fitting the model")
-    model = make_model(train_rows["customer_id"].to_numpy(), y_train)
-    model.fit(x_train, y_train)
+    model = fit_model(train_rows)
     scores = model.predict_proba(x_test)[:, 1]
 
     progress("scoring the baselines")
@@ -176,7 +188,7 @@ def train(
     import skops.io as sio
 
     sio.dump(model, folder / MODEL_FILE)
-    usual = train_rows[list(INPUT_FEATURES)].median(skipna=True)
+    usual = usual_values(train_rows)
     card: dict[str, Any] = {
         "version": version,
         "created_at": datetime.now(UTC).isoformat(),

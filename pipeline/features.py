@@ -300,7 +300,7 @@ def _view(state: CustomerState, ring: list[Any], now_week: int) -> list[Any]:
     Weeks the ring no longer (or not yet) holds read as zero.
     """
     size = len(ring)
-    if state.week_head < 0:
+    if state.week_head < 0 or not any(ring):
         return [0] * size
     lo = now_week - size + 1
     start = lo % size
@@ -321,9 +321,13 @@ QUADRANTS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Features:
-    """What the rules read, as of one moment; names are the business's words."""
+    """What the rules read, as of one moment; names are the business's words.
+
+    Read-only by convention, not frozen: one is built per customer per sweep,
+    and a frozen dataclass of this size takes ten times as long to build.
+    """
 
     as_of: float
     history_weeks: float

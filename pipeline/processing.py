@@ -23,7 +23,7 @@ import numpy as np
 from churnwatch.settings import WarningThresholds
 from pipeline.events import CustomerEvent, WarningRecord
 from pipeline.features import CustomerState, Features, apply_event, new_state, to_epoch
-from pipeline.rules import Risk, evaluate, features_for
+from pipeline.rules import Risk, churn_risk_speaks, evaluate, features_for
 from pipeline.scoring import ChurnModel, Matrix, feature_vector
 
 T = TypeVar("T")
@@ -69,19 +69,42 @@ def sweep(
                 changed.append((state, records))
         return changed
 
+    # Below every segment's exit probability no churn-risk warning can open or worsen.
+    lowest_exit = min(
+        thresholds.for_segment(segment).churn_risk.exit_probability
+        for segment in ["", *thresholds.segments]
+    )
+
     def score(batch: list[tuple[CustomerState, Features]]) -> None:
         rows = np.array([feature_vector(f) for _, f in batch], dtype=float)
         probabilities = model.probabilities(rows)
         if observe is not None:
             observe(rows, probabilities)
-        for row, p, (state, features) in zip(rows, probabilities, batch, strict=True):
-            language = thresholds.for_segment(state.segment).language
-            risk = Risk(
-                float(p),
-                model.version,
-                model.horizon_days,
-                functools.partial(model.explain, row, language, top_reasons),
+        languages = [thresholds.for_segment(state.segment).language for state, _ in batch]
+        # The reasons of every warning that opens or worsens, in one model call.
+        speaking = [
+            i
+            for i in np.flatnonzero(probabilities >= lowest_exit).tolist()
+            if churn_risk_speaks(
+                batch[i][0], float(probabilities[i]), batch[i][1].revenue_52w, thresholds
             )
+        ]
+        reasons = dict(
+            zip(
+                speaking,
+                model.explain_many(rows[speaking], [languages[i] for i in speaking], top_reasons),
+                strict=True,
+            )
+        )
+        for i, (row, p, (state, features)) in enumerate(
+            zip(rows, probabilities, batch, strict=True)
+        ):
+            explain = (
+                functools.partial(str, reasons[i])
+                if i in reasons
+                else functools.partial(model.explain, row, languages[i], top_reasons)
+            )
+            risk = Risk(float(p), model.version, model.horizon_days, explain)
             records = evaluate(state, as_of, thresholds, features, risk)
             if records:
                 changed.append((state, records))
@@ -159,13 +182,17 @@ def run_history(
     thresholds: WarningThresholds,
     every_seconds: float,
     lateness_seconds: float = 0.0,
-    model: ChurnModel | None = None,
+    model_at: Callable[[float], ChurnModel | None] | None = None,
+    batch_size: int = 4096,
 ) -> tuple[dict[str, CustomerState], list[WarningRecord]]:
     """The worker's logic over a whole history in one process.
 
     The same :class:`Sequencer` decides when each event is applied and when
     each sweep runs, with the newest event time seen as the watermark, so a
     history in event-time order gives exactly the stream's warnings.
+    ``model_at(boundary)`` is the churn model serving at a sweep (None: rules
+    only), so a backtest can swap models as a retrained worker would. Scores
+    do not depend on the batch size; a large one just means fewer calls.
     """
     states: dict[str, CustomerState] = {}
     records: list[WarningRecord] = []
@@ -175,7 +202,9 @@ def run_history(
     def run(steps: list[Apply[CustomerEvent] | Sweep]) -> None:
         for step in steps:
             if isinstance(step, Sweep):
-                for _state, changed in sweep(states.values(), step.boundary, thresholds, model):
+                model = model_at(step.boundary) if model_at is not None else None
+                swept = sweep(states.values(), step.boundary, thresholds, model, batch_size)
+                for _state, changed in swept:
                     records.extend(changed)
                 continue
             event = step.item

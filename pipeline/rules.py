@@ -312,7 +312,7 @@ def complaint_trouble(
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per customer per sweep, and frozen is slow
 class Risk:
     """The churn model's score for one customer, and how to explain it (lazily)."""
 
@@ -365,6 +365,23 @@ def churn_risk(
         evidence=evidence,
         action=text(language, "churn_risk.action"),
     )
+
+
+def churn_risk_speaks(
+    state: CustomerState, probability: float, revenue_52w: float, thresholds: WarningThresholds
+) -> bool:
+    """Whether :func:`evaluate` will explain this churn risk: it opens, or gets worse.
+
+    Lets a sweep compute the reasons of all such customers in one model call.
+    """
+    t = thresholds.for_segment(state.segment)
+    episode = state.episodes.get("churn_risk")
+    if episode is None:
+        return probability >= t.churn_risk.enter_probability
+    worse = SEVERITIES.index(_churn_severity(probability, revenue_52w, t)) > SEVERITIES.index(
+        episode[2]
+    )
+    return worse and probability >= t.churn_risk.exit_probability
 
 
 def _churn_severity(p: float, revenue_52w: float, thresholds: WarningThresholds) -> Severity:

@@ -131,38 +131,61 @@ class ChurnModel:
     ) -> list[tuple[str, float, float, float]]:
         """The inputs that pushed this row's score up the most, strongest first.
 
-        Each input in turn is set to its usual value and the row re-scored (all
-        variants in one batch); the drop in probability is how much that input
-        raised the score. Returns ``(label, value, usual, raise)`` for the
-        inputs with a positive raise.
+        Each input in turn is set to its usual value and the row re-scored;
+        the drop in probability is how much that input raised the score.
+        Returns ``(label, value, usual, raise)`` for the inputs with a
+        positive raise.
         """
-        variants = np.repeat(row[np.newaxis, :], len(INPUT_FEATURES) + 1, axis=0)
-        for j in range(len(INPUT_FEATURES)):
-            variants[j + 1, j] = self.usual[j]
-        scores = self.probabilities(variants)
-        raises = scores[0] - scores[1:]
-        labels = FEATURE_LABELS[language]
+        return self.reasons_many(row[np.newaxis, :], [language], top)[0]
+
+    def reasons_many(
+        self, rows: Matrix, languages: list[Language], top: int = 3
+    ) -> list[list[tuple[str, float, float, float]]]:
+        """:meth:`reasons` for every row of ``rows``, all variants scored in one call."""
+        count, width = rows.shape
+        if not count:
+            return []
+        variants = np.repeat(rows[:, np.newaxis, :], width + 1, axis=1)
+        inputs = np.arange(width)
+        variants[:, inputs + 1, inputs] = self.usual
+        scores = self.probabilities(variants.reshape(-1, width)).reshape(count, width + 1)
+        raises = scores[:, :1] - scores[:, 1:]
         out = []
-        for j in np.argsort(-raises)[:top]:
-            if raises[j] <= 0.005:
-                break
-            name = INPUT_FEATURES[j]
-            out.append((labels[name], float(row[j]), float(self.usual[j]), float(raises[j])))
+        for row, row_raises, language in zip(rows, raises, languages, strict=True):
+            labels = FEATURE_LABELS[language]
+            found = []
+            for j in np.argsort(-row_raises, kind="stable")[:top]:
+                if row_raises[j] <= 0.005:
+                    break
+                name = INPUT_FEATURES[j]
+                found.append(
+                    (labels[name], float(row[j]), float(self.usual[j]), float(row_raises[j]))
+                )
+            out.append(found)
         return out
 
     def explain(self, row: Matrix, language: Language, top: int = 3) -> str:
         """The reasons as one line in ``language``."""
-        parts = [
-            text(
-                language,
-                "churn_risk.reason",
-                label=label,
-                value=_fmt(v, language),
-                usual=_fmt(u, language),
+        return self.explain_many(row[np.newaxis, :], [language], top)[0]
+
+    def explain_many(self, rows: Matrix, languages: list[Language], top: int = 3) -> list[str]:
+        """:meth:`explain` for every row of ``rows`` (one model call)."""
+        return [
+            text(language, "separator").join(
+                text(
+                    language,
+                    "churn_risk.reason",
+                    label=label,
+                    value=_fmt(v, language),
+                    usual=_fmt(u, language),
+                )
+                for label, v, u, _ in reasons
             )
-            for label, v, u, _ in self.reasons(row, language, top)
+            or "-"
+            for reasons, language in zip(
+                self.reasons_many(rows, languages, top), languages, strict=True
+            )
         ]
-        return text(language, "separator").join(parts) or "-"
 
 
 def _fmt(value: float, language: Language) -> str:

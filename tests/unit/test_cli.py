@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from click.testing import CliRunner
 
 from churnwatch.cli import cli
@@ -117,3 +120,39 @@ def test_alerts_snooze_list_feedback_and_unsnooze(tmp_path, monkeypatch):
     assert lifted.exit_code == 0 and "lifted 1 snooze(s)" in lifted.output
     with open_ledger(url)() as session:
         assert session.scalar(select(Snooze.lifted_at)) is not None
+
+
+ONLINE_RETAIL = Path(__file__).resolve().parents[2].parent / "shared/data/online_retail"
+
+
+@pytest.mark.skipif(not ONLINE_RETAIL.exists(), reason="../shared/data is absent (CI has it)")
+def test_backtest_an_export_with_and_without_the_walk_forward_model(tmp_path):
+    import json
+
+    import pandas as pd
+
+    # every fifth customer of Online Retail: a fair, quick sample of the real export
+    invoices = pd.read_csv(ONLINE_RETAIL / "invoices.csv.gz")
+    sample = tmp_path / "sample.csv"
+    invoices[invoices.CustomerID.astype(int) % 5 == 0].to_csv(sample, index=False)
+    mapping = Path(__file__).resolve().parents[2] / "configs/mappings/online_retail.yaml"
+    runner = CliRunner()
+    args = ["backtest", "--events", str(sample), "--mapping", str(mapping)]
+
+    result = runner.invoke(cli, [*args, "--out", str(tmp_path / "full")])
+    assert result.exit_code == 0, result.output
+    assert "retraining as of 2011-" in result.output
+    assert "| churn_risk |" in result.output and "| plain_90_day |" in result.output
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert (
+        summary["customers"]
+        == invoices[invoices.CustomerID.astype(int) % 5 == 0]["CustomerID"].nunique()
+    )
+    assert summary["model"]["versions"] and summary["rules"]["churn_risk"]["episodes"] > 0
+
+    rules_only = runner.invoke(cli, [*args, "--out", str(tmp_path / "rules"), "--no-model"])
+    assert rules_only.exit_code == 0, rules_only.output
+    assert "| churn_risk |" not in rules_only.output and "retraining" not in rules_only.output
+    plain = json.loads((tmp_path / "rules" / "summary.json").read_text())
+    assert plain["model"] is None
+    assert plain["rules"]["sales_drop"] == summary["rules"]["sales_drop"]
