@@ -49,7 +49,7 @@ _event_adapter: TypeAdapter[CustomerEvent] = TypeAdapter(CustomerEvent)
 
 
 class MappingError(ValueError):
-    """The mapping file is wrong; the message names the place."""
+    """The mapping file, or the export it reads, is wrong; the message names the place."""
 
 
 class _Strict(BaseModel):
@@ -134,9 +134,18 @@ def read_table(path: str | Path, source: SourceSpec) -> pd.DataFrame:
     """The export as strings (no type guessing: the mapping decides)."""
     p = Path(path)
     kind = source.format or ("parquet" if p.suffix == ".parquet" else "csv")
-    if kind == "parquet":
-        return pd.read_parquet(p, **source.read).astype(str)
-    return pd.read_csv(p, dtype=str, keep_default_na=False, **source.read)
+    try:
+        if kind == "parquet":
+            return pd.read_parquet(p, **source.read).astype(str)
+        return pd.read_csv(p, dtype=str, keep_default_na=False, **source.read)
+    except FileNotFoundError as exc:
+        raise MappingError(f"export file not found: {p}") from exc
+    except (ValueError, TypeError, OSError) as exc:
+        # a file of another format, a bad encoding, or a bad `source.read` option
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MappingError(
+            f"cannot read {p} as {kind} (source.format / source.read): {reason}"
+        ) from exc
 
 
 def _matches(row: dict[str, Any], cond: Condition) -> bool:

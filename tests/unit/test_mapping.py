@@ -58,6 +58,36 @@ def test_mapping_errors_name_the_place(tmp_path):
         load_events(csv, write(tmp_path, "ok.yaml", ORDERS_MAPPING))
 
 
+def test_an_unreadable_export_is_a_clear_error_not_a_traceback(tmp_path):
+    import gzip
+
+    from click.testing import CliRunner
+
+    from churnwatch.cli import cli
+
+    mapping = write(tmp_path, "ok.yaml", ORDERS_MAPPING)
+    not_parquet = write(tmp_path, "o.parquet", "cust,number\n1,A\n")
+    with pytest.raises(MappingError, match=r"cannot read .*o.parquet as parquet"):
+        load_events(not_parquet, mapping)
+    binary = tmp_path / "o.csv"
+    binary.write_bytes(gzip.compress(bytes(range(256)) * 50))  # compressed, wrong suffix
+    with pytest.raises(MappingError, match=r"cannot read .*o.csv as csv"):
+        load_events(binary, mapping)
+    bad_option = write(
+        tmp_path,
+        "opt.yaml",
+        ORDERS_MAPPING.replace("timezone: Europe/Berlin", "read: {no_such_option: 1}"),
+    )
+    with pytest.raises(MappingError, match="source.read"):
+        load_events(write(tmp_path, "p.csv", "cust\n1\n"), bad_option)
+    result = CliRunner().invoke(
+        cli,
+        ["backtest", "--events", str(binary), "--mapping", str(mapping), "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 2 and "cannot read" in result.output
+    assert "Traceback" not in result.output
+
+
 needs_data = pytest.mark.skipif(
     not DATA.exists(), reason="../shared/data is absent (CI always has it)"
 )
