@@ -324,4 +324,13 @@ def format_table(summary: dict[str, Any]) -> str:
             f"| {name} | {r['warned']} | {r['episodes']} | {r['precision']} | {r['recall']} "
             f"| {r['median_lead_days']} |"
         )
+    model = summary.get("model")
+    if model:
+        lines += [
+            "",
+            f"churn_risk: {len(model['versions'])} walk-forward models, retrained every "
+            f"{model['retrain_every_days']:g} days, serving from {model['serving_from']}; "
+            f"scored on the {model['churns_since']} churns flagged since then "
+            f"(base rate {model['base_rate_since']} over that period)",
+        ]
     return "\n".join(lines)

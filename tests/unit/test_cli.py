@@ -143,6 +143,7 @@ def test_backtest_an_export_with_and_without_the_walk_forward_model(tmp_path):
     assert result.exit_code == 0, result.output
     assert "retraining as of 2011-" in result.output
     assert "| churn_risk |" in result.output and "| plain_90_day |" in result.output
+    assert "walk-forward models, retrained every 28 days, serving from 2011-" in result.output
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert (
         summary["customers"]
