@@ -173,10 +173,9 @@ def walk_forward_models(
     while day <= last:
         rows = data[labelled_at <= day]
         if len(rows) >= MIN_TRAIN_ROWS and rows[LABEL].nunique() == 2:
-            date = datetime.fromtimestamp(day, tz=UTC).date()
-            progress(f"retraining as of {date}: {len(rows)} rows")
+            progress(f"retraining as of {_date(day)}: {len(rows)} rows")
             model = ChurnModel(
-                version=f"backtest-{date}",
+                version=f"backtest-{_date(day)}",
                 estimator=fit_model(rows),
                 usual=usual_values(rows).to_numpy(dtype=float),
                 horizon_days=model_settings.horizon_days,
@@ -186,6 +185,10 @@ def walk_forward_models(
             served.append(ServedModel(day, model, len(rows), cutoff_range))
         day += retrain_every_days * DAY
     return served
+
+
+def _date(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).date().isoformat()
 
 
 def _serving(served: list[ServedModel]) -> Callable[[float], ChurnModel | None]:
@@ -244,7 +247,7 @@ def backtest(
         rules["churn_risk"] = score(opened["churn_risk"], orders, later, data_end, horizon)
         model_summary = {
             "retrain_every_days": retrain_every_days,
-            "serving_from": served[0].model.version.removeprefix("backtest-"),
+            "serving_from": _date(since),
             "churns_since": len(later),
             "base_rate_since": base_rate(orders, data_start, data_end, horizon, since),
             "versions": [

@@ -378,10 +378,12 @@ def churn_risk_speaks(
     episode = state.episodes.get("churn_risk")
     if episode is None:
         return probability >= t.churn_risk.enter_probability
-    worse = SEVERITIES.index(_churn_severity(probability, revenue_52w, t)) > SEVERITIES.index(
-        episode[2]
-    )
+    worse = _worse(_churn_severity(probability, revenue_52w, t), episode[2])
     return worse and probability >= t.churn_risk.exit_probability
+
+
+def _worse(now: Severity, before: Severity) -> bool:
+    return SEVERITIES.index(now) > SEVERITIES.index(before)
 
 
 def _churn_severity(p: float, revenue_52w: float, thresholds: WarningThresholds) -> Severity:
@@ -456,7 +458,7 @@ def evaluate(
             now = verdict.severity
             if risk is not None and warning_type == "churn_risk":
                 now = _churn_severity(risk.probability, features.revenue_52w, thresholds)
-            if SEVERITIES.index(now) > SEVERITIES.index(episode[2]):
+            if _worse(now, episode[2]):
                 if not explain:
                     verdict = _verdict(warning_type, features, thresholds, risk, True, True)
                 episode[2] = verdict.severity
