@@ -10,10 +10,10 @@ a mismatch. The result is printed and set as metrics.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
@@ -22,7 +22,15 @@ from churnwatch.settings import Settings
 from consumers.archiver import read_archive
 from pipeline import metrics
 from pipeline.events import CustomerEvent
-from pipeline.features import CustomerState, apply_event, new_state, read_features, to_epoch
+from pipeline.features import (
+    CustomerState,
+    StateBlock,
+    apply_event,
+    decode_state,
+    new_state,
+    read_features,
+    to_epoch,
+)
 
 
 @dataclass
@@ -33,12 +41,12 @@ class ConsistencyReport:
     mismatched: dict[str, list[str]] = field(default_factory=dict)  # customer -> features
 
 
-def live_states(settings: Settings) -> dict[str, CustomerState]:
+def live_states(settings: Settings) -> StateBlock:
     """The worker's table as its changelog has it (the last record per customer)."""
     consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
     name = f"{settings.worker.app_id}-customer_state-changelog"
     tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
-    states: dict[str, CustomerState] = {}
+    states = StateBlock()
     if tps:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
@@ -48,8 +56,7 @@ def live_states(settings: Settings) -> dict[str, CustomerState]:
                 for message in batch:
                     if message.value is None:
                         continue
-                    _partition, row = json.loads(message.value)
-                    states[json.loads(message.key)] = CustomerState.from_row(row)
+                    decode_state(message.value, states)
     consumer.close()
     return states
 
@@ -61,7 +68,7 @@ def _same(a: object, b: object) -> bool:
 
 
 def compare(
-    live: dict[str, CustomerState],
+    live: Mapping[str, CustomerState],
     events: list[CustomerEvent],
     settings: Settings,
     sample: int,

@@ -14,19 +14,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
+import numpy as np
 import pandas as pd
 
 from churnwatch.settings import WarningThresholds
 from pipeline.events import CustomerEvent, OrderPlaced
-from pipeline.features import (
-    DAY,
-    CustomerState,
-    apply_event,
-    new_state,
-    read_features,
-    to_epoch,
-)
-from pipeline.scoring import INPUT_FEATURES, feature_vector
+from pipeline.features import DAY, StateBlock, apply_event, read_many, to_epoch
+from pipeline.scoring import INPUT_FEATURES, feature_matrix
 
 ACTIVE_DAYS = 365
 
@@ -53,17 +47,6 @@ def cutoffs_every(
         out.append(cutoff)
         cutoff += timedelta(days=every_days)
     return out
-
-
-def _row(state: CustomerState, cutoff: float, thresholds: WarningThresholds) -> dict[str, float]:
-    features = read_features(
-        state,
-        cutoff,
-        thresholds.recent_weeks,
-        thresholds.baseline_weeks,
-        thresholds.high_value_revenue,
-    )
-    return dict(zip(INPUT_FEATURES, feature_vector(features), strict=True))
 
 
 def _order_summary(times: list[float], before: int, cutoff: float) -> dict[str, float]:
@@ -95,16 +78,29 @@ def build_training_set(
     ordered = sorted(events, key=lambda e: e.occurred_at)
     orders = order_times(ordered)
     horizon = horizon_days * DAY
-    states: dict[str, CustomerState] = {}
+    states = StateBlock()
     rows: list[dict[str, object]] = []
     pending = sorted(cutoffs)
     index = 0
 
     def snapshot(cutoff: datetime) -> None:
         at = to_epoch(cutoff)
-        for customer_id, state in states.items():
-            if not state.last_order_at or at - state.last_order_at > ACTIVE_DAYS * DAY:
-                continue
+        last_order = states.used()["last_order_at"]
+        active = np.flatnonzero((last_order != 0) & (at - last_order <= ACTIVE_DAYS * DAY))
+        if not len(active):
+            return
+        matrix = feature_matrix(
+            read_many(
+                states,
+                active,
+                at,
+                thresholds.recent_weeks,
+                thresholds.baseline_weeks,
+                thresholds.high_value_revenue,
+            )
+        )
+        for row, inputs in zip(active.tolist(), matrix.tolist(), strict=True):
+            customer_id = states.customer_ids[row]
             times = orders[customer_id]
             i = bisect.bisect_left(times, at)
             churned = not (i < len(times) and times[i] < at + horizon)
@@ -112,7 +108,7 @@ def build_training_set(
                 {
                     "cutoff": cutoff,
                     "customer_id": customer_id,
-                    **_row(state, at, thresholds),
+                    **dict(zip(INPUT_FEATURES, inputs, strict=True)),
                     **_order_summary(times, i, at),
                     "churned": int(churned),
                 }
@@ -122,10 +118,7 @@ def build_training_set(
         while index < len(pending) and event.occurred_at >= pending[index]:
             snapshot(pending[index])  # strictly before the cutoff: this event is not in yet
             index += 1
-        state = states.get(event.customer_id)
-        if state is None:
-            state = states[event.customer_id] = new_state(event.customer_id)
-        apply_event(state, event)
+        apply_event(states.state(event.customer_id), event)
     for cutoff in pending[index:]:
         snapshot(cutoff)
     return pd.DataFrame(rows)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Any
 
 import faust
 from faust.types import TableT, TopicT
@@ -27,7 +26,7 @@ class Pipeline:
     ticks: TopicT
     warnings: TopicT
     dead_letters: TopicT
-    states: TableT[str, list[Any]]  # customer_id -> [partition, CustomerState row]
+    states: TableT[str, bytes]  # customer_id -> pipeline.features.encode_state()
     sweep_progress: TableT[str, float]  # str(partition) -> last sweep boundary (event clock)
 
 
@@ -86,7 +85,12 @@ def create_app(settings: Settings) -> Pipeline:
         ticks=raw_topic(settings.topic(Topic.TICKS)),
         warnings=raw_topic(settings.topic(Topic.WARNINGS)),
         dead_letters=raw_topic(settings.topic(Topic.DEAD_LETTERS)),
-        states=app.Table("customer_state", default=None, partitions=settings.kafka.partitions),
+        states=app.Table(
+            "customer_state",
+            default=None,
+            partitions=settings.kafka.partitions,
+            value_type=bytes,  # stored as given: pipeline.features.encode_state's format
+        ),
         sweep_progress=app.Table(
             "sweep_progress", default=float, partitions=settings.kafka.partitions
         ),

@@ -1,23 +1,41 @@
 """Per-customer state and the features read from it (pure: no I/O, no Faust).
 
-``apply_event`` folds one event into a customer's state; ``read_features``
-reads the features as of a point in (event) time. The Faust agent and any
-batch job call the same two functions, so streaming and batch cannot drift.
+``apply_event`` folds one event into a customer's state; ``read_many`` reads
+the features of many customers at once as of a point in (event) time, and
+``read_features`` is that same read for one customer. The Faust agent and
+every batch job call the same functions, so streaming and batch cannot drift.
 
-The state is bounded: weekly buckets in a fixed ring, a capped list of open
-invoices and open complaints, and a short list of recently seen event ids for
-idempotency. Times are UTC epoch seconds inside the state.
+The state is compact and bounded. The customers of one partition (or of a
+whole batch run) live in one :class:`StateBlock`: a numpy structured array of
+fixed-size records (weekly buckets in rings, running averages, the open
+episodes, the last event ids seen) plus a few short Python values per
+customer (name, owner, region, open invoices and complaints). A sweep reads
+the features of a whole block with a handful of vectorised operations. A
+stored record carries its format version (:func:`encode_state`), and old
+records are migrated by field name (:func:`decode_state`).
+
+Times are UTC epoch seconds inside the state; amounts in the rings are whole
+cents, so window sums are exact whatever the order of summation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import struct
+import sys
 import zlib
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from pipeline.events import (
+    WARNING_TYPES,
     ComplaintOpened,
     ComplaintResolved,
     Contact,
@@ -27,6 +45,7 @@ from pipeline.events import (
     InvoiceIssued,
     OrderPlaced,
     PaymentReceived,
+    Severity,
 )
 
 DAY = 86_400
@@ -49,6 +68,60 @@ SEASON_MARGIN_WEEKS = 1
 BIG_ORDER_CAP = 4.0
 #: Weight of the newest gap / amount in the running averages.
 EWMA_ALPHA = 0.2
+#: Longest order gaps are kept in tenths of a day, up to this many tenths (18 years).
+MAX_GAP_TENTHS = 65_535
+MAX_WEEKLY_COUNT = 65_535
+
+#: Version of the stored record; bump it when :data:`STATE_DTYPE` changes and
+#: keep the old dtype in :data:`STATE_DTYPES` so old records migrate by name.
+FORMAT_VERSION = 1
+_EPISODES = len(WARNING_TYPES)
+EPISODE_INDEX: dict[str, int] = {warning_type: i for i, warning_type in enumerate(WARNING_TYPES)}
+
+#: The fixed-size part of a customer's state (format version 1).
+STATE_DTYPE = np.dtype(
+    [
+        ("week_head", "<i4"),  # newest week in the rings, -1 before any activity
+        ("order_counts", "<u2", (RING_WEEKS,)),
+        ("order_cents", "<i8", (RING_WEEKS,)),
+        ("inbound_contacts", "<u2", (RING_WEEKS,)),
+        # longest gap between two orders (tenths of a day) that ended in each week
+        ("longest_gap_tenths", "<u2", (RING_WEEKS,)),
+        ("complaint_counts", "<u2", (SHORT_RING_WEEKS,)),
+        ("return_cents", "<i8", (SHORT_RING_WEEKS,)),
+        ("outbound_contacts", "<u2", (SHORT_RING_WEEKS,)),
+        ("segment_code", "<i2"),  # index into StateBlock.segment_names
+        ("credit_limit", "<f8"),
+        ("first_seen_at", "<f8"),
+        ("first_order_at", "<f8"),
+        ("last_order_at", "<f8"),
+        ("orders_total", "<i4"),
+        ("mean_order_gap_days", "<f8"),
+        ("order_gap_var", "<f8"),  # running variance of the gap, for regularity
+        ("typical_log_amount", "<f8"),
+        ("first_inbound_at", "<f8"),
+        ("last_inbound_at", "<f8"),
+        ("inbound_total", "<i4"),
+        ("last_contact_at", "<f8"),
+        ("invoices_settled", "<i4"),
+        ("invoices_paid_late", "<i4"),
+        ("days_late_recent", "<f8"),  # fast running average of days late per settled invoice
+        ("days_late_usual", "<f8"),  # slow running average
+        ("complaints_total", "<i4"),
+        ("returns_amount", "<f8"),
+        ("late_events", "<i4"),
+        ("event_ids", "<u4", (RECENT_EVENT_IDS,)),  # crc32 of the last ids, a ring
+        ("event_ids_count", "<u4"),  # ids ever recorded (position in the ring)
+        ("episode_opened_at", "<f8", (_EPISODES,)),  # per WARNING_TYPES
+        ("episode_severity", "<i1", (_EPISODES,)),  # index into SEVERITIES, -1: none open
+    ]
+)
+#: Every stored format's fixed part, by version: decoding migrates by field name.
+STATE_DTYPES: dict[int, np.dtype[Any]] = {1: STATE_DTYPE}
+SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
+
+_RINGS = ("order_counts", "order_cents", "inbound_contacts", "longest_gap_tenths")
+_SHORT_RINGS = ("complaint_counts", "return_cents", "outbound_contacts")
 
 
 def week_of(ts: float) -> int:
@@ -60,101 +133,327 @@ def to_epoch(moment: datetime) -> float:
     return moment.timestamp()
 
 
-@dataclass(slots=True)
+def _blank_record() -> npt.NDArray[np.void]:
+    record = np.zeros(1, STATE_DTYPE)
+    record["week_head"] = -1
+    record["episode_severity"] = -1
+    return record
+
+
+class StateBlock(Mapping[str, "CustomerState"]):
+    """The states of many customers: one partition's, or a whole batch run's.
+
+    A mapping of customer id to :class:`CustomerState` (a view of one row).
+    The fixed-size part of every customer is one row of a structured array,
+    so features of all customers are read with vectorised operations; the
+    short Python values (name, owner, region, open invoices and complaints)
+    sit beside it, by row.
+    """
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.data = np.repeat(_blank_record(), capacity)
+        self.size = 0
+        self.rows: dict[str, int] = {}
+        self.customer_ids: list[str] = []
+        self.names: list[str] = []
+        self.owners: list[str] = []
+        self.regions: list[str] = []
+        self.invoices: dict[int, list[list[Any]]] = {}  # row -> [[id, outstanding, due, issued]]
+        self.complaints: dict[
+            int, list[list[Any]]
+        ] = {}  # row -> [[id, opened, severity, category]]
+        self.segment_names: list[str] = [""]
+        self._segment_codes: dict[str, int] = {"": 0}
+        self._columns()
+
+    def _columns(self) -> None:
+        self.col: dict[str, Any] = {name: self.data[name] for name in STATE_DTYPE.names or ()}
+
+    # --- Mapping ---------------------------------------------------------------
+    def __getitem__(self, customer_id: str) -> CustomerState:
+        return CustomerState(self, self.rows[customer_id])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.customer_ids)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __contains__(self, customer_id: object) -> bool:
+        return customer_id in self.rows
+
+    # --- rows ------------------------------------------------------------------
+    def state(self, customer_id: str) -> CustomerState:
+        """The customer's state, created empty on first use."""
+        row = self.rows.get(customer_id)
+        if row is None:
+            row = self._add(customer_id)
+        return CustomerState(self, row)
+
+    def _add(self, customer_id: str) -> int:
+        if self.size == len(self.data):
+            grown = np.repeat(_blank_record(), max(256, len(self.data) // 4))
+            self.data = np.concatenate([self.data, grown])
+            self._columns()
+        row = self.size
+        self.size += 1
+        self.rows[customer_id] = row
+        self.customer_ids.append(customer_id)
+        self.names.append("")
+        self.owners.append("")
+        self.regions.append("")
+        return row
+
+    def segment_code(self, segment: str) -> int:
+        code = self._segment_codes.get(segment)
+        if code is None:
+            code = self._segment_codes[segment] = len(self.segment_names)
+            self.segment_names.append(segment)
+        return code
+
+    def used(self) -> npt.NDArray[np.void]:
+        return self.data[: self.size]
+
+
 class CustomerState:
-    """Everything the worker remembers about one customer, fixed size."""
+    """One customer's state: a view of one row of a :class:`StateBlock`."""
 
-    customer_id: str
-    name: str = ""
-    owner: str = ""
-    segment: str = ""
-    region: str = ""
-    credit_limit: float = 0.0
-    week_head: int = -1  # newest week in the rings, -1 before any activity
-    order_counts: list[int] = field(default_factory=lambda: [0] * RING_WEEKS)
-    order_amounts: list[float] = field(default_factory=lambda: [0.0] * RING_WEEKS)
-    inbound_contacts: list[int] = field(default_factory=lambda: [0] * RING_WEEKS)
-    # longest gap between two orders (days) that ended in each week
-    longest_gaps: list[float] = field(default_factory=lambda: [0.0] * RING_WEEKS)
-    # shorter rings (SHORT_RING_WEEKS): complaints opened, returns, outbound contacts
-    complaint_counts: list[int] = field(default_factory=lambda: [0] * SHORT_RING_WEEKS)
-    return_amounts: list[float] = field(default_factory=lambda: [0.0] * SHORT_RING_WEEKS)
-    outbound_contacts: list[int] = field(default_factory=lambda: [0] * SHORT_RING_WEEKS)
-    first_seen_at: float = 0.0
-    first_order_at: float = 0.0
-    last_order_at: float = 0.0
-    orders_total: int = 0
-    mean_order_gap_days: float = 0.0
-    order_gap_var: float = 0.0  # running variance of the gap, for regularity
-    typical_log_amount: float = 0.0
-    first_inbound_at: float = 0.0
-    last_inbound_at: float = 0.0
-    inbound_total: int = 0
-    last_contact_at: float = 0.0
-    invoices_settled: int = 0
-    invoices_paid_late: int = 0
-    days_late_recent: float = 0.0  # fast running average of days late per settled invoice
-    days_late_usual: float = 0.0  # slow running average
-    # open invoices: [invoice_id, outstanding, due_ts, issued_ts]
-    open_invoices: list[list[Any]] = field(default_factory=list)
-    # open complaints: [complaint_id, opened_ts, severity, category]
-    open_complaints: list[list[Any]] = field(default_factory=list)
-    complaints_total: int = 0
-    returns_amount: float = 0.0
-    late_events: int = 0
-    recent_event_ids: list[int] = field(default_factory=list)
-    # open warning episodes: type -> [warning_id, opened_ts, severity]
-    episodes: dict[str, list[Any]] = field(default_factory=dict)
+    if TYPE_CHECKING:  # the record's fields, as properties made below from STATE_DTYPE
+        week_head: int
+        order_counts: npt.NDArray[np.uint16]
+        order_cents: npt.NDArray[np.int64]
+        inbound_contacts: npt.NDArray[np.uint16]
+        longest_gap_tenths: npt.NDArray[np.uint16]
+        complaint_counts: npt.NDArray[np.uint16]
+        return_cents: npt.NDArray[np.int64]
+        outbound_contacts: npt.NDArray[np.uint16]
+        credit_limit: float
+        first_seen_at: float
+        first_order_at: float
+        last_order_at: float
+        orders_total: int
+        mean_order_gap_days: float
+        order_gap_var: float
+        typical_log_amount: float
+        first_inbound_at: float
+        last_inbound_at: float
+        inbound_total: int
+        last_contact_at: float
+        invoices_settled: int
+        invoices_paid_late: int
+        days_late_recent: float
+        days_late_usual: float
+        complaints_total: int
+        returns_amount: float
+        late_events: int
+    else:
+        __slots__ = ("block", "row")  # a view: made per customer touched, so kept light
 
-    def to_row(self) -> list[Any]:
-        """Compact JSON-able form for the Faust table (a list, field order)."""
-        return [getattr(self, f.name) for f in fields(self)]
+    def __init__(self, block: StateBlock, row: int) -> None:
+        self.block = block
+        self.row = row
 
-    @classmethod
-    def from_row(cls, row: list[Any]) -> CustomerState:
-        return cls(*row)
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CustomerState):
+            return NotImplemented
+        return encode_state(self) == encode_state(other)
+
+    def __hash__(self) -> int:
+        return hash((id(self.block), self.row))
+
+    def __repr__(self) -> str:
+        return f"CustomerState({self.customer_id!r})"
+
+    @property
+    def customer_id(self) -> str:
+        return self.block.customer_ids[self.row]
+
+    @property
+    def name(self) -> str:
+        return self.block.names[self.row]
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.block.names[self.row] = value
+
+    @property
+    def owner(self) -> str:
+        return self.block.owners[self.row]
+
+    @owner.setter
+    def owner(self, value: str) -> None:
+        self.block.owners[self.row] = sys.intern(value)
+
+    @property
+    def region(self) -> str:
+        return self.block.regions[self.row]
+
+    @region.setter
+    def region(self, value: str) -> None:
+        self.block.regions[self.row] = sys.intern(value)
+
+    @property
+    def segment(self) -> str:
+        return self.block.segment_names[int(self.block.col["segment_code"][self.row])]
+
+    @segment.setter
+    def segment(self, value: str) -> None:
+        self.block.col["segment_code"][self.row] = self.block.segment_code(value)
+
+    @property
+    def open_invoices(self) -> list[list[Any]]:
+        return self.block.invoices.get(self.row, [])
+
+    @open_invoices.setter
+    def open_invoices(self, value: list[list[Any]]) -> None:
+        if value:
+            self.block.invoices[self.row] = value
+        else:
+            self.block.invoices.pop(self.row, None)
+
+    @property
+    def open_complaints(self) -> list[list[Any]]:
+        return self.block.complaints.get(self.row, [])
+
+    @open_complaints.setter
+    def open_complaints(self, value: list[list[Any]]) -> None:
+        if value:
+            self.block.complaints[self.row] = value
+        else:
+            self.block.complaints.pop(self.row, None)
+
+    @property
+    def recent_event_ids(self) -> list[int]:
+        """crc32 of the last :data:`RECENT_EVENT_IDS` event ids applied (duplicates are skipped)."""
+        count = int(self.block.col["event_ids_count"][self.row])
+        ids: list[int] = self.block.col["event_ids"][self.row][
+            : min(count, RECENT_EVENT_IDS)
+        ].tolist()
+        return ids
+
+    # --- open warning episodes ---------------------------------------------------
+    def episode(self, warning_type: str) -> tuple[str, float, Severity] | None:
+        """The open episode of this type: (warning id, opened at, severity), or None."""
+        i = EPISODE_INDEX[warning_type]
+        severity = int(self.block.col["episode_severity"][self.row, i])
+        if severity < 0:
+            return None
+        opened = float(self.block.col["episode_opened_at"][self.row, i])
+        return warning_id(self.customer_id, warning_type, opened), opened, SEVERITIES[severity]
+
+    @property
+    def episodes(self) -> dict[str, tuple[str, float, Severity]]:
+        """Every open episode, by warning type."""
+        out: dict[str, tuple[str, float, Severity]] = {}
+        for warning_type in WARNING_TYPES:
+            episode = self.episode(warning_type)
+            if episode is not None:
+                out[warning_type] = episode
+        return out
+
+    def open_episode(self, warning_type: str, opened_at: float, severity: str) -> None:
+        i = EPISODE_INDEX[warning_type]
+        self.block.col["episode_opened_at"][self.row, i] = opened_at
+        self.block.col["episode_severity"][self.row, i] = SEVERITIES.index(severity)
+
+    def regrade_episode(self, warning_type: str, severity: str) -> None:
+        self.block.col["episode_severity"][self.row, EPISODE_INDEX[warning_type]] = (
+            SEVERITIES.index(severity)
+        )
+
+    def close_episode(self, warning_type: str) -> None:
+        i = EPISODE_INDEX[warning_type]
+        self.block.col["episode_opened_at"][self.row, i] = 0.0
+        self.block.col["episode_severity"][self.row, i] = -1
+
+
+def _scalar(name: str) -> property:
+    def get(self: CustomerState) -> Any:
+        return self.block.col[name][self.row].item()
+
+    def put(self: CustomerState, value: Any) -> None:
+        self.block.col[name][self.row] = value
+
+    return property(get, put)
+
+
+def _ring(name: str) -> property:
+    def get(self: CustomerState) -> Any:
+        return self.block.col[name][self.row]
+
+    return property(get)
+
+
+for _field in STATE_DTYPE.names or ():
+    if _field.startswith(("episode_", "event_ids", "segment_code")) or hasattr(
+        CustomerState, _field
+    ):
+        continue
+    _shape = STATE_DTYPE.fields[_field][0].shape if STATE_DTYPE.fields else ()
+    setattr(CustomerState, _field, _ring(_field) if _shape else _scalar(_field))
 
 
 def new_state(customer_id: str) -> CustomerState:
-    return CustomerState(customer_id=customer_id)
+    """A new, empty customer in a block of its own."""
+    return StateBlock(capacity=1).state(customer_id)
+
+
+def warning_id(customer_id: str, warning_type: str, opened_ts: float) -> str:
+    """The deterministic id of the episode opened at ``opened_ts``."""
+    digest = hashlib.sha256(f"{customer_id}|{warning_type}|{int(opened_ts)}".encode()).hexdigest()
+    return f"w-{digest[:16]}"
+
+
+# --- applying events ----------------------------------------------------------------
 
 
 def _advance_ring(state: CustomerState, week: int) -> None:
     """Move the rings forward to ``week``, zeroing the buckets that roll over."""
-    if state.week_head < 0:
-        state.week_head = week
+    col, row = state.block.col, state.row
+    head = int(col["week_head"][row])
+    if head < 0:
+        col["week_head"][row] = week
         return
-    if week <= state.week_head:
+    if week <= head:
         return
-    for w in range(state.week_head + 1, min(week, state.week_head + RING_WEEKS) + 1):
-        slot = w % RING_WEEKS
-        state.order_counts[slot] = 0
-        state.order_amounts[slot] = 0.0
-        state.inbound_contacts[slot] = 0
-        state.longest_gaps[slot] = 0.0
-        short = w % SHORT_RING_WEEKS
-        state.complaint_counts[short] = 0
-        state.return_amounts[short] = 0.0
-        state.outbound_contacts[short] = 0
-    state.week_head = week
+    if week == head + 1:  # the usual case: one new week
+        for name in _RINGS:
+            col[name][row, week % RING_WEEKS] = 0
+        for name in _SHORT_RINGS:
+            col[name][row, week % SHORT_RING_WEEKS] = 0
+    else:
+        weeks = np.arange(head + 1, min(week, head + RING_WEEKS) + 1)
+        for name in _RINGS:
+            col[name][row, weeks % RING_WEEKS] = 0
+        for name in _SHORT_RINGS:
+            col[name][row, weeks % SHORT_RING_WEEKS] = 0
+    col["week_head"][row] = week
 
 
 def _slot_for(state: CustomerState, ts: float, ring_weeks: int = RING_WEEKS) -> int | None:
     """Ring slot for an event at ``ts``; None if older than the ring holds."""
     week = week_of(ts)
     _advance_ring(state, week)
-    if week <= state.week_head - ring_weeks:
+    if week <= int(state.block.col["week_head"][state.row]) - ring_weeks:
         return None
     return week % ring_weeks
 
 
 def _seen_before(state: CustomerState, event_id: str) -> bool:
+    col, row = state.block.col, state.row
     digest = zlib.crc32(event_id.encode("utf-8"))
-    if digest in state.recent_event_ids:
+    count = int(col["event_ids_count"][row])
+    ids = col["event_ids"][row]
+    if digest in ids[: min(count, RECENT_EVENT_IDS)].tolist():
         return True
-    state.recent_event_ids.append(digest)
-    del state.recent_event_ids[:-RECENT_EVENT_IDS]
+    ids[count % RECENT_EVENT_IDS] = digest
+    col["event_ids_count"][row] = count + 1
     return False
+
+
+def _add_count(state: CustomerState, ring: str, slot: int) -> None:
+    column = state.block.col[ring]
+    column[state.row, slot] = min(MAX_WEEKLY_COUNT, int(column[state.row, slot]) + 1)
 
 
 def apply_event(state: CustomerState, event: CustomerEvent) -> bool:
@@ -162,7 +461,8 @@ def apply_event(state: CustomerState, event: CustomerEvent) -> bool:
     if _seen_before(state, event.event_id):
         return False
     ts = to_epoch(event.occurred_at)
-    if not state.first_seen_at or ts < state.first_seen_at:
+    first_seen = state.first_seen_at
+    if not first_seen or ts < first_seen:
         state.first_seen_at = ts
     if isinstance(event, OrderPlaced):
         _apply_order(state, ts, event.amount)
@@ -183,7 +483,7 @@ def apply_event(state: CustomerState, event: CustomerEvent) -> bool:
             if slot is None:
                 state.late_events += 1
             else:
-                state.outbound_contacts[slot] += 1
+                _add_count(state, "outbound_contacts", slot)
     elif isinstance(event, CustomerUpdated):
         state.name = event.name
         state.owner = event.owner
@@ -193,63 +493,76 @@ def apply_event(state: CustomerState, event: CustomerEvent) -> bool:
     return True
 
 
+def _cents(amount: float) -> int:
+    return round(amount * 100)
+
+
 def _apply_order(state: CustomerState, ts: float, amount: float) -> None:
     log_amount = math.log1p(amount)
-    cap = BIG_ORDER_CAP * math.expm1(state.typical_log_amount) if state.orders_total else amount
-    if state.orders_total == 0:
+    orders_total = state.orders_total
+    typical = state.typical_log_amount
+    cap = BIG_ORDER_CAP * math.expm1(typical) if orders_total else amount
+    if orders_total == 0:
         state.typical_log_amount = log_amount
         state.first_order_at = ts
     else:
         # Winsorised, so one huge order barely moves what "typical" means.
         limit = math.log(BIG_ORDER_CAP)
-        step = max(-limit, min(limit, log_amount - state.typical_log_amount))
-        state.typical_log_amount += EWMA_ALPHA * step
+        step = max(-limit, min(limit, log_amount - typical))
+        state.typical_log_amount = typical + EWMA_ALPHA * step
     gap_days = 0.0
-    if ts > state.last_order_at:
-        if state.last_order_at:
-            gap_days = (ts - state.last_order_at) / DAY
-            if state.mean_order_gap_days == 0:
+    last_order_at = state.last_order_at
+    if ts > last_order_at:
+        if last_order_at:
+            gap_days = (ts - last_order_at) / DAY
+            mean_gap = state.mean_order_gap_days
+            if mean_gap == 0:
                 state.mean_order_gap_days = gap_days
             else:
-                deviation = gap_days - state.mean_order_gap_days
-                state.mean_order_gap_days += EWMA_ALPHA * deviation
+                deviation = gap_days - mean_gap
+                state.mean_order_gap_days = mean_gap + EWMA_ALPHA * deviation
                 state.order_gap_var = (1 - EWMA_ALPHA) * (
                     state.order_gap_var + EWMA_ALPHA * deviation * deviation
                 )
         state.last_order_at = ts
     state.first_order_at = min(state.first_order_at, ts)
-    state.orders_total += 1
+    state.orders_total = orders_total + 1
     slot = _slot_for(state, ts)
     if slot is None:
         state.late_events += 1
         return
-    state.order_counts[slot] += 1
-    state.longest_gaps[slot] = max(state.longest_gaps[slot], round(gap_days, 1))
-    state.order_amounts[slot] = round(state.order_amounts[slot] + min(amount, cap), 2)
+    col, row = state.block.col, state.row
+    _add_count(state, "order_counts", slot)
+    tenths = min(MAX_GAP_TENTHS, round(gap_days * 10))
+    col["longest_gap_tenths"][row, slot] = max(int(col["longest_gap_tenths"][row, slot]), tenths)
+    col["order_cents"][row, slot] += _cents(min(amount, cap))
 
 
 def _apply_inbound_contact(state: CustomerState, ts: float) -> None:
     state.inbound_total += 1
-    if not state.first_inbound_at or ts < state.first_inbound_at:
+    first = state.first_inbound_at
+    if not first or ts < first:
         state.first_inbound_at = ts
     state.last_inbound_at = max(state.last_inbound_at, ts)
     slot = _slot_for(state, ts)
     if slot is None:
         state.late_events += 1
         return
-    state.inbound_contacts[slot] += 1
+    _add_count(state, "inbound_contacts", slot)
 
 
 def _apply_invoice(
     state: CustomerState, invoice_id: str, amount: float, due_ts: float, ts: float
 ) -> None:
-    state.open_invoices.append([invoice_id, round(amount, 2), due_ts, ts])
-    if len(state.open_invoices) > MAX_OPEN_INVOICES:
+    invoices = state.open_invoices
+    invoices.append([invoice_id, round(amount, 2), due_ts, ts])
+    if len(invoices) > MAX_OPEN_INVOICES:
         # Merge the two newest so no debt is lost; keep the earlier due date.
-        newer = state.open_invoices.pop()
-        older = state.open_invoices[-1]
+        newer = invoices.pop()
+        older = invoices[-1]
         older[1] = round(older[1] + newer[1], 2)
         older[2] = min(older[2], newer[2])
+    state.open_invoices = invoices
 
 
 def _apply_payment(state: CustomerState, invoice_id: str, amount: float, ts: float) -> None:
@@ -269,49 +582,116 @@ def _apply_payment(state: CustomerState, invoice_id: str, amount: float, ts: flo
 
 def _record_settlement(state: CustomerState, days_late: float) -> None:
     """Track lateness: a fast and a slow running average show whether delays grow."""
-    state.invoices_settled += 1
-    state.invoices_paid_late += days_late > 0
-    if state.invoices_settled == 1:
+    settled = state.invoices_settled + 1
+    state.invoices_settled = settled
+    if days_late > 0:
+        state.invoices_paid_late += 1
+    if settled == 1:
         state.days_late_recent = state.days_late_usual = days_late
     else:
-        state.days_late_recent += 0.3 * (days_late - state.days_late_recent)
-        state.days_late_usual += 0.05 * (days_late - state.days_late_usual)
+        recent, usual = state.days_late_recent, state.days_late_usual
+        state.days_late_recent = recent + 0.3 * (days_late - recent)
+        state.days_late_usual = usual + 0.05 * (days_late - usual)
 
 
 def _apply_complaint(state: CustomerState, event: ComplaintOpened, ts: float) -> None:
     state.complaints_total += 1
     state.returns_amount = round(state.returns_amount + event.return_amount, 2)
-    state.open_complaints.append([event.complaint_id, ts, event.severity, event.category])
-    del state.open_complaints[:-MAX_OPEN_COMPLAINTS]
+    complaints = state.open_complaints
+    complaints.append([event.complaint_id, ts, event.severity, event.category])
+    state.open_complaints = complaints[-MAX_OPEN_COMPLAINTS:]
     slot = _slot_for(state, ts, SHORT_RING_WEEKS)
     if slot is None:
         state.late_events += 1
         return
-    state.complaint_counts[slot] += 1
-    state.return_amounts[slot] = round(state.return_amounts[slot] + event.return_amount, 2)
+    _add_count(state, "complaint_counts", slot)
+    state.block.col["return_cents"][state.row, slot] += _cents(event.return_amount)
 
 
-# --- reading features -------------------------------------------------------------
+# --- storing states -----------------------------------------------------------------
+
+_HEADER = struct.Struct("<2sBH")  # magic, format version, partition
+_MAGIC = b"CS"
 
 
-def _view(state: CustomerState, ring: list[Any], now_week: int) -> list[Any]:
-    """The ring as a list of weeks ending with ``now_week`` (oldest first).
+def encode_state(state: CustomerState, partition: int = 0) -> bytes:
+    """The customer's state as stored bytes: a versioned header, then zlib of
+    the fixed-size record and a small JSON of the named Python values."""
+    block, row = state.block, state.row
+    extras = {
+        "customer_id": state.customer_id,
+        "name": state.name,
+        "owner": state.owner,
+        "segment": state.segment,
+        "region": state.region,
+        "open_invoices": state.open_invoices,
+        "open_complaints": state.open_complaints,
+    }
+    payload = block.data[row : row + 1].tobytes() + json.dumps(extras).encode()
+    return _HEADER.pack(_MAGIC, FORMAT_VERSION, partition) + zlib.compress(payload, 1)
 
-    Weeks the ring no longer (or not yet) holds read as zero.
+
+class StateFormatError(ValueError):
+    """A stored state that this release cannot read (the message says why)."""
+
+
+def stored_partition(data: bytes) -> int:
+    """The partition a stored state was written for, from its header alone."""
+    if len(data) < _HEADER.size or data[:2] != _MAGIC:
+        raise StateFormatError("not a churnwatch customer state (no header)")
+    return int(_HEADER.unpack_from(data)[2])
+
+
+def decode_state(data: bytes, block: StateBlock) -> tuple[CustomerState, int]:
+    """Load stored bytes into ``block``; returns the state and its partition.
+
+    A record of an older format version is migrated field by field, by name:
+    fields that are new get their empty value, fields that moved keep theirs.
     """
-    size = len(ring)
-    if state.week_head < 0 or not any(ring):
-        return [0] * size
-    lo = now_week - size + 1
-    start = lo % size
-    view = ring[start:] + ring[:start]
-    ahead = now_week - state.week_head  # weeks after the newest bucket: nothing there yet
-    if ahead > 0:
-        view[max(0, size - ahead) :] = [0] * min(ahead, size)
-    elif ahead < 0:  # evaluated before the newest bucket: the oldest slots hold later weeks
-        view[: min(-ahead, size)] = [0] * min(-ahead, size)
-    return view
+    partition = stored_partition(data)
+    version = data[2]
+    dtype = STATE_DTYPES.get(version)
+    if dtype is None:
+        raise StateFormatError(
+            f"customer state format {version} is newer than this release reads "
+            f"(up to {FORMAT_VERSION}): upgrade churnwatch"
+        )
+    try:
+        payload = zlib.decompress(data[_HEADER.size :])
+    except zlib.error as exc:
+        raise StateFormatError(f"corrupt customer state: {exc}") from exc
+    record = np.frombuffer(payload[: dtype.itemsize], dtype)
+    extras = json.loads(payload[dtype.itemsize :])
+    state = block.state(extras["customer_id"])
+    target = block.data[state.row : state.row + 1]
+    if dtype == STATE_DTYPE:
+        target[:] = record
+    else:
+        _migrate(record, target)
+    state.name = extras["name"]
+    state.owner = extras["owner"]
+    state.segment = extras["segment"]
+    state.region = extras["region"]
+    state.open_invoices = extras["open_invoices"]
+    state.open_complaints = extras["open_complaints"]
+    return state, partition
 
+
+def _migrate(record: npt.NDArray[np.void], target: npt.NDArray[np.void]) -> None:
+    """Copy an older record's fields into ``target`` by name (new fields stay empty)."""
+    names = set(target.dtype.names or ())
+    for name in record.dtype.names or ():
+        if name not in names:
+            continue
+        if record.dtype[name].shape != target.dtype[name].shape:
+            raise StateFormatError(
+                f"customer state field {name!r} changed shape "
+                f"{record.dtype[name].shape} -> {target.dtype[name].shape}: needs a migration"
+            )
+        target[name] = record[name]
+
+
+# --- reading features -----------------------------------------------------------------
 
 QUADRANTS = {
     (True, True): "protect",
@@ -325,8 +705,8 @@ QUADRANTS = {
 class Features:
     """What the rules read, as of one moment; names are the business's words.
 
-    Read-only by convention, not frozen: one is built per customer per sweep,
-    and a frozen dataclass of this size takes ten times as long to build.
+    Read-only by convention, not frozen: one is built per customer a sweep
+    looks at closely, and a frozen dataclass of this size is slow to build.
     """
 
     as_of: float
@@ -384,6 +764,264 @@ class Features:
     quadrant: str
 
 
+FEATURE_NAMES = tuple(f.name for f in fields(Features))
+#: Features that may be unknown (None); NaN in a :class:`FeatureColumns`.
+OPTIONAL_FEATURES = frozenset(f.name for f in fields(Features) if "None" in str(f.type))
+_INTEGER_FEATURES = frozenset(
+    ("orders_total", "overdue_invoices", "open_disputes", "open_complaints", "max_open_severity")
+)
+
+#: Features of many customers: name -> one value per customer (NaN for unknown).
+FeatureColumns = dict[str, Any]
+
+
+def _windows(
+    ring: npt.NDArray[Any], head: npt.NDArray[Any], now_week: int
+) -> npt.NDArray[np.int64]:
+    """Cumulative sums of each customer's ring laid out as the weeks ending with
+    ``now_week`` (oldest first), with a leading zero column: the sum of weeks
+    ``[a, b)`` of that layout is ``c[:, b] - c[:, a]``. Weeks the ring does not
+    hold (yet, or any more) read as zero."""
+    size = ring.shape[1]
+    weeks = np.arange(now_week - size + 1, now_week + 1)
+    held = (weeks[None, :] <= head[:, None]) & (weeks[None, :] > head[:, None] - size)
+    view = np.where(held, ring[:, weeks % size], 0).astype(np.int64)
+    out = np.zeros((len(head), size + 1), np.int64)
+    np.cumsum(view, axis=1, out=out[:, 1:])
+    return out
+
+
+def _window_max(
+    ring: npt.NDArray[Any], head: npt.NDArray[Any], now_week: int, weeks_back: int
+) -> npt.NDArray[Any]:
+    size = ring.shape[1]
+    weeks = np.arange(now_week - weeks_back + 1, now_week + 1)
+    held = (weeks[None, :] <= head[:, None]) & (weeks[None, :] > head[:, None] - size)
+    return np.asarray(np.where(held, ring[:, weeks % size], 0).max(axis=1))
+
+
+def _when(condition: Any, value: Any) -> Any:
+    """``value`` where ``condition`` holds, NaN (unknown) elsewhere."""
+    return np.where(condition, value, np.nan)
+
+
+def read_many(
+    block: StateBlock,
+    rows: npt.NDArray[np.intp],
+    as_of: float,
+    recent_weeks: int = 8,
+    baseline_weeks: int = 26,
+    high_value_revenue: float = 50_000.0,
+) -> FeatureColumns:
+    """Features of the customers at ``rows`` of ``block`` as of ``as_of`` (event time).
+
+    One array per :class:`Features` field; unknown values are NaN. This is the
+    one definition of every feature: :func:`read_features` is this for one row.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _read_many(
+            block, rows, float(as_of), recent_weeks, baseline_weeks, high_value_revenue
+        )
+
+
+def _read_many(
+    block: StateBlock,
+    rows: npt.NDArray[np.intp],
+    now: float,
+    recent_weeks: int,
+    baseline_weeks: int,
+    high_value_revenue: float,
+) -> FeatureColumns:
+    now_week = week_of(now)
+    d = block.data[rows]
+    head = d["week_head"]
+    n = len(rows)
+    last = RING_WEEKS
+    short = SHORT_RING_WEEKS
+    first_seen = d["first_seen_at"]
+    seen = first_seen != 0
+    history_weeks = np.where(seen, (now - first_seen) / WEEK, 0.0)
+
+    counts = _windows(d["order_counts"], head, now_week)
+    cents = _windows(d["order_cents"], head, now_week)
+    inbound = _windows(d["inbound_contacts"], head, now_week)
+    complaints = _windows(d["complaint_counts"], head, now_week)
+    returns = _windows(d["return_cents"], head, now_week)
+    outbound = _windows(d["outbound_contacts"], head, now_week)
+
+    def total(c: npt.NDArray[np.int64], start: int, end: int) -> npt.NDArray[np.int64]:
+        return c[:, end] - c[:, start]
+
+    r0, b0 = last - recent_weeks, last - recent_weeks - baseline_weeks
+    amount_recent = total(cents, r0, last) / 100
+    amount_baseline = total(cents, b0, r0) / 100 / baseline_weeks
+
+    # Last year's level around the same weeks (a week either side, scaled to
+    # the recent window) smooths out the odd early or late order.
+    ly_weeks = recent_weeks + 2 * SEASON_MARGIN_WEEKS
+    ly_end = last - 52 + SEASON_MARGIN_WEEKS
+    ly_first_week = now_week - 52 + SEASON_MARGIN_WEEKS - ly_weeks + 1
+    last_year_covered = seen & ((first_seen // WEEK) <= ly_first_week)
+    same_weeks_last_year = _when(
+        last_year_covered, total(cents, ly_end - ly_weeks, ly_end) / 100 * recent_weeks / ly_weeks
+    )
+
+    last_order = d["last_order_at"]
+    days_since_last_order = _when(last_order != 0, (now - last_order) / DAY)
+    gap = d["mean_order_gap_days"]
+    orders_total = d["orders_total"]
+    amount_13w = total(cents, last - 13, last) / 100
+    revenue_52w = total(cents, last - 52, last) / 100
+    returns_13w = total(returns, short - 13, short) / 100
+    complaints_4w = total(complaints, short - 4, short).astype(float)
+    inbound_recent = total(inbound, r0, last).astype(float)
+    outbound_recent = total(outbound, short - recent_weeks, short).astype(float)
+    regularity = _when((gap > 0) & (orders_total >= 4), np.sqrt(d["order_gap_var"]) / gap)
+    tenure_days = np.where(seen, (now - first_seen) / DAY, 0.0)
+    loyal = (tenure_days >= 365) & (regularity <= 1.0)
+    settled = d["invoices_settled"]
+    last_inbound = d["last_inbound_at"]
+    last_contact = d["last_contact_at"]
+    interactions = inbound_recent + outbound_recent
+
+    payments = _payment_features(block, rows, now)
+    open_balance = payments["open_balance"]
+    credit_limit = d["credit_limit"]
+    high_value = revenue_52w >= high_value_revenue
+    quadrant = np.array([QUADRANTS[(True, True)]] * n, dtype=object)
+    quadrant[high_value & ~loyal] = QUADRANTS[(True, False)]
+    quadrant[~high_value & loyal] = QUADRANTS[(False, True)]
+    quadrant[~high_value & ~loyal] = QUADRANTS[(False, False)]
+    columns: FeatureColumns = {
+        "as_of": np.full(n, now),
+        "history_weeks": history_weeks,
+        "orders_recent": total(counts, r0, last).astype(float),
+        "amount_recent": amount_recent,
+        "orders_baseline_per_week": total(counts, b0, r0) / baseline_weeks,
+        "amount_baseline_per_week": amount_baseline,
+        "amount_same_weeks_last_year": same_weeks_last_year,
+        "orders_4w": total(counts, last - 4, last).astype(float),
+        "orders_13w": total(counts, last - 13, last).astype(float),
+        "amount_13w": amount_13w,
+        "orders_total": orders_total.astype(np.int64),
+        "days_since_last_order": days_since_last_order,
+        "mean_order_gap_days": gap,
+        "silence_vs_usual_gap": _when(gap > 0, days_since_last_order / gap),
+        "longest_gap_past_year_days": (
+            _window_max(d["longest_gap_tenths"], head, now_week, PAST_YEAR_WEEKS) / 10
+        ),
+        "amount_trend": _when(
+            amount_baseline > 0, amount_recent / (amount_baseline * recent_weeks) - 1
+        ),
+        **payments,
+        "share_paid_late": _when(settled > 0, d["invoices_paid_late"] / settled),
+        "days_late_recent": d["days_late_recent"],
+        "days_late_usual": d["days_late_usual"],
+        "payment_delays_growing": (settled >= 4)
+        & (d["days_late_recent"] > d["days_late_usual"] + 5),
+        "credit_used": _when(credit_limit > 0, open_balance / credit_limit),
+        "complaints_4w": complaints_4w,
+        "complaints_13w": total(complaints, short - 13, short).astype(float),
+        "complaints_usual_4w": (
+            4 * (d["complaints_total"] - complaints_4w) / np.maximum(history_weeks - 4, 4)
+        ),
+        "returns_13w": returns_13w,
+        "returns_share_13w": _when(amount_13w > 0, returns_13w / amount_13w),
+        "inbound_recent": inbound_recent,
+        "inbound_baseline_per_week": total(inbound, b0, r0) / baseline_weeks,
+        "days_since_last_inbound": _when(last_inbound != 0, (now - last_inbound) / DAY),
+        "days_since_last_contact": _when(last_contact != 0, (now - last_contact) / DAY),
+        "outbound_recent": outbound_recent,
+        "inbound_share_recent": _when(interactions > 0, inbound_recent / interactions),
+        "revenue_52w": revenue_52w,
+        "tenure_days": tenure_days,
+        "order_regularity": regularity,
+        "quadrant": quadrant,
+    }
+    return columns
+
+
+def _payment_features(
+    block: StateBlock, rows: npt.NDArray[np.intp], now: float
+) -> dict[str, npt.NDArray[Any]]:
+    """Aging of the open invoices and the open complaints (few customers have any)."""
+    n = len(rows)
+    out = {
+        name: np.zeros(n)
+        for name in (
+            "open_balance",
+            "overdue_amount",
+            "overdue_1_30",
+            "overdue_31_60",
+            "overdue_61_90",
+            "overdue_over_90",
+            "max_days_past_due",
+            "oldest_open_complaint_days",
+        )
+    }
+    for name in ("overdue_invoices", "open_disputes", "open_complaints", "max_open_severity"):
+        out[name] = np.zeros(n, np.int64)
+    invoices, complaints = block.invoices, block.complaints
+    if not invoices and not complaints:
+        return out
+    position = np.full(block.size, -1, np.int64)
+    position[rows] = np.arange(n)
+    for row in sorted(invoices.keys() | complaints.keys()):
+        i = int(position[row])
+        if i < 0:
+            continue
+        open_invoices = invoices.get(row)
+        if open_invoices:
+            buckets = [0.0, 0.0, 0.0, 0.0]
+            max_dpd = 0.0
+            overdue = 0
+            balance = 0.0
+            for _invoice_id, outstanding, due_ts, _issued in open_invoices:
+                balance += outstanding
+                if due_ts < now:
+                    dpd = (now - due_ts) / DAY
+                    buckets[0 if dpd <= 30 else 1 if dpd <= 60 else 2 if dpd <= 90 else 3] += (
+                        outstanding
+                    )
+                    overdue += 1
+                    max_dpd = max(max_dpd, dpd)
+            out["open_balance"][i] = balance
+            out["overdue_amount"][i] = sum(buckets)
+            out["overdue_1_30"][i] = buckets[0]
+            out["overdue_31_60"][i] = buckets[1]
+            out["overdue_61_90"][i] = buckets[2]
+            out["overdue_over_90"][i] = buckets[3]
+            out["max_days_past_due"][i] = max_dpd
+            out["overdue_invoices"][i] = overdue
+        open_complaints = complaints.get(row)
+        if open_complaints:
+            oldest = min(c[1] for c in open_complaints)
+            out["open_complaints"][i] = len(open_complaints)
+            out["oldest_open_complaint_days"][i] = (now - oldest) / DAY if oldest else 0.0
+            out["max_open_severity"][i] = max(int(c[2]) for c in open_complaints)
+            out["open_disputes"][i] = sum(1 for c in open_complaints if c[3:4] == ["billing"])
+    return out
+
+
+def features_of(columns: FeatureColumns, i: int) -> Features:
+    """The :class:`Features` of the ``i``-th customer of ``columns``."""
+    values: dict[str, Any] = {}
+    for name in FEATURE_NAMES:
+        value = columns[name][i]
+        if name in OPTIONAL_FEATURES:
+            value = float(value)
+            values[name] = None if math.isnan(value) else value
+        elif name in _INTEGER_FEATURES:
+            values[name] = int(value)
+        elif name == "payment_delays_growing":
+            values[name] = bool(value)
+        elif name == "quadrant":
+            values[name] = str(value)
+        else:
+            values[name] = float(value)
+    return Features(**values)
+
+
 def read_features(
     state: CustomerState,
     as_of: datetime | float,
@@ -391,128 +1029,14 @@ def read_features(
     baseline_weeks: int = 26,
     high_value_revenue: float = 50_000.0,
 ) -> Features:
-    """Features of ``state`` as of ``as_of`` (event time)."""
+    """Features of one customer as of ``as_of`` (event time): :func:`read_many` for one row."""
     now = as_of if isinstance(as_of, float | int) else to_epoch(as_of)
-    now_week = week_of(now)
-    last = RING_WEEKS  # index after now_week in a full view
-    history_weeks = (now - state.first_seen_at) / WEEK if state.first_seen_at else 0.0
-
-    counts = _view(state, state.order_counts, now_week)
-    amounts = _view(state, state.order_amounts, now_week)
-    inbound = _view(state, state.inbound_contacts, now_week)
-    gaps = _view(state, state.longest_gaps, now_week)
-    complaints = _view(state, state.complaint_counts, now_week)
-    returns = _view(state, state.return_amounts, now_week)
-    outbound = _view(state, state.outbound_contacts, now_week)
-    short = SHORT_RING_WEEKS
-
-    recent = slice(last - recent_weeks, last)
-    baseline = slice(last - recent_weeks - baseline_weeks, last - recent_weeks)
-    amount_recent = float(sum(amounts[recent]))
-    amount_baseline = float(sum(amounts[baseline])) / baseline_weeks
-
-    # Last year's level around the same weeks (a week either side, scaled to
-    # the recent window) smooths out the odd early or late order.
-    ly_weeks = recent_weeks + 2 * SEASON_MARGIN_WEEKS
-    ly_end = last - 52 + SEASON_MARGIN_WEEKS  # exclusive index
-    ly_first_week = now_week - 52 + SEASON_MARGIN_WEEKS - ly_weeks + 1
-    last_year_covered = bool(state.first_seen_at) and week_of(state.first_seen_at) <= ly_first_week
-    same_weeks_last_year = (
-        float(sum(amounts[ly_end - ly_weeks : ly_end])) * recent_weeks / ly_weeks
-        if last_year_covered
-        else None
+    columns = read_many(
+        state.block,
+        np.array([state.row]),
+        float(now),
+        recent_weeks,
+        baseline_weeks,
+        high_value_revenue,
     )
-
-    buckets = [0.0, 0.0, 0.0, 0.0]
-    max_dpd = 0.0
-    overdue_invoices = 0
-    open_balance = 0.0
-    for _invoice_id, outstanding, due_ts, _issued in state.open_invoices:
-        open_balance += outstanding
-        if due_ts < now:
-            dpd = (now - due_ts) / DAY
-            buckets[0 if dpd <= 30 else 1 if dpd <= 60 else 2 if dpd <= 90 else 3] += outstanding
-            overdue_invoices += 1
-            max_dpd = max(max_dpd, dpd)
-
-    complaints_4w = float(sum(complaints[short - 4 : short]))
-    oldest_complaint = min((c[1] for c in state.open_complaints), default=None)
-    days_since_last_order = (now - state.last_order_at) / DAY if state.last_order_at else None
-    gap = state.mean_order_gap_days
-    revenue_52w = float(sum(amounts[last - 52 : last]))
-    amount_13w = float(sum(amounts[last - 13 : last]))
-    returns_13w = float(sum(returns[short - 13 : short]))
-    inbound_recent = float(sum(inbound[recent]))
-    outbound_recent = float(sum(outbound[short - recent_weeks : short]))
-    regularity = (
-        math.sqrt(state.order_gap_var) / gap if gap > 0 and state.orders_total >= 4 else None
-    )
-    tenure_days = (now - state.first_seen_at) / DAY if state.first_seen_at else 0.0
-    loyal = tenure_days >= 365 and regularity is not None and regularity <= 1.0
-    return Features(
-        as_of=now,
-        history_weeks=history_weeks,
-        orders_recent=float(sum(counts[recent])),
-        amount_recent=amount_recent,
-        orders_baseline_per_week=float(sum(counts[baseline])) / baseline_weeks,
-        amount_baseline_per_week=amount_baseline,
-        amount_same_weeks_last_year=same_weeks_last_year,
-        orders_4w=float(sum(counts[last - 4 : last])),
-        orders_13w=float(sum(counts[last - 13 : last])),
-        amount_13w=amount_13w,
-        orders_total=state.orders_total,
-        days_since_last_order=days_since_last_order,
-        mean_order_gap_days=gap,
-        silence_vs_usual_gap=(
-            days_since_last_order / gap if days_since_last_order is not None and gap > 0 else None
-        ),
-        longest_gap_past_year_days=float(max(gaps[last - PAST_YEAR_WEEKS : last])),
-        amount_trend=(
-            amount_recent / (amount_baseline * recent_weeks) - 1 if amount_baseline > 0 else None
-        ),
-        open_balance=open_balance,
-        overdue_amount=sum(buckets),
-        overdue_1_30=buckets[0],
-        overdue_31_60=buckets[1],
-        overdue_61_90=buckets[2],
-        overdue_over_90=buckets[3],
-        max_days_past_due=max_dpd,
-        overdue_invoices=overdue_invoices,
-        share_paid_late=(
-            state.invoices_paid_late / state.invoices_settled if state.invoices_settled else None
-        ),
-        days_late_recent=state.days_late_recent,
-        days_late_usual=state.days_late_usual,
-        payment_delays_growing=state.invoices_settled >= 4
-        and state.days_late_recent > state.days_late_usual + 5,
-        open_disputes=sum(1 for c in state.open_complaints if c[3:4] == ["billing"]),
-        credit_used=open_balance / state.credit_limit if state.credit_limit > 0 else None,
-        complaints_4w=complaints_4w,
-        complaints_13w=float(sum(complaints[short - 13 : short])),
-        complaints_usual_4w=(
-            4 * (state.complaints_total - complaints_4w) / max(history_weeks - 4, 4)
-        ),
-        open_complaints=len(state.open_complaints),
-        oldest_open_complaint_days=(now - oldest_complaint) / DAY if oldest_complaint else 0.0,
-        max_open_severity=max((int(c[2]) for c in state.open_complaints), default=0),
-        returns_13w=returns_13w,
-        returns_share_13w=returns_13w / amount_13w if amount_13w > 0 else None,
-        inbound_recent=inbound_recent,
-        inbound_baseline_per_week=float(sum(inbound[baseline])) / baseline_weeks,
-        days_since_last_inbound=(
-            (now - state.last_inbound_at) / DAY if state.last_inbound_at else None
-        ),
-        days_since_last_contact=(
-            (now - state.last_contact_at) / DAY if state.last_contact_at else None
-        ),
-        outbound_recent=outbound_recent,
-        inbound_share_recent=(
-            inbound_recent / (inbound_recent + outbound_recent)
-            if inbound_recent + outbound_recent > 0
-            else None
-        ),
-        revenue_52w=revenue_52w,
-        tenure_days=tenure_days,
-        order_regularity=regularity,
-        quadrant=QUADRANTS[(revenue_52w >= high_value_revenue, loyal)],
-    )
+    return features_of(columns, 0)

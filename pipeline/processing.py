@@ -22,9 +22,16 @@ import numpy as np
 
 from churnwatch.settings import WarningThresholds
 from pipeline.events import CustomerEvent, WarningRecord
-from pipeline.features import CustomerState, Features, apply_event, new_state, to_epoch
-from pipeline.rules import Risk, churn_risk_speaks, evaluate, features_for
-from pipeline.scoring import ChurnModel, Matrix, feature_vector
+from pipeline.features import (
+    CustomerState,
+    StateBlock,
+    apply_event,
+    features_of,
+    read_many,
+    to_epoch,
+)
+from pipeline.rules import Risk, changing, evaluate
+from pipeline.scoring import ChurnModel, Matrix, feature_matrix
 
 T = TypeVar("T")
 
@@ -46,7 +53,7 @@ def due_sweeps(last_sweep: float, watermark: float, every_seconds: float) -> lis
 
 
 def sweep(
-    states: Iterable[CustomerState],
+    block: StateBlock,
     as_of: float,
     thresholds: WarningThresholds,
     model: ChurnModel | None = None,
@@ -54,69 +61,76 @@ def sweep(
     top_reasons: int = 3,
     observe: Callable[[Matrix, Matrix], None] | None = None,
 ) -> list[tuple[CustomerState, list[WarningRecord]]]:
-    """Re-evaluate every customer at ``as_of``; returns only those whose episodes changed.
+    """Re-evaluate every customer of ``block`` at ``as_of``; returns only those whose
+    episodes changed, in the block's order.
 
-    With a ``model``, customers are scored ``batch_size`` at a time (one
-    ``predict_proba`` call per batch) and the churn-risk episode is evaluated
-    with the rules; reasons are computed only for a warning that opens.
+    Features are read for all customers at once (per segment, whose
+    thresholds they use); the rules decide in the same vectorised pass which
+    customers' episodes open, resolve or get worse, and only those are
+    evaluated one by one, which builds their records. With a ``model``, all
+    customers are scored ``batch_size`` at a time and the reasons of every
+    churn-risk warning that opens or worsens are computed in one call.
     ``observe(rows, probabilities)`` sees every scored batch (for metrics).
     """
-    changed = []
-    if model is None:
-        for state in states:
-            records = evaluate(state, as_of, thresholds)
-            if records:
-                changed.append((state, records))
-        return changed
-
-    # Below every segment's exit probability no churn-risk warning can open or worsen.
-    lowest_exit = min(
-        thresholds.for_segment(segment).churn_risk.exit_probability
-        for segment in ["", *thresholds.segments]
-    )
-
-    def score(batch: list[tuple[CustomerState, Features]]) -> None:
-        rows = np.array([feature_vector(f) for _, f in batch], dtype=float)
-        probabilities = model.probabilities(rows)
-        if observe is not None:
-            observe(rows, probabilities)
-        languages = [thresholds.for_segment(state.segment).language for state, _ in batch]
-        # The reasons of every warning that opens or worsens, in one model call.
-        speaking = [
-            i
-            for i in np.flatnonzero(probabilities >= lowest_exit).tolist()
-            if churn_risk_speaks(
-                batch[i][0], float(probabilities[i]), batch[i][1].revenue_52w, thresholds
-            )
-        ]
-        reasons = dict(
-            zip(
-                speaking,
-                model.explain_many(rows[speaking], [languages[i] for i in speaking], top_reasons),
-                strict=True,
-            )
+    if not len(block):
+        return []
+    data = block.used()
+    codes = data["segment_code"]
+    groups = []  # per segment: its rows, thresholds and features
+    for code in np.unique(codes).tolist():
+        rows = np.flatnonzero(codes == code)
+        t = thresholds.for_segment(block.segment_names[code])
+        columns = read_many(
+            block, rows, as_of, t.recent_weeks, t.baseline_weeks, t.high_value_revenue
         )
-        for i, (row, p, (state, features)) in enumerate(
-            zip(rows, probabilities, batch, strict=True)
-        ):
-            explain = (
-                functools.partial(str, reasons[i])
-                if i in reasons
-                else functools.partial(model.explain, row, languages[i], top_reasons)
-            )
-            risk = Risk(float(p), model.version, model.horizon_days, explain)
-            records = evaluate(state, as_of, thresholds, features, risk)
+        groups.append((rows, t, columns))
+    matrices: list[Matrix] = []
+    scores: list[Matrix] = []
+    if model is not None:
+        # Every customer in as few model calls as the batch size allows.
+        matrices = [feature_matrix(columns) for _, _, columns in groups]
+        everyone = np.vstack(matrices)
+        scored = []
+        for start in range(0, len(everyone), batch_size):
+            chunk = everyone[start : start + batch_size]
+            scored.append(model.probabilities(chunk))
+            if observe is not None:
+                observe(chunk, scored[-1])
+        ends = np.cumsum([len(rows) for rows, _, _ in groups])[:-1]
+        scores = list(np.split(np.concatenate(scored), ends))
+    decided = [
+        changing(columns, t, data["episode_severity"][rows], scores[g] if scores else None)
+        for g, (rows, t, columns) in enumerate(groups)
+    ]
+    # The reasons of every churn-risk warning that opens or worsens, in one call.
+    reasons: dict[tuple[int, int], str] = {}
+    speaking = [
+        (g, int(i)) for g, (_, speaks) in enumerate(decided) for i in np.flatnonzero(speaks)
+    ]
+    if model is not None and speaking:
+        texts = model.explain_many(
+            np.array([matrices[g][i] for g, i in speaking]),
+            [groups[g][1].language for g, _ in speaking],
+            top_reasons,
+        )
+        reasons = dict(zip(speaking, texts, strict=True))
+    changed: list[tuple[CustomerState, list[WarningRecord]]] = []
+    for g, ((rows, t, columns), (change, _)) in enumerate(zip(groups, decided, strict=True)):
+        for i in np.flatnonzero(change).tolist():
+            state = CustomerState(block, int(rows[i]))
+            risk = None
+            if model is not None:
+                row = matrices[g][i]
+                explain = (
+                    functools.partial(str, reasons[(g, i)])
+                    if (g, i) in reasons
+                    else functools.partial(model.explain, row, t.language, top_reasons)
+                )
+                risk = Risk(float(scores[g][i]), model.version, model.horizon_days, explain)
+            records = evaluate(state, as_of, thresholds, features_of(columns, i), risk)
             if records:
                 changed.append((state, records))
-
-    batch: list[tuple[CustomerState, Features]] = []
-    for state in states:
-        batch.append((state, features_for(state, as_of, thresholds)))
-        if len(batch) == batch_size:
-            score(batch)
-            batch = []
-    if batch:
-        score(batch)
+    changed.sort(key=lambda pair: pair[0].row)
     return changed
 
 
@@ -184,7 +198,7 @@ def run_history(
     lateness_seconds: float = 0.0,
     model_at: Callable[[float], ChurnModel | None] | None = None,
     batch_size: int = 4096,
-) -> tuple[dict[str, CustomerState], list[WarningRecord]]:
+) -> tuple[StateBlock, list[WarningRecord]]:
     """The worker's logic over a whole history in one process.
 
     The same :class:`Sequencer` decides when each event is applied and when
@@ -194,7 +208,7 @@ def run_history(
     only), so a backtest can swap models as a retrained worker would. Scores
     do not depend on the batch size; a large one just means fewer calls.
     """
-    states: dict[str, CustomerState] = {}
+    states = StateBlock()
     records: list[WarningRecord] = []
     sequencer: Sequencer[CustomerEvent] = Sequencer(every_seconds, lateness_seconds)
     watermark = 0.0
@@ -203,14 +217,12 @@ def run_history(
         for step in steps:
             if isinstance(step, Sweep):
                 model = model_at(step.boundary) if model_at is not None else None
-                swept = sweep(states.values(), step.boundary, thresholds, model, batch_size)
+                swept = sweep(states, step.boundary, thresholds, model, batch_size)
                 for _state, changed in swept:
                     records.extend(changed)
                 continue
             event = step.item
-            state = states.get(event.customer_id)
-            if state is None:
-                state = states[event.customer_id] = new_state(event.customer_id)
+            state = states.state(event.customer_id)
             if step.late:
                 state.late_events += 1
             apply_event(state, event)
@@ -255,14 +267,15 @@ class Sequencer(Generic[T]):
         self.last_sweep: dict[int, float] = {}
 
     def offer(
-        self, partition: int, event_time: float, item: T, watermark: float
+        self, partition: int, event_time: float, item: T, watermark: float | None = None
     ) -> list[Apply[T] | Sweep]:
+        """Take an event; with a ``watermark``, also advance the clock to it."""
         steps: list[Apply[T] | Sweep] = []
         if event_time < self.last_sweep.get(partition, 0.0):
             steps.append(Apply(item, late=True))
         else:
             self.buffer.push(partition, event_time, item)
-        return steps + self.advance(partition, watermark)
+        return steps if watermark is None else steps + self.advance(partition, watermark)
 
     def advance(self, partition: int, watermark: float) -> list[Apply[T] | Sweep]:
         clock = watermark - self.lateness

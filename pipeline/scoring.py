@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import operator
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.registry import CARD_FILE, MODEL_FILE, promoted_version
-from pipeline.features import QUADRANTS, Features
+from pipeline.features import QUADRANTS, FeatureColumns, Features
 from pipeline.texts import FEATURE_LABELS, Language, text
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,6 @@ _NUMERIC = tuple(f.name for f in fields(Features) if f.name not in NOT_INPUTS)
 _QUADRANTS = tuple(sorted(set(QUADRANTS.values())))
 #: The model's inputs, in the order of its feature vector.
 INPUT_FEATURES: tuple[str, ...] = _NUMERIC + tuple(f"quadrant_{q}" for q in _QUADRANTS)
-_get_numeric = operator.attrgetter(*_NUMERIC)
 
 #: Types beyond skops' own safe list that a churnwatch model file may contain.
 TRUSTED_TYPES = [
@@ -49,11 +47,13 @@ TRUSTED_TYPES = [
 ]
 
 
-def feature_vector(features: Features) -> list[float]:
-    """``features`` as the model's input vector (None -> NaN, booleans -> 0/1)."""
-    values = [math.nan if v is None else float(v) for v in _get_numeric(features)]
-    values.extend(float(features.quadrant == q) for q in _QUADRANTS)
-    return values
+def feature_matrix(columns: FeatureColumns) -> Matrix:
+    """Many customers' features (:func:`pipeline.features.read_many`) as the
+    model's input rows (unknown -> NaN, booleans -> 0/1), in :data:`INPUT_FEATURES` order."""
+    quadrant = columns["quadrant"]
+    inputs = [np.asarray(columns[name], dtype=float) for name in _NUMERIC]
+    inputs.extend((quadrant == q).astype(float) for q in _QUADRANTS)
+    return np.column_stack(inputs) if inputs[0].size else np.empty((0, len(INPUT_FEATURES)))
 
 
 class Classifier(Protocol):

@@ -1,23 +1,31 @@
 """Agent ``track_customers``: keeps each customer's state and raises warnings.
 
-A thin loop: decode and validate the message (anything unusable goes to the
-dead-letter topic with the reason), fold it into the customer's state with
-:func:`pipeline.features.apply_event` and store the state. Whenever the clock
-passes a sweep boundary, every customer of the partition is re-evaluated
-(:mod:`pipeline.processing`) and warning episodes that open or close are sent.
+A thin loop over batches of messages: decode and validate each (anything
+unusable goes to the dead-letter topic with the reason), fold the events into
+the customers' states with :func:`pipeline.features.apply_event`, and
+whenever the clock passes a sweep boundary re-evaluate every customer of the
+partition (:func:`pipeline.processing.sweep`) and send the warning episodes
+that open, worsen or close. At the end of a batch each customer it touched is
+written to the state table once, and only then are the batch's messages acked,
+so a crash loses nothing and a redelivered event is recognised and skipped.
+
+A batch ends after ``worker.batch_size`` messages, or as soon as the last
+message taken is the newest one its topic partition had, so a quiet stream is
+never held back waiting for a full batch.
 
 ``event`` clock (replay, simulation): the partition's event-time watermark
 across all input topics. Events wait in a reorder buffer until the watermark
 passes them, so a sweep never sees an event from after its boundary, however
-the topics interleave; a held event is acked (its offset committed) only once
-applied, so a crash loses nothing. ``wall`` clock (live): events apply at
-once and ticks from :mod:`pipeline.sweep_clock` wake the sweeps.
+the topics interleave; a held event is acked only once applied and stored.
+``wall`` clock (live): events apply at once and ticks from
+:mod:`pipeline.sweep_clock` wake the sweeps.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +48,14 @@ from pipeline.events import (
     decode_event,
     encode_event,
 )
-from pipeline.features import CustomerState, apply_event, new_state, to_epoch
+from pipeline.features import (
+    StateBlock,
+    apply_event,
+    decode_state,
+    encode_state,
+    stored_partition,
+    to_epoch,
+)
 from pipeline.processing import Apply, Sequencer, Sweep, Watermark, due_sweeps, sweep
 from pipeline.scoring import INPUT_FEATURES, ModelHolder
 
@@ -61,6 +76,7 @@ def register(p: Pipeline) -> None:
     settings = p.settings
     thresholds = settings.warnings
     every = settings.clock.sweep_every_hours * 3600
+    event_clock = settings.clock.mode == "event"
     topic_names = {settings.topic(t): t for t in Topic}
     input_names = [settings.topic(t) for t in EVENT_TOPICS]
     watermark = Watermark(input_names)
@@ -120,31 +136,32 @@ def register(p: Pipeline) -> None:
             )
             metrics.WARNING_LATENCY.labels("ingest").observe(max(0.0, now - received_at))
 
-    # Decoded states of each partition this worker owns, filled from the table on
-    # first use: sweeps then never decode the whole table again. Forgotten on
-    # every rebalance, when another worker may have changed what we held.
-    decoded_states: dict[int, dict[str, CustomerState]] = {}
+    # The states of each partition this worker owns, read from the table on
+    # first use. Forgotten on every rebalance, when another worker may have
+    # changed what we held.
+    blocks: dict[int, StateBlock] = {}
+    # Rows changed since the table was last written, and the messages whose
+    # effects they hold: acked once the rows are stored.
+    dirty: dict[int, set[int]] = {}
+    done: list[EventT[bytes]] = []
 
-    def partition_states(partition: int) -> dict[str, CustomerState]:
-        states = decoded_states.get(partition)
-        if states is None:
-            states = decoded_states[partition] = {
-                customer_id: CustomerState.from_row(row)
-                for customer_id, (row_partition, row) in list(p.states.items())
-                if row_partition == partition
-            }
-            metrics.CUSTOMERS_TRACKED.set(sum(len(d) for d in decoded_states.values()))
-        return states
-
-    def store(partition: int, state: CustomerState) -> None:
-        partition_states(partition)[state.customer_id] = state
-        p.states[state.customer_id] = [partition, state.to_row()]
+    def partition_block(partition: int) -> StateBlock:
+        block = blocks.get(partition)
+        if block is None:
+            block = blocks[partition] = StateBlock()
+            for value in list(p.states.values()):
+                if value is not None and stored_partition(value) == partition:
+                    decode_state(value, block)
+            metrics.CUSTOMERS_TRACKED.set(sum(len(b) for b in blocks.values()))
+        return block
 
     @p.app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust stub too narrow
     async def forget_partitions(_app: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         # After a rebalance Faust re-seeks to the committed offsets, so events
         # still held in the buffer (never acked) are delivered again.
-        decoded_states.clear()
+        blocks.clear()
+        dirty.clear()
+        done.clear()
         scored.clear()
         expected_loss.clear()
         metrics.CUSTOMERS_TRACKED.set(0)
@@ -156,16 +173,16 @@ def register(p: Pipeline) -> None:
     newest = [0.0]  # event time of the newest event applied
 
     def apply(partition: int, decoded: CustomerEvent, late: bool = False) -> None:
-        state = partition_states(partition).get(decoded.customer_id)
-        if state is None:
-            state = new_state(decoded.customer_id)
-            metrics.CUSTOMERS_TRACKED.inc()  # stored below
+        block = partition_block(partition)
+        known = len(block)
+        state = block.state(decoded.customer_id)
+        if len(block) > known:
+            metrics.CUSTOMERS_TRACKED.inc()
         if late:
             state.late_events += 1
         if apply_event(state, decoded):
-            store(partition, state)
+            dirty.setdefault(partition, set()).add(state.row)
             newest[0] = max(newest[0], to_epoch(decoded.occurred_at))
-            metrics.PROCESSING_LAG.set(max(0.0, time.time() - newest[0]))
         else:
             metrics.EVENTS_DUPLICATE.inc()
 
@@ -187,8 +204,9 @@ def register(p: Pipeline) -> None:
                 metrics.CHURN_SCORE.observe(float(probability))
 
         model = models.model
+        block = partition_block(partition)
         changed = sweep(
-            partition_states(partition).values(),
+            block,
             boundary,
             thresholds,
             model,
@@ -196,17 +214,11 @@ def register(p: Pipeline) -> None:
             settings.model.top_reasons,
             observe,
         )
+        rows = dirty.setdefault(partition, set())
         for state, records in changed:
-            store(partition, state)
+            rows.add(state.row)
             await emit(records, received_at)
         metrics.SWEEPS.labels(clock_name).inc()
-        open_by_type: dict[str, int] = dict.fromkeys(WARNING_TYPES, 0)
-        for states in decoded_states.values():
-            for state in states.values():
-                for warning_type in state.episodes:
-                    open_by_type[warning_type] = open_by_type.get(warning_type, 0) + 1
-        for warning_type, count in open_by_type.items():
-            metrics.OPEN_EPISODES.labels(warning_type).set(count)
         if model is not None and batches:
             scored[partition] = batches
             expected_loss[partition] = loss[0]
@@ -220,16 +232,19 @@ def register(p: Pipeline) -> None:
     def resume(partition: int) -> None:
         """Continue the partition's sweeps where they stopped (before a restart or rebalance)."""
         if partition not in resumed:
-            done = p.sweep_progress.get(str(partition)) or 0.0
-            sequencer.last_sweep[partition] = max(sequencer.last_sweep.get(partition, 0.0), done)
+            done_until = p.sweep_progress.get(str(partition)) or 0.0
+            sequencer.last_sweep[partition] = max(
+                sequencer.last_sweep.get(partition, 0.0), done_until
+            )
             resumed.add(partition)
 
-    async def run(
-        stream: Any, partition: int, steps: list[Apply[Held] | Sweep], received_at: float
-    ) -> None:
+    async def run(partition: int, steps: list[Apply[Held] | Sweep], received_at: float) -> None:
         for step in steps:
             if isinstance(step, Sweep):
-                await sweep_at(partition, step.boundary, "event", received_at)
+                try:
+                    await sweep_at(partition, step.boundary, "event", received_at)
+                except Exception:  # one bad sweep must not stop the partition
+                    log.exception("sweep of partition %s at %s failed", partition, step.boundary)
                 p.sweep_progress[str(partition)] = step.boundary
                 continue
             decoded, held = step.item
@@ -241,84 +256,134 @@ def register(p: Pipeline) -> None:
                     decoded.customer_id,
                     decoded.occurred_at.isoformat(),
                 )
-            apply(partition, decoded, late=step.late)
-            await stream.ack(held)
-        metrics.EVENTS_WAITING.set(len(sequencer))
+            try:
+                apply(partition, decoded, late=step.late)
+            except Exception as exc:  # an agent must never die on one message
+                log.exception("could not apply %s", decoded.event_id)
+                await dead_letter(held, f"processing error: {exc!r}", "processing_error")
+            done.append(held)
 
-    def event_clock(partition: int) -> float:
-        now = watermark.advance(partition, highwater)
-        metrics.EVENT_TIME_WATERMARK.set(max(watermark.value.values(), default=0.0))
-        return now
-
-    async def process(stream: Any, event: EventT[bytes]) -> bool:
-        """Handle one message; True when it is done with (False: held for later)."""
+    def decode(event: EventT[bytes], logical: Topic | None) -> CustomerEvent:
         message = event.message
-        logical = topic_names.get(message.topic)
-        metrics.EVENTS_CONSUMED.labels(logical.value if logical else "unknown").inc()
-        # the producer's or broker's timestamp (Faust gives seconds); when unknown, now
-        received_at = message.timestamp if message.timestamp else time.time()
-        end = highwater(message.topic, message.partition)
-        if end is not None:
-            metrics.CONSUMER_LAG.labels(message.topic, str(message.partition)).set(
-                max(0, end - message.offset - 1)
+        decoded = decode_event(message.value or b"", message.key)
+        expected = TOPIC_OF_TYPE[decoded.type]
+        if logical is not None and logical is not expected:
+            raise InvalidEvent(
+                f"a {decoded.type} event belongs on {settings.topic(expected)}, not {message.topic}"
             )
-        if logical is Topic.TICKS:
-            if settings.clock.mode == "wall":
-                last = wall_last_sweep.get(message.partition, 0.0)
-                for boundary in due_sweeps(last, time.time(), every):
-                    await sweep_at(message.partition, boundary, "wall", received_at)
-                    wall_last_sweep[message.partition] = boundary
-            return True
-        try:
-            decoded = decode_event(message.value or b"", message.key)
-            expected = TOPIC_OF_TYPE[decoded.type]
-            if logical is not None and logical is not expected:
-                raise InvalidEvent(
-                    f"a {decoded.type} event belongs on {settings.topic(expected)}, "
-                    f"not {message.topic}"
+        return decoded
+
+    async def store(stream: Any, last_of: dict[int, EventT[bytes]]) -> None:
+        """Write every changed customer once, then ack what those writes cover."""
+        for partition, rows in dirty.items():
+            if not rows:
+                continue
+            block = blocks.get(partition)
+            event = last_of.get(partition)
+            if block is not None and event is not None:
+                # Faust's table sends a key's change to the partition of the
+                # current event: make it one of this partition's.
+                stream._set_current_event(event)
+                for row in rows:
+                    state = block[block.customer_ids[row]]
+                    p.states[state.customer_id] = encode_state(state, partition)
+            rows.clear()
+        for event in done:
+            await stream.ack(event)
+        done.clear()
+
+    async def advance(partition: int, received_at: float) -> None:
+        """Move the partition's clock to its watermark: release events, run due sweeps.
+
+        After every message, as a batch run does after every event: the first
+        sweep of a worker starting on old data is the boundary just passed.
+        """
+        now = watermark.advance(partition, highwater)
+        resume(partition)
+        await run(partition, sequencer.advance(partition, now), received_at)
+
+    async def process(stream: Any, batch: list[EventT[bytes]]) -> None:
+        """Handle a batch of messages: apply, sweep, store, ack."""
+        received_at = time.time()
+        consumed: Counter[str] = Counter()
+        last_of: dict[int, EventT[bytes]] = {}
+        for event in batch:
+            message = event.message
+            partition = message.partition
+            last_of[partition] = event
+            logical = topic_names.get(message.topic)
+            consumed[logical.value if logical else "unknown"] += 1
+            if message.timestamp:  # the producer's or broker's time (Faust gives seconds)
+                received_at = min(received_at, message.timestamp)
+            if logical is Topic.TICKS:
+                if not event_clock:
+                    last = wall_last_sweep.get(partition, 0.0)
+                    for boundary in due_sweeps(last, time.time(), every):
+                        await sweep_at(partition, boundary, "wall", received_at)
+                        wall_last_sweep[partition] = boundary
+                done.append(event)
+                continue
+            try:
+                decoded = decode(event, logical)
+            except InvalidEvent as exc:
+                await dead_letter(event, str(exc), "invalid")
+                done.append(event)
+                if event_clock:
+                    watermark.observe(message.topic, partition, message.offset)
+                    await advance(partition, received_at)
+                continue
+            except Exception as exc:  # an agent must never die on one message
+                log.exception(
+                    "could not process %s[%s]@%s", message.topic, partition, message.offset
                 )
-        except InvalidEvent as exc:
-            await dead_letter(event, str(exc), "invalid")
-            if settings.clock.mode == "event":
-                watermark.observe(message.topic, message.partition, message.offset)
-                now = event_clock(message.partition)
-                resume(message.partition)
-                await run(
-                    stream,
-                    message.partition,
-                    sequencer.advance(message.partition, now),
-                    received_at,
+                await dead_letter(event, f"processing error: {exc!r}", "processing_error")
+                done.append(event)
+                continue
+            if not event_clock:
+                apply(partition, decoded)
+                done.append(event)
+                continue
+            event_ts = to_epoch(decoded.occurred_at)
+            watermark.observe(message.topic, partition, message.offset, event_ts)
+            resume(partition)
+            late = sequencer.offer(partition, event_ts, (decoded, event))
+            await run(partition, late, received_at)
+            await advance(partition, received_at)
+        await store(stream, last_of)
+
+        for topic, count in consumed.items():
+            metrics.EVENTS_CONSUMED.labels(topic).inc(count)
+        for partition, event in last_of.items():
+            message = event.message
+            end = highwater(message.topic, partition)
+            if end is not None:
+                metrics.CONSUMER_LAG.labels(message.topic, str(partition)).set(
+                    max(0, end - message.offset - 1)
                 )
+        if newest[0]:
+            metrics.PROCESSING_LAG.set(max(0.0, time.time() - newest[0]))
+        metrics.EVENTS_WAITING.set(len(sequencer))
+        if event_clock:
+            metrics.EVENT_TIME_WATERMARK.set(max(watermark.value.values(), default=0.0))
+        open_by_type = np.zeros(len(WARNING_TYPES), np.int64)
+        for block in blocks.values():
+            open_by_type += (block.used()["episode_severity"] >= 0).sum(axis=0)
+        for warning_type, count in zip(WARNING_TYPES, open_by_type.tolist(), strict=True):
+            metrics.OPEN_EPISODES.labels(warning_type).set(count)
+
+    def batch_ends(event: EventT[bytes], size: int) -> bool:
+        """Full, or the last message taken was the newest its topic partition had."""
+        if size >= settings.worker.batch_size:
             return True
-        if settings.clock.mode == "wall":
-            apply(message.partition, decoded)
-            return True
-        event_ts = to_epoch(decoded.occurred_at)
-        watermark.observe(message.topic, message.partition, message.offset, event_ts)
-        now = event_clock(message.partition)
-        resume(message.partition)
-        await run(
-            stream,
-            message.partition,
-            sequencer.offer(message.partition, event_ts, (decoded, event), now),
-            received_at,
-        )
-        return False  # acked by run() once applied
+        end = highwater(event.message.topic, event.message.partition)
+        return end is None or event.message.offset + 1 >= end
 
     @p.app.agent(p.inputs, name="track_customers")
     async def track_customers(stream: Any) -> None:
         manual = stream.noack()
+        batch: list[EventT[bytes]] = []
         async for event in manual.events():
-            try:
-                done = await process(manual, event)
-            except Exception as exc:  # an agent must never die on one message
-                log.exception(
-                    "could not process %s[%s]@%s",
-                    event.message.topic,
-                    event.message.partition,
-                    event.message.offset,
-                )
-                await dead_letter(event, f"processing error: {exc!r}", "processing_error")
-                done = True
-            if done:
-                await manual.ack(event)
+            batch.append(event)
+            if batch_ends(event, len(batch)):
+                taken, batch = batch, []
+                await process(manual, taken)

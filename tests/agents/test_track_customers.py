@@ -9,7 +9,7 @@ import pytest
 from churnwatch.settings import load_settings
 from pipeline.app import create_app
 from pipeline.events import DeadLetter, encode_event
-from pipeline.features import CustomerState
+from pipeline.features import StateBlock, decode_state
 
 
 @pytest.fixture
@@ -31,8 +31,7 @@ async def test_valid_event_updates_the_customer_state(pipeline, event_factory):
     agent = pipeline.app.agents["track_customers"]
     async with agent.test_context() as ctx:
         await ctx.put(encode_event(order), key=b"C7")
-    row = pipeline.states["C7"]
-    state = CustomerState.from_row(row[1])
+    state, _partition = decode_state(pipeline.states["C7"], StateBlock())
     assert state.orders_total == 1
     assert state.last_order_at == order.occurred_at.timestamp()
 
@@ -51,4 +50,5 @@ async def test_malformed_event_goes_to_dead_letters_and_the_next_is_processed(
     letter = DeadLetter.model_validate_json(sent.await_args.kwargs["value"])
     assert "Invalid JSON" in letter.error or "json" in letter.error.lower()
     assert letter.payload.startswith('{"type": "order_placed"')
-    assert CustomerState.from_row(pipeline.states["C8"][1]).orders_total == 1
+    state, _partition = decode_state(pipeline.states["C8"], StateBlock())
+    assert state.orders_total == 1
