@@ -806,6 +806,80 @@ def demo(
     sys.exit(0 if result else 1)
 
 
+@cli.command()
+@click.option("--customers", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--days", type=click.IntRange(min=120), default=540, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=8),
+    default=1,
+    show_default=True,
+    help="Also measure this many workers sharing the partitions (after one alone).",
+)
+@click.option("--no-model", is_flag=True, help="Rules only (default: a trained model serves).")
+@click.option(
+    "--store",
+    type=click.Choice(["rocksdb://", "memory://"]),
+    default="rocksdb://",
+    show_default=True,
+    help="The workers' table store.",
+)
+@click.option(
+    "--live-days",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="The last days of the history are produced live, for the latency.",
+)
+@click.option(
+    "--live-rate",
+    type=click.FloatRange(min=1),
+    default=1000.0,
+    show_default=True,
+    help="Events per second of the live part.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the figures here as JSON.",
+)
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    customers: int,
+    days: int,
+    workers: int,
+    no_model: bool,
+    store: str,
+    live_days: int,
+    live_rate: float,
+    json_path: Path | None,
+) -> None:
+    """Measure the worker against a bare consume loop on its own embedded broker."""
+    from churnwatch.bench import format_result, run_bench, to_json
+    from churnwatch.broker import BrokerError
+
+    try:
+        result = run_bench(
+            _settings(ctx),
+            customers,
+            days,
+            workers=workers,
+            with_model=not no_model,
+            store=store,
+            live_days=live_days,
+            live_rate=live_rate,
+            say=lambda line: click.echo(line, err=True),
+        )
+    except (BrokerError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_result(result))
+    if json_path is not None:
+        json_path.write_text(to_json(result) + "\n")
+        click.echo(f"figures written to {json_path}")
+
+
 @cli.group()
 def check() -> None:
     """Checks on a running deployment."""

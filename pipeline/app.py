@@ -63,6 +63,10 @@ def create_app(settings: Settings) -> Pipeline:
         broker_heartbeat_interval=w.broker_heartbeat_interval,
         table_standby_replicas=w.standby_replicas,
         processing_guarantee="at_least_once",
+        # Prefetch enough for several batches: with Faust's default (4,096) the
+        # worker waits for fetches between batches.
+        stream_buffer_maxsize=max(4096, 16 * w.batch_size),
+        broker_max_poll_records=w.batch_size,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         autodiscover=False,

@@ -49,6 +49,7 @@ from pipeline.events import (
     encode_event,
 )
 from pipeline.features import (
+    CustomerState,
     StateBlock,
     apply_event,
     decode_state,
@@ -275,18 +276,30 @@ def register(p: Pipeline) -> None:
 
     async def store(stream: Any, last_of: dict[int, EventT[bytes]]) -> None:
         """Write every changed customer once, then ack what those writes cover."""
+        table: Any = p.states  # the concrete Table: TableT does not declare its serializers
         for partition, rows in dirty.items():
-            if not rows:
-                continue
             block = blocks.get(partition)
             event = last_of.get(partition)
-            if block is not None and event is not None:
-                # Faust's table sends a key's change to the partition of the
-                # current event: make it one of this partition's.
-                stream._set_current_event(event)
-                for row in rows:
-                    state = block[block.customer_ids[row]]
-                    p.states[state.customer_id] = encode_state(state, partition)
+            if not rows or block is None or event is None:
+                continue  # (rows only change while one of the partition's messages is handled)
+            # The local store files a key under the partition of the current
+            # event: make it one of this partition's.
+            stream._set_current_event(event)
+            for row in rows:
+                customer_id = block.customer_ids[row]
+                value = encode_state(CustomerState(block, row), partition)
+                table.data[customer_id] = value
+                # Straight to the producer: Faust's table buffer would hand over
+                # these changes one by one, waiting on each.
+                await table.changelog_topic.send(
+                    key=customer_id,
+                    value=value,
+                    partition=partition,
+                    key_serializer=table.key_serializer,
+                    value_serializer=table.value_serializer,
+                    callback=table._on_changelog_sent,  # records the offset the store holds
+                    force=True,
+                )
             rows.clear()
         for event in done:
             await stream.ack(event)

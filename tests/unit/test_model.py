@@ -97,6 +97,26 @@ def test_loaded_model_scores_and_explains(trained):
     assert all(r[3] > 0 for r in reasons)
 
 
+def test_the_compiled_model_gives_scikit_learns_probabilities(trained, history, settings):
+    """The worker scores without scikit-learn's per-tree calls, to the same numbers."""
+    from pipeline.features import read_many
+    from pipeline.scoring import feature_matrix
+
+    model = load_model(trained[1].folder)
+    assert model.compiled is not None
+    states, _ = run_history(history[0], settings.warnings, 86400.0)
+    rows = np.vstack(
+        [
+            feature_matrix(read_many(states, np.arange(len(states)), at))
+            for at in (
+                history[0][200].occurred_at.timestamp(),
+                history[0][-1].occurred_at.timestamp(),
+            )
+        ]
+    )
+    assert np.array_equal(model.probabilities(rows), model.estimator.predict_proba(rows)[:, 1])
+
+
 def test_reasons_of_many_rows_at_once_equal_one_row_at_a_time(trained):
     model = load_model(trained[1].folder)
     rows = np.array([model.usual * 0 + 1.0, model.usual * 0 + 50.0, model.usual])

@@ -1,0 +1,430 @@
+"""``churnwatch bench``: how fast one worker (and two) drains a history, on this machine.
+
+Starts its own embedded broker on a free port, pre-produces a simulated history
+(``--customers``, ``--days``) and measures, in the same run and on the same
+topics:
+
+- a bare loop: aiokafka consume + JSON decode + a dict update per event, the
+  ceiling any Python consumer on this broker can reach;
+- ``churnwatch worker`` (model serving on unless ``--no-model``) draining the
+  same history, from its first processed batch to its last, with its RSS and
+  the bytes of state it stores per customer (the changelog's last record per
+  customer, and the store folder);
+- with ``--workers 2``, two workers in one consumer group;
+- then the last ``--live-days`` of the history produced live at
+  ``--live-rate`` events/s, for the event-to-warning latency (from the
+  broker's timestamp of the event that let a sweep run to the warning sent,
+  read from the worker's latency histogram: bucket bounds, so "<= x s").
+
+Prints a table and, with ``--json PATH``, writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from churnwatch.broker import EmbeddedBroker, free_port, start_child, stop_child
+from churnwatch.settings import Settings
+from churnwatch.topics import ensure_topics
+from pipeline.events import EVENT_TOPICS
+from producers.produce import produce
+from producers.simulator import SimEvent, iter_paced, parse_start, simulate
+
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class Run:
+    """One drain of the history by ``workers`` worker processes."""
+
+    workers: int
+    events: int
+    seconds: float
+    events_per_second: float
+    ratio_to_bare_loop: float
+    startup_seconds: float
+    rss_mb_idle: float
+    rss_mb_end: float
+    rss_bytes_per_customer: float
+    state_bytes_per_customer: float
+    store_dir_bytes_per_customer: float
+    warnings: int
+    latency_p50_seconds: float | None = None
+    latency_p99_seconds: float | None = None
+    live_events: int = 0
+
+
+@dataclass
+class BenchResult:
+    customers: int
+    days: int
+    events: int
+    model: str
+    store: str
+    machine: str
+    bare_loop_events_per_second: float
+    runs: list[Run] = field(default_factory=list)
+
+
+def machine() -> str:
+    cores = os.cpu_count() or 0
+    memory = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+        memory = f", {kb / 1024**2:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{cores} cores{memory}, Python {sys.version.split()[0]}, {sys.platform}"
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _metrics(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:  # noqa: S310 - loopback
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def _sum(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+    return sum(value for labels, value in metrics.get(name, []) if labels.get("topic") != "ticks")
+
+
+def _latency_buckets(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> dict[float, float]:
+    return {
+        float(labels["le"]): value
+        for labels, value in metrics.get("churnwatch_warning_latency_seconds_bucket", [])
+        if labels.get("since") == "ingest"
+    }
+
+
+def _quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The bucket bound under which a share ``q`` of the new observations fall."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return None
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= q * total:
+            return bound
+    return None
+
+
+async def bare_loop(bootstrap: str, topics: list[str], total: int) -> float:
+    """Seconds for aiokafka to consume ``total`` messages, JSON-decode each and
+    update a per-customer dict: what any consumer on this broker must pay."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t))
+        ]
+        consumer.assign(tps)
+        started = time.perf_counter()
+        await consumer.seek_to_beginning(*tps)
+        per_customer: dict[str, int] = {}
+        count = 0
+        while count < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+            if not batches and time.perf_counter() - started > 300:
+                raise RuntimeError(f"bare loop read {count} of {total} messages in 300 s")
+            for messages in batches.values():
+                for message in messages:
+                    event = json.loads(message.value)
+                    customer = event["customer_id"]
+                    per_customer[customer] = per_customer.get(customer, 0) + 1
+                    count += 1
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+def _changelog_bytes(bootstrap: str, topic: str) -> tuple[int, int]:
+    """(customers, bytes of their last stored state) from a changelog topic."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    latest: dict[bytes, int] = {}
+    if tps:
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        deadline = time.monotonic() + 120
+        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                for message in batch:
+                    if message.value is not None:
+                        latest[message.key] = len(message.value)
+    consumer.close()
+    return len(latest), sum(latest.values())
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run_bench(
+    settings: Settings,
+    customers: int,
+    days: int,
+    workers: int = 1,
+    with_model: bool = True,
+    store: str = "rocksdb://",
+    live_days: int = 30,
+    live_rate: float = 1000.0,
+    say: Callable[[str], None] = print,
+) -> BenchResult:
+    """Run the benchmark; see the module docstring."""
+    from churnwatch.demo import train_demo_model
+
+    sim = settings.simulator
+    workdir = Path(tempfile.mkdtemp(prefix="churnwatch-bench-"))
+    events, _truth = simulate(
+        customers, sim.seed, parse_start(sim.start), days, sim.owners, malformed=0
+    )
+    live_from = events[-1].ts - timedelta(days=live_days)
+    history = [e for e in events if e.ts < live_from]
+    live = [e for e in events if e.ts >= live_from]
+    registry = workdir / "registry"
+    model = "none"
+    if with_model:
+        say("training a churn model on a simulated past (as the demo does) ...")
+        model = train_demo_model(settings, customers, registry).version
+    host = settings.broker.host
+    broker = EmbeddedBroker(host, free_port(host), settings.broker.startup_timeout_seconds)
+    result = BenchResult(customers, days, len(history), model, store, machine(), 0.0)
+    try:
+        broker.start()
+        say(f"broker on {broker.bootstrap_servers}; {len(history)} events to drain")
+        counts = sorted({1, workers})
+        for n in counts:
+            run_settings = _isolated(settings, broker.bootstrap_servers)
+            ensure_topics(run_settings)
+            _produce_all(run_settings, history, say)
+            topics = [run_settings.topic(t) for t in EVENT_TOPICS]
+            if not result.bare_loop_events_per_second:
+                seconds = asyncio.run(bare_loop(broker.bootstrap_servers, topics, len(history)))
+                result.bare_loop_events_per_second = len(history) / seconds
+                say(f"bare loop: {result.bare_loop_events_per_second:,.0f} events/s")
+            run = _drain(
+                run_settings, n, len(history), live, live_rate, registry, store, workdir, say
+            )
+            run.ratio_to_bare_loop = run.events_per_second / result.bare_loop_events_per_second
+            result.runs.append(run)
+    finally:
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def _isolated(settings: Settings, bootstrap: str) -> Settings:
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    return settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"bootstrap_servers": bootstrap, "topic_prefix": prefix}
+            ),
+            "worker": settings.worker.model_copy(update={"app_id": f"cw-{prefix}"}),
+        }
+    )
+
+
+def _produce_all(settings: Settings, events: list[SimEvent], say: Callable[[str], None]) -> None:
+    started = time.monotonic()
+    stats = produce(settings, iter_paced(events, 0))
+    if stats.failed:
+        raise RuntimeError(f"{stats.failed} of {stats.sent} events could not be produced")
+    say(f"produced {stats.sent} events in {time.monotonic() - started:.0f} s")
+
+
+def _drain(
+    settings: Settings,
+    workers: int,
+    total: int,
+    live: list[SimEvent],
+    live_rate: float,
+    registry: Path,
+    store: str,
+    workdir: Path,
+    say: Callable[[str], None],
+) -> Run:
+    procs = []
+    ports = []
+    data_dirs = []
+    started = time.monotonic()
+    try:
+        for i in range(workers):
+            port = free_port()
+            data_dir = workdir / f"{settings.kafka.topic_prefix}-worker{i}"
+            env = dict(
+                os.environ,
+                CHURNWATCH_KAFKA__BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
+                CHURNWATCH_KAFKA__TOPIC_PREFIX=settings.kafka.topic_prefix,
+                CHURNWATCH_WORKER__APP_ID=settings.worker.app_id,
+                CHURNWATCH_WORKER__STORE=store,
+                CHURNWATCH_WORKER__DATA_DIR=str(data_dir),
+                CHURNWATCH_WORKER__METRICS_PORT=str(port),
+                CHURNWATCH_CLOCK__MODE="event",
+                CHURNWATCH_MODEL__REGISTRY=str(registry),
+            )
+            log = workdir / f"{settings.kafka.topic_prefix}-worker{i}.log"
+            procs.append(
+                start_child([sys.executable, "-m", "churnwatch.cli", "worker"], env=env, log=log)
+            )
+            ports.append(port)
+            data_dirs.append(data_dir)
+        idle_rss = 0.0
+        first_at = first_count = None
+        processed = 0.0
+        deadline = time.monotonic() + 3600
+        while processed < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers processed {processed:.0f} of {total} in an hour")
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a worker exited with {proc.returncode}")
+            processed = sum(
+                _sum(_metrics(port), "churnwatch_events_consumed_total") for port in ports
+            )
+            now = time.monotonic()
+            if processed == 0:
+                idle_rss = sum(_rss_mb(proc.pid) for proc in procs)
+            elif first_at is None:
+                first_at, first_count = now, processed
+            time.sleep(POLL_SECONDS)
+        done_at = time.monotonic()
+        if first_at is None or first_count is None:  # drained between two polls
+            first_at, first_count = done_at - POLL_SECONDS, 0.0
+        seconds = max(done_at - first_at, POLL_SECONDS)
+        rate = (total - first_count) / seconds if total > first_count else total / seconds
+        end_rss = sum(_rss_mb(proc.pid) for proc in procs)
+        customers, state_bytes = _changelog_bytes(
+            settings.kafka.bootstrap_servers, f"{settings.worker.app_id}-customer_state-changelog"
+        )
+        before = [_latency_buckets(_metrics(port)) for port in ports]
+        say(
+            f"{workers} worker(s): {rate:,.0f} events/s over {seconds:.1f} s; "
+            f"producing {len(live)} live events at {live_rate:g}/s for the latency ..."
+        )
+        produce(settings, iter_paced(live, 0) if live_rate <= 0 else _at_rate(live, live_rate))
+        target = total + len(live)
+        wait_until = time.monotonic() + 120
+        while processed < target and time.monotonic() < wait_until:
+            processed = sum(
+                _sum(_metrics(port), "churnwatch_events_consumed_total") for port in ports
+            )
+            time.sleep(POLL_SECONDS)
+        time.sleep(1)
+        after_metrics = [_metrics(port) for port in ports]
+        after = [_latency_buckets(m) for m in after_metrics]
+        merged_before = _merge(before)
+        merged_after = _merge(after)
+        warnings = int(sum(_sum(m, "churnwatch_warnings_total") for m in after_metrics))
+        store_dir = sum(_dir_bytes(d) for d in data_dirs if d.exists())
+        per = max(customers, 1)
+        return Run(
+            workers=workers,
+            events=total,
+            seconds=round(seconds, 2),
+            events_per_second=round(rate),
+            ratio_to_bare_loop=0.0,
+            startup_seconds=round(first_at - started, 1),
+            rss_mb_idle=round(idle_rss, 1),
+            rss_mb_end=round(end_rss, 1),
+            rss_bytes_per_customer=round((end_rss - idle_rss) * 1024 * 1024 / per),
+            state_bytes_per_customer=round(state_bytes / per),
+            store_dir_bytes_per_customer=round(store_dir / per),
+            warnings=warnings,
+            latency_p50_seconds=_quantile(merged_before, merged_after, 0.5),
+            latency_p99_seconds=_quantile(merged_before, merged_after, 0.99),
+            live_events=len(live),
+        )
+    finally:
+        for proc in procs:
+            stop_child(proc)
+
+
+def _processed(ports: list[int]) -> float:
+    return sum(_sum(_metrics(port), "churnwatch_events_consumed_total") for port in ports)
+
+
+def _merge(buckets: list[dict[float, float]]) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for one in buckets:
+        for bound, value in one.items():
+            out[bound] = out.get(bound, 0.0) + value
+    return out
+
+
+def _at_rate(events: list[SimEvent], rate: float) -> list[tuple[SimEvent, float]]:
+    return [(event, i / rate) for i, event in enumerate(events)]
+
+
+def format_result(result: BenchResult) -> str:
+    """The figures as a plain-text table."""
+    lines = [
+        f"churnwatch bench: {result.customers} customers, {result.days} days, "
+        f"{result.events:,} events drained; model {result.model}; store {result.store}",
+        f"machine: {result.machine}",
+        f"bare loop (aiokafka + JSON decode + dict update): "
+        f"{result.bare_loop_events_per_second:,.0f} events/s",
+        "",
+        f"{'workers':>7} {'events/s':>9} {'x bare':>7} {'p50 lat':>8} {'p99 lat':>8} "
+        f"{'RSS MB':>7} {'RSS B/cust':>10} {'state B/cust':>12} {'store B/cust':>12} "
+        f"{'warnings':>8}",
+    ]
+    for run in result.runs:
+
+        def fmt(x: float | None) -> str:
+            return "n/a" if x is None else f"<={x:g}s"
+
+        lines.append(
+            f"{run.workers:>7} {run.events_per_second:>9,.0f} {run.ratio_to_bare_loop:>7.3f} "
+            f"{fmt(run.latency_p50_seconds):>8} {fmt(run.latency_p99_seconds):>8} "
+            f"{run.rss_mb_end:>7.0f} {run.rss_bytes_per_customer:>10,.0f} "
+            f"{run.state_bytes_per_customer:>12,.0f} {run.store_dir_bytes_per_customer:>12,.0f} "
+            f"{run.warnings:>8}"
+        )
+    if len(result.runs) > 1:
+        one, many = result.runs[0], result.runs[-1]
+        speedup = many.events_per_second / one.events_per_second
+        lines.append(f"{many.workers} workers drain {speedup:.2f}x one")
+    return "\n".join(lines)
+
+
+def to_json(result: BenchResult) -> str:
+    return json.dumps(asdict(result), indent=2)

@@ -1,0 +1,38 @@
+"""`churnwatch bench` as a user runs it: its own broker, a drain, figures as a table and JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_measures_the_worker_against_the_bare_loop(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--customers", "40", "--days", "200", "--no-model", "--store", "memory://"]
+    args += ["--live-days", "20", "--live-rate", "500", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "churnwatch.cli", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "bare loop" in done.stdout and "events/s" in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["customers"] == 40 and figures["model"] == "none"
+    assert figures["bare_loop_events_per_second"] > 0
+    (run,) = figures["runs"]
+    assert run["workers"] == 1 and run["events"] == figures["events"] > 1000
+    assert run["events_per_second"] > 0
+    assert run["ratio_to_bare_loop"] == pytest.approx(
+        run["events_per_second"] / figures["bare_loop_events_per_second"], rel=0.01
+    )
+    # every customer's state reached the changelog, in the compact format
+    assert 0 < run["state_bytes_per_customer"] <= 2048
+    assert run["warnings"] > 0 and run["live_events"] > 0
