@@ -246,6 +246,8 @@ class CustomerState:
         complaints_total: int
         returns_amount: float
         late_events: int
+        open_invoices: list[list[Any]]  # [invoice id, outstanding, due, issued]
+        open_complaints: list[list[Any]]  # [complaint id, opened, severity, category]
     else:
         __slots__ = ("block", "row")  # a view: made per customer touched, so kept light
 
@@ -301,28 +303,6 @@ class CustomerState:
         self.block.col["segment_code"][self.row] = self.block.segment_code(value)
 
     @property
-    def open_invoices(self) -> list[list[Any]]:
-        return self.block.invoices.get(self.row, [])
-
-    @open_invoices.setter
-    def open_invoices(self, value: list[list[Any]]) -> None:
-        if value:
-            self.block.invoices[self.row] = value
-        else:
-            self.block.invoices.pop(self.row, None)
-
-    @property
-    def open_complaints(self) -> list[list[Any]]:
-        return self.block.complaints.get(self.row, [])
-
-    @open_complaints.setter
-    def open_complaints(self, value: list[list[Any]]) -> None:
-        if value:
-            self.block.complaints[self.row] = value
-        else:
-            self.block.complaints.pop(self.row, None)
-
-    @property
     def recent_event_ids(self) -> list[int]:
         """crc32 of the last :data:`RECENT_EVENT_IDS` event ids applied (duplicates are skipped)."""
         count = int(self.block.col["event_ids_count"][self.row])
@@ -375,6 +355,27 @@ def _scalar(name: str) -> property:
         self.block.col[name][self.row] = value
 
     return property(get, put)
+
+
+def _sparse(name: str) -> property:
+    """A per-customer list kept beside the record, only for customers that have one."""
+
+    def get(self: CustomerState) -> list[list[Any]]:
+        table: dict[int, list[list[Any]]] = getattr(self.block, name)
+        return table.get(self.row, [])
+
+    def put(self: CustomerState, value: list[list[Any]]) -> None:
+        table: dict[int, list[list[Any]]] = getattr(self.block, name)
+        if value:
+            table[self.row] = value
+        else:
+            table.pop(self.row, None)
+
+    return property(get, put)
+
+
+CustomerState.open_invoices = _sparse("invoices")  # type: ignore[assignment]
+CustomerState.open_complaints = _sparse("complaints")  # type: ignore[assignment]
 
 
 def _ring(name: str) -> property:
