@@ -945,63 +945,66 @@ def _read_many(
 def _payment_features(
     block: StateBlock, rows: npt.NDArray[np.intp], now: float
 ) -> dict[str, npt.NDArray[Any]]:
-    """Aging of the open invoices and the open complaints (few customers have any)."""
+    """Aging of the open invoices, and the open complaints, of the customers at ``rows``.
+
+    Every open invoice (complaint) of the block in one flat array, aggregated
+    per customer with ``bincount``, which adds in list order as a loop would.
+    """
     n = len(rows)
-    out = {
-        name: np.zeros(n)
-        for name in (
-            "open_balance",
-            "overdue_amount",
-            "overdue_1_30",
-            "overdue_31_60",
-            "overdue_61_90",
-            "overdue_over_90",
-            "max_days_past_due",
-            "oldest_open_complaint_days",
-        )
-    }
-    for name in ("overdue_invoices", "open_disputes", "open_complaints", "max_open_severity"):
-        out[name] = np.zeros(n, np.int64)
-    invoices, complaints = block.invoices, block.complaints
-    if not invoices and not complaints:
-        return out
     position = np.full(block.size, -1, np.int64)
     position[rows] = np.arange(n)
-    for row in sorted(invoices.keys() | complaints.keys()):
-        i = int(position[row])
-        if i < 0:
-            continue
-        open_invoices = invoices.get(row)
-        if open_invoices:
-            buckets = [0.0, 0.0, 0.0, 0.0]
-            max_dpd = 0.0
-            overdue = 0
-            balance = 0.0
-            for _invoice_id, outstanding, due_ts, _issued in open_invoices:
-                balance += outstanding
-                if due_ts < now:
-                    dpd = (now - due_ts) / DAY
-                    buckets[0 if dpd <= 30 else 1 if dpd <= 60 else 2 if dpd <= 90 else 3] += (
-                        outstanding
-                    )
-                    overdue += 1
-                    max_dpd = max(max_dpd, dpd)
-            out["open_balance"][i] = balance
-            out["overdue_amount"][i] = sum(buckets)
-            out["overdue_1_30"][i] = buckets[0]
-            out["overdue_31_60"][i] = buckets[1]
-            out["overdue_61_90"][i] = buckets[2]
-            out["overdue_over_90"][i] = buckets[3]
-            out["max_days_past_due"][i] = max_dpd
-            out["overdue_invoices"][i] = overdue
-        open_complaints = complaints.get(row)
-        if open_complaints:
-            oldest = min(c[1] for c in open_complaints)
-            out["open_complaints"][i] = len(open_complaints)
-            out["oldest_open_complaint_days"][i] = (now - oldest) / DAY if oldest else 0.0
-            out["max_open_severity"][i] = max(int(c[2]) for c in open_complaints)
-            out["open_disputes"][i] = sum(1 for c in open_complaints if c[3:4] == ["billing"])
+    out: dict[str, npt.NDArray[Any]] = {}
+
+    owners, invoices = _flat(block.invoices, position)
+    amounts = np.array([invoice[1] for invoice in invoices], dtype=np.float64)
+    due = np.array([invoice[2] for invoice in invoices], dtype=np.float64)
+    overdue = due < now
+    days_past_due = np.where(overdue, (now - due) / DAY, 0.0)
+    bucket = np.select(
+        [days_past_due <= 30, days_past_due <= 60, days_past_due <= 90], [0, 1, 2], 3
+    )
+    out["open_balance"] = np.bincount(owners, weights=amounts, minlength=n)
+    aged = [
+        np.bincount(owners, weights=np.where(overdue & (bucket == k), amounts, 0.0), minlength=n)
+        for k in range(4)
+    ]
+    out["overdue_1_30"], out["overdue_31_60"], out["overdue_61_90"], out["overdue_over_90"] = aged
+    out["overdue_amount"] = aged[0] + aged[1] + aged[2] + aged[3]
+    max_dpd = np.zeros(n)
+    np.maximum.at(max_dpd, owners, days_past_due)
+    out["max_days_past_due"] = max_dpd
+    out["overdue_invoices"] = np.bincount(owners, weights=overdue, minlength=n).astype(np.int64)
+
+    owners, complaints = _flat(block.complaints, position)
+    opened = np.array([complaint[1] for complaint in complaints], dtype=np.float64)
+    severity = np.array([int(complaint[2]) for complaint in complaints], dtype=np.int64)
+    billing = np.array([complaint[3:4] == ["billing"] for complaint in complaints], dtype=bool)
+    count = np.bincount(owners, minlength=n)
+    oldest = np.full(n, np.inf)
+    np.minimum.at(oldest, owners, opened)
+    out["open_complaints"] = count.astype(np.int64)
+    out["oldest_open_complaint_days"] = np.where(
+        (count > 0) & (oldest != 0), (now - oldest) / DAY, 0.0
+    )
+    highest = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(highest, owners, severity)
+    out["max_open_severity"] = np.where(count > 0, highest, 0)
+    out["open_disputes"] = np.bincount(owners, weights=billing, minlength=n).astype(np.int64)
     return out
+
+
+def _flat(
+    table: dict[int, list[list[Any]]], position: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], list[list[Any]]]:
+    """The entries of the customers ``position`` picks, in row and list order, and
+    each one's position (the order a loop over them would add in)."""
+    picked = [
+        (where, entry)
+        for row, entries in table.items()
+        if (where := int(position[row])) >= 0
+        for entry in entries
+    ]
+    return np.array([where for where, _ in picked], dtype=np.int64), [e for _, e in picked]
 
 
 def features_of(columns: FeatureColumns, i: int) -> Features:
