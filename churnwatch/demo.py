@@ -94,6 +94,22 @@ def events_processed(metrics_port: int) -> int | None:
     return int(total)
 
 
+def warnings_not_taken(settings: Settings) -> int:
+    """Warning records the alert dispatcher has not yet committed (taken into its ledger)."""
+    consumer = KafkaConsumer(
+        group_id=settings.alerts.group_id,
+        enable_auto_commit=False,
+        **settings.kafka_client_options(),
+    )
+    try:
+        name = settings.topic(Topic.WARNINGS)
+        tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+        ends = consumer.end_offsets(tps) if tps else {}
+        return sum(max(0, end - (consumer.committed(tp) or 0)) for tp, end in ends.items())
+    finally:
+        consumer.close()
+
+
 def dead_letter_count(settings: Settings) -> int:
     consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
     try:
@@ -385,8 +401,10 @@ def run_demo(
                 quiet_for = time.monotonic() - tally.last_change
                 if ledger is None:  # the dispatcher created the tables long ago
                     ledger = open_ledger(ledger_url)
-                if quiet_for < 60 and (quiet_for < 5 or outbox_due(ledger)):
-                    continue  # let the dispatcher catch up and deliver what is due
+                if quiet_for < 60 and (
+                    quiet_for < 5 or warnings_not_taken(settings) or outbox_due(ledger)
+                ):
+                    continue  # let the dispatcher take every warning and deliver what is due
                 say("the simulated history is fully processed and notified")
                 break
             if duration is not None and elapsed >= duration:
