@@ -15,7 +15,8 @@ stored record carries its format version (:func:`encode_state`), and old
 records are migrated by field name (:func:`decode_state`).
 
 Times are UTC epoch seconds inside the state; amounts in the rings are whole
-cents, so window sums are exact whatever the order of summation.
+cents rounded as floats, summed week by week in order, so every feature is
+the same number however many customers are read at once.
 """
 
 from __future__ import annotations
@@ -68,8 +69,6 @@ SEASON_MARGIN_WEEKS = 1
 BIG_ORDER_CAP = 4.0
 #: Weight of the newest gap / amount in the running averages.
 EWMA_ALPHA = 0.2
-#: Longest order gaps are kept in tenths of a day, up to this many tenths (18 years).
-MAX_GAP_TENTHS = 65_535
 MAX_WEEKLY_COUNT = 65_535
 
 #: Version of the stored record; bump it when :data:`STATE_DTYPE` changes and
@@ -83,12 +82,12 @@ STATE_DTYPE = np.dtype(
     [
         ("week_head", "<i4"),  # newest week in the rings, -1 before any activity
         ("order_counts", "<u2", (RING_WEEKS,)),
-        ("order_cents", "<i8", (RING_WEEKS,)),
+        ("order_amounts", "<f8", (RING_WEEKS,)),  # rounded to cents
         ("inbound_contacts", "<u2", (RING_WEEKS,)),
-        # longest gap between two orders (tenths of a day) that ended in each week
-        ("longest_gap_tenths", "<u2", (RING_WEEKS,)),
+        # longest gap between two orders (days, to a tenth) that ended in each week
+        ("longest_gaps", "<f8", (RING_WEEKS,)),
         ("complaint_counts", "<u2", (SHORT_RING_WEEKS,)),
-        ("return_cents", "<i8", (SHORT_RING_WEEKS,)),
+        ("return_amounts", "<f8", (SHORT_RING_WEEKS,)),
         ("outbound_contacts", "<u2", (SHORT_RING_WEEKS,)),
         ("segment_code", "<i2"),  # index into StateBlock.segment_names
         ("credit_limit", "<f8"),
@@ -120,8 +119,8 @@ STATE_DTYPE = np.dtype(
 STATE_DTYPES: dict[int, np.dtype[Any]] = {1: STATE_DTYPE}
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
 
-_RINGS = ("order_counts", "order_cents", "inbound_contacts", "longest_gap_tenths")
-_SHORT_RINGS = ("complaint_counts", "return_cents", "outbound_contacts")
+_RINGS = ("order_counts", "order_amounts", "inbound_contacts", "longest_gaps")
+_SHORT_RINGS = ("complaint_counts", "return_amounts", "outbound_contacts")
 
 
 def week_of(ts: float) -> int:
@@ -221,11 +220,11 @@ class CustomerState:
     if TYPE_CHECKING:  # the record's fields, as properties made below from STATE_DTYPE
         week_head: int
         order_counts: npt.NDArray[np.uint16]
-        order_cents: npt.NDArray[np.int64]
+        order_amounts: npt.NDArray[np.float64]
         inbound_contacts: npt.NDArray[np.uint16]
-        longest_gap_tenths: npt.NDArray[np.uint16]
+        longest_gaps: npt.NDArray[np.float64]
         complaint_counts: npt.NDArray[np.uint16]
-        return_cents: npt.NDArray[np.int64]
+        return_amounts: npt.NDArray[np.float64]
         outbound_contacts: npt.NDArray[np.uint16]
         credit_limit: float
         first_seen_at: float
@@ -494,10 +493,6 @@ def apply_event(state: CustomerState, event: CustomerEvent) -> bool:
     return True
 
 
-def _cents(amount: float) -> int:
-    return round(amount * 100)
-
-
 def _apply_order(state: CustomerState, ts: float, amount: float) -> None:
     log_amount = math.log1p(amount)
     orders_total = state.orders_total
@@ -534,9 +529,11 @@ def _apply_order(state: CustomerState, ts: float, amount: float) -> None:
         return
     col, row = state.block.col, state.row
     _add_count(state, "order_counts", slot)
-    tenths = min(MAX_GAP_TENTHS, round(gap_days * 10))
-    col["longest_gap_tenths"][row, slot] = max(int(col["longest_gap_tenths"][row, slot]), tenths)
-    col["order_cents"][row, slot] += _cents(min(amount, cap))
+    longest = float(col["longest_gaps"][row, slot])
+    col["longest_gaps"][row, slot] = max(longest, round(gap_days, 1))
+    col["order_amounts"][row, slot] = round(
+        float(col["order_amounts"][row, slot]) + min(amount, cap), 2
+    )
 
 
 def _apply_inbound_contact(state: CustomerState, ts: float) -> None:
@@ -606,7 +603,8 @@ def _apply_complaint(state: CustomerState, event: ComplaintOpened, ts: float) ->
         state.late_events += 1
         return
     _add_count(state, "complaint_counts", slot)
-    state.block.col["return_cents"][state.row, slot] += _cents(event.return_amount)
+    returns = state.block.col["return_amounts"]
+    returns[state.row, slot] = round(float(returns[state.row, slot]) + event.return_amount, 2)
 
 
 # --- storing states -----------------------------------------------------------------
@@ -776,29 +774,33 @@ _INTEGER_FEATURES = frozenset(
 FeatureColumns = dict[str, Any]
 
 
-def _windows(
-    ring: npt.NDArray[Any], head: npt.NDArray[Any], now_week: int
-) -> npt.NDArray[np.int64]:
-    """Cumulative sums of each customer's ring laid out as the weeks ending with
-    ``now_week`` (oldest first), with a leading zero column: the sum of weeks
-    ``[a, b)`` of that layout is ``c[:, b] - c[:, a]``. Weeks the ring does not
-    hold (yet, or any more) read as zero."""
+def _layout(ring: npt.NDArray[Any], head: npt.NDArray[Any], now_week: int) -> npt.NDArray[Any]:
+    """Each customer's ring laid out as the weeks ending with ``now_week``, oldest
+    first; weeks the ring does not hold (yet, or any more) read as zero."""
     size = ring.shape[1]
     weeks = np.arange(now_week - size + 1, now_week + 1)
     held = (weeks[None, :] <= head[:, None]) & (weeks[None, :] > head[:, None] - size)
-    view = np.where(held, ring[:, weeks % size], 0).astype(np.int64)
-    out = np.zeros((len(head), size + 1), np.int64)
+    return np.where(held, ring[:, weeks % size], 0)
+
+
+def _windows(
+    ring: npt.NDArray[Any], head: npt.NDArray[Any], now_week: int
+) -> npt.NDArray[np.int64]:
+    """Cumulative sums of a count ring's :func:`_layout`, with a leading zero
+    column: the count of weeks ``[a, b)`` is ``c[:, b] - c[:, a]`` (exact)."""
+    view = _layout(ring, head, now_week).astype(np.int64)
+    out = np.zeros((len(head), ring.shape[1] + 1), np.int64)
     np.cumsum(view, axis=1, out=out[:, 1:])
     return out
 
 
-def _window_max(
-    ring: npt.NDArray[Any], head: npt.NDArray[Any], now_week: int, weeks_back: int
-) -> npt.NDArray[Any]:
-    size = ring.shape[1]
-    weeks = np.arange(now_week - weeks_back + 1, now_week + 1)
-    held = (weeks[None, :] <= head[:, None]) & (weeks[None, :] > head[:, None] - size)
-    return np.asarray(np.where(held, ring[:, weeks % size], 0).max(axis=1))
+def _in_order(view: npt.NDArray[np.float64], start: int, end: int) -> npt.NDArray[np.float64]:
+    """The amounts of weeks ``[start, end)`` of a :func:`_layout`, added oldest
+    first as a loop would (float sums depend on the order)."""
+    total = np.zeros(len(view))
+    for week in range(start, end):
+        total += view[:, week]
+    return total
 
 
 def _when(condition: Any, value: Any) -> Any:
@@ -844,18 +846,18 @@ def _read_many(
     history_weeks = np.where(seen, (now - first_seen) / WEEK, 0.0)
 
     counts = _windows(d["order_counts"], head, now_week)
-    cents = _windows(d["order_cents"], head, now_week)
+    amounts = _layout(d["order_amounts"], head, now_week)
     inbound = _windows(d["inbound_contacts"], head, now_week)
     complaints = _windows(d["complaint_counts"], head, now_week)
-    returns = _windows(d["return_cents"], head, now_week)
+    returns = _layout(d["return_amounts"], head, now_week)
     outbound = _windows(d["outbound_contacts"], head, now_week)
 
     def total(c: npt.NDArray[np.int64], start: int, end: int) -> npt.NDArray[np.int64]:
         return c[:, end] - c[:, start]
 
     r0, b0 = last - recent_weeks, last - recent_weeks - baseline_weeks
-    amount_recent = total(cents, r0, last) / 100
-    amount_baseline = total(cents, b0, r0) / 100 / baseline_weeks
+    amount_recent = _in_order(amounts, r0, last)
+    amount_baseline = _in_order(amounts, b0, r0) / baseline_weeks
 
     # Last year's level around the same weeks (a week either side, scaled to
     # the recent window) smooths out the odd early or late order.
@@ -864,16 +866,16 @@ def _read_many(
     ly_first_week = now_week - 52 + SEASON_MARGIN_WEEKS - ly_weeks + 1
     last_year_covered = seen & ((first_seen // WEEK) <= ly_first_week)
     same_weeks_last_year = _when(
-        last_year_covered, total(cents, ly_end - ly_weeks, ly_end) / 100 * recent_weeks / ly_weeks
+        last_year_covered, _in_order(amounts, ly_end - ly_weeks, ly_end) * recent_weeks / ly_weeks
     )
 
     last_order = d["last_order_at"]
     days_since_last_order = _when(last_order != 0, (now - last_order) / DAY)
     gap = d["mean_order_gap_days"]
     orders_total = d["orders_total"]
-    amount_13w = total(cents, last - 13, last) / 100
-    revenue_52w = total(cents, last - 52, last) / 100
-    returns_13w = total(returns, short - 13, short) / 100
+    amount_13w = _in_order(amounts, last - 13, last)
+    revenue_52w = _in_order(amounts, last - 52, last)
+    returns_13w = _in_order(returns, short - 13, short)
     complaints_4w = total(complaints, short - 4, short).astype(float)
     inbound_recent = total(inbound, r0, last).astype(float)
     outbound_recent = total(outbound, short - recent_weeks, short).astype(float)
@@ -909,7 +911,7 @@ def _read_many(
         "mean_order_gap_days": gap,
         "silence_vs_usual_gap": _when(gap > 0, days_since_last_order / gap),
         "longest_gap_past_year_days": (
-            _window_max(d["longest_gap_tenths"], head, now_week, PAST_YEAR_WEEKS) / 10
+            _layout(d["longest_gaps"], head, now_week)[:, last - PAST_YEAR_WEEKS :].max(axis=1)
         ),
         "amount_trend": _when(
             amount_baseline > 0, amount_recent / (amount_baseline * recent_weeks) - 1
