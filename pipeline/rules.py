@@ -674,26 +674,33 @@ def _changing(
     severity: npt.NDArray[np.int8],
     probability: npt.NDArray[np.float64] | None,
 ) -> tuple[BoolArray, BoolArray]:
-    rules = {
-        "sales_drop": (_sales_drop_many, thresholds.sales_drop),
-        "overdue_debt": (_overdue_debt_many, thresholds.overdue_debt),
-        "cooling_engagement": (_cooling_engagement_many, thresholds.cooling_engagement),
-        "complaint_trouble": (_complaint_trouble_many, thresholds.complaint_trouble),
+    rules: dict[str, Callable[[BoolArray], tuple[BoolArray, IntArray]]] = {
+        "sales_drop": lambda o: _sales_drop_many(columns, thresholds.sales_drop, thresholds, o),
+        "overdue_debt": lambda o: _overdue_debt_many(
+            columns, thresholds.overdue_debt, thresholds, o
+        ),
+        "cooling_engagement": lambda o: _cooling_engagement_many(
+            columns, thresholds.cooling_engagement, thresholds, o
+        ),
+        "complaint_trouble": lambda o: _complaint_trouble_many(
+            columns, thresholds.complaint_trouble, thresholds, o
+        ),
     }
     change = np.zeros(len(severity), bool)
+    speaks = np.zeros(len(severity), bool)
     for i, warning_type in enumerate(WARNING_TYPES):
         stored = severity[:, i]
         is_open = stored >= 0
-        if warning_type == "churn_risk":
-            if probability is None:
-                continue
+        if warning_type != "churn_risk":
+            active, grade = rules[warning_type](is_open)
+        elif probability is not None:
             t = thresholds.churn_risk
             active = probability >= np.where(is_open, t.exit_probability, t.enter_probability)
             grade = _churn_grades(probability, columns["revenue_52w"], thresholds)
-            worse = is_open & active & (grade > stored)
+        else:
+            continue
+        worse = is_open & active & (grade > stored)
+        change |= (active != is_open) | worse
+        if warning_type == "churn_risk":
             speaks = (~is_open & active) | worse
-            return change | speaks | (is_open & ~active), speaks
-        rule, t_rule = rules[warning_type]
-        active, grade = rule(columns, t_rule, thresholds, is_open)  # type: ignore[operator]
-        change |= (active != is_open) | (is_open & active & (grade > stored))
-    return change, np.zeros(len(severity), bool)
+    return change, speaks
