@@ -6,6 +6,9 @@ topics:
 
 - a bare loop: aiokafka consume + JSON decode + a dict update per event, the
   ceiling any Python consumer on this broker can reach;
+- a do-nothing Faust agent with the worker's consumer settings (JSON decode,
+  ack per batch): what Faust's per-message delivery costs before churnwatch
+  does anything, the ceiling of any worker built on Faust streams;
 - ``churnwatch worker`` (model serving on unless ``--no-model``) draining the
   same history, from its first processed batch to its last, with its RSS and
   the bytes of state it stores per customer (the changelog's last record per
@@ -34,12 +37,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from churnwatch.broker import EmbeddedBroker, free_port, start_child, stop_child
 from churnwatch.settings import Settings
-from churnwatch.topics import ensure_topics
+from churnwatch.topics import end_offsets, ensure_topics
+from pipeline.app import event_loop_factory, faust_app, input_topics, use_event_loop
 from pipeline.events import EVENT_TOPICS
 from producers.produce import produce
 from producers.simulator import SimEvent, iter_paced, parse_start, simulate
@@ -56,6 +61,7 @@ class Run:
     seconds: float
     events_per_second: float
     ratio_to_bare_loop: float
+    ratio_to_faust_floor: float | None
     startup_seconds: float
     rss_mb_idle: float
     rss_mb_end: float
@@ -77,6 +83,8 @@ class BenchResult:
     store: str
     machine: str
     bare_loop_events_per_second: float
+    faust_floor_events_per_second: float | None = None
+    event_loop: str = "asyncio"
     runs: list[Run] = field(default_factory=list)
 
 
@@ -172,17 +180,78 @@ async def bare_loop(bootstrap: str, topics: list[str], total: int) -> float:
         await consumer.stop()
 
 
-def _changelog_bytes(bootstrap: str, topic: str) -> tuple[int, int]:
+def _faust_floor(settings: Settings, total: int, workdir: Path) -> float:
+    """Events/s of a do-nothing Faust agent draining the topics (in a child process)."""
+    log = workdir / f"{settings.kafka.topic_prefix}-faust-floor.log"
+    answer = workdir / f"{settings.kafka.topic_prefix}-faust-floor.txt"
+    env = dict(
+        os.environ,
+        CHURNWATCH_KAFKA__BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
+        CHURNWATCH_KAFKA__TOPIC_PREFIX=settings.kafka.topic_prefix,
+        CHURNWATCH_WORKER__APP_ID=f"{settings.worker.app_id}-floor",
+        CHURNWATCH_WORKER__STORE="memory://",
+        CHURNWATCH_WORKER__DATA_DIR=str(workdir / "faust-floor"),
+    )
+    args = [sys.executable, "-m", "churnwatch.bench", str(total), str(answer)]
+    proc = start_child(args, env=env, log=log)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if answer.exists():
+                return float(answer.read_text())
+            if proc.poll() is not None:
+                raise RuntimeError(f"the Faust floor agent exited ({proc.returncode}): see {log}")
+            time.sleep(POLL_SECONDS)
+        raise RuntimeError("the Faust floor agent did not drain the history in 600 s")
+    finally:
+        stop_child(proc)
+
+
+def _faust_floor_main(total: int, answer: Path) -> None:
+    """The child of :func:`_faust_floor`: a Faust agent that decodes, acks, nothing else."""
+    from faust import Worker
+
+    from churnwatch.settings import load_settings
+
+    settings = load_settings()
+    use_event_loop(settings.worker.event_loop)
+    app = faust_app(settings)
+    size = settings.worker.batch_size
+
+    @app.agent(input_topics(app, settings), name="faust_floor")
+    async def faust_floor(stream: Any) -> None:
+        manual = stream.noack()
+        batch: list[Any] = []
+        count, started = 0, 0.0
+        async for event in manual.events():
+            started = started or time.perf_counter()
+            json.loads(event.message.value)
+            batch.append(event)
+            count += 1
+            if len(batch) >= size or count >= total:
+                for taken in batch:
+                    await manual.ack(taken)
+                batch.clear()
+            if count == total:
+                rate = total / (time.perf_counter() - started)
+                partial = answer.with_suffix(".partial")
+                partial.write_text(f"{rate:.1f}")
+                partial.replace(answer)  # whole, or not there
+
+    Worker(app, loglevel="warning").execute_from_commandline()
+
+
+def _changelog_bytes(settings: Settings, topic: str) -> tuple[int, int]:
     """(customers, bytes of their last stored state) from a changelog topic."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
     tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
     latest: dict[bytes, int] = {}
     if tps:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
+        ends = end_offsets(settings, tps)
         deadline = time.monotonic() + 120
         while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
@@ -206,11 +275,13 @@ def run_bench(
     store: str = "rocksdb://",
     live_days: int = 30,
     live_rate: float = 1000.0,
+    faust_floor: bool = True,
     say: Callable[[str], None] = print,
 ) -> BenchResult:
     """Run the benchmark; see the module docstring."""
     from churnwatch.demo import train_demo_model
 
+    loop_factory = event_loop_factory(settings.worker.event_loop)
     sim = settings.simulator
     workdir = Path(tempfile.mkdtemp(prefix="churnwatch-bench-"))
     events, _truth = simulate(
@@ -227,6 +298,7 @@ def run_bench(
     host = settings.broker.host
     broker = EmbeddedBroker(host, free_port(host), settings.broker.startup_timeout_seconds)
     result = BenchResult(customers, days, len(history), model, store, machine(), 0.0)
+    result.event_loop = "uvloop" if loop_factory else "asyncio"
     try:
         broker.start()
         say(f"broker on {broker.bootstrap_servers}; {len(history)} events to drain")
@@ -237,13 +309,24 @@ def run_bench(
             _produce_all(run_settings, history, say)
             topics = [run_settings.topic(t) for t in EVENT_TOPICS]
             if not result.bare_loop_events_per_second:
-                seconds = asyncio.run(bare_loop(broker.bootstrap_servers, topics, len(history)))
+                with asyncio.Runner(loop_factory=loop_factory) as runner:
+                    seconds = runner.run(bare_loop(broker.bootstrap_servers, topics, len(history)))
                 result.bare_loop_events_per_second = len(history) / seconds
                 say(f"bare loop: {result.bare_loop_events_per_second:,.0f} events/s")
+                if faust_floor:
+                    result.faust_floor_events_per_second = _faust_floor(
+                        run_settings, len(history), workdir
+                    )
+                    floor = result.faust_floor_events_per_second
+                    say(f"do-nothing Faust agent: {floor:,.0f} events/s")
             run = _drain(
                 run_settings, n, len(history), live, live_rate, registry, store, workdir, say
             )
             run.ratio_to_bare_loop = run.events_per_second / result.bare_loop_events_per_second
+            if result.faust_floor_events_per_second:
+                run.ratio_to_faust_floor = round(
+                    run.events_per_second / result.faust_floor_events_per_second, 3
+                )
             result.runs.append(run)
     finally:
         broker.stop()
@@ -333,7 +416,7 @@ def _drain(
         rate = (total - first_count) / seconds if total > first_count else total / seconds
         end_rss = sum(_rss_mb(proc.pid) for proc in procs)
         customers, state_bytes = _changelog_bytes(
-            settings.kafka.bootstrap_servers, f"{settings.worker.app_id}-customer_state-changelog"
+            settings, f"{settings.worker.app_id}-customer_state-changelog"
         )
         before = [_latency_buckets(_metrics(port)) for port in ports]
         say(
@@ -362,6 +445,7 @@ def _drain(
             seconds=round(seconds, 2),
             events_per_second=round(rate),
             ratio_to_bare_loop=0.0,
+            ratio_to_faust_floor=None,
             startup_seconds=round(first_at - started, 1),
             rss_mb_idle=round(idle_rss, 1),
             rss_mb_end=round(end_rss, 1),
@@ -394,16 +478,30 @@ def _at_rate(events: list[SimEvent], rate: float) -> list[tuple[SimEvent, float]
     return [(event, i / rate) for i, event in enumerate(events)]
 
 
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def format_result(result: BenchResult) -> str:
     """The figures as a plain-text table."""
     lines = [
         f"churnwatch bench: {result.customers} customers, {result.days} days, "
         f"{result.events:,} events drained; model {result.model}; store {result.store}",
         f"machine: {result.machine}",
+        f"event loop: {result.event_loop}",
         f"bare loop (aiokafka + JSON decode + dict update): "
         f"{result.bare_loop_events_per_second:,.0f} events/s",
+    ]
+    floor = result.faust_floor_events_per_second
+    if floor:
+        lines.append(
+            f"do-nothing Faust agent (decode + ack per batch): {floor:,.0f} events/s "
+            f"({floor / result.bare_loop_events_per_second:.3f} x bare)"
+        )
+    lines += [
         "",
-        f"{'workers':>7} {'events/s':>9} {'x bare':>7} {'p50 lat':>8} {'p99 lat':>8} "
+        f"{'workers':>7} {'events/s':>9} {'x bare':>7} {'x Faust':>7} "
+        f"{'p50 lat':>8} {'p99 lat':>8} "
         f"{'RSS MB':>7} {'RSS B/cust':>10} {'state B/cust':>12} {'store B/cust':>12} "
         f"{'warnings':>8}",
     ]
@@ -414,6 +512,7 @@ def format_result(result: BenchResult) -> str:
 
         lines.append(
             f"{run.workers:>7} {run.events_per_second:>9,.0f} {run.ratio_to_bare_loop:>7.3f} "
+            f"{_ratio(run.ratio_to_faust_floor):>7} "
             f"{fmt(run.latency_p50_seconds):>8} {fmt(run.latency_p99_seconds):>8} "
             f"{run.rss_mb_end:>7.0f} {run.rss_bytes_per_customer:>10,.0f} "
             f"{run.state_bytes_per_customer:>12,.0f} {run.store_dir_bytes_per_customer:>12,.0f} "
@@ -428,3 +527,7 @@ def format_result(result: BenchResult) -> str:
 
 def to_json(result: BenchResult) -> str:
     return json.dumps(asdict(result), indent=2)
+
+
+if __name__ == "__main__":  # the Faust floor's child process
+    _faust_floor_main(int(sys.argv[1]), Path(sys.argv[2]))

@@ -137,12 +137,13 @@ def worker(ctx: click.Context) -> None:
     from faust import Worker
     from threadpoolctl import threadpool_limits
 
-    from pipeline.app import create_app
+    from pipeline.app import create_app, use_event_loop
 
     # The model scores a partition's customers per sweep: small batches, for
     # which one thread is faster than a pool that competes with Kafka I/O.
     threadpool_limits(1)
     settings = _settings(ctx)
+    use_event_loop(settings.worker.event_loop)
     _ensure_topics(settings)
     _serve_metrics(settings.worker.metrics_port, settings.worker.metrics_host)
     pipeline = create_app(settings)
@@ -839,6 +840,11 @@ def demo(
     help="Events per second of the live part.",
 )
 @click.option(
+    "--no-faust-floor",
+    is_flag=True,
+    help="Skip the do-nothing Faust agent (Faust's own cost per message).",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -854,6 +860,7 @@ def bench(
     store: str,
     live_days: int,
     live_rate: float,
+    no_faust_floor: bool,
     json_path: Path | None,
 ) -> None:
     """Measure the worker against a bare consume loop on its own embedded broker."""
@@ -870,6 +877,7 @@ def bench(
             store=store,
             live_days=live_days,
             live_rate=live_rate,
+            faust_floor=not no_faust_floor,
             say=lambda line: click.echo(line, err=True),
         )
     except (BrokerError, RuntimeError) as exc:

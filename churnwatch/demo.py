@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from churnwatch.broker import EmbeddedBroker, free_port, port_is_free, start_child, stop_child
 from churnwatch.settings import Settings
-from churnwatch.topics import ensure_topics
+from churnwatch.topics import end_offsets, ensure_topics
 from consumers.alerts.inbox import LocalInbox
 from consumers.alerts.ledger import open_ledger
 from consumers.warnings_view import format_warning, tail_warnings
@@ -104,7 +104,7 @@ def warnings_not_taken(settings: Settings) -> int:
     try:
         name = settings.topic(Topic.WARNINGS)
         tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
-        ends = consumer.end_offsets(tps) if tps else {}
+        ends = end_offsets(settings, tps)
         return sum(max(0, end - (consumer.committed(tp) or 0)) for tp, end in ends.items())
     finally:
         consumer.close()
@@ -115,7 +115,7 @@ def dead_letter_count(settings: Settings) -> int:
     try:
         name = settings.topic(Topic.DEAD_LETTERS)
         tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
-        return int(sum(consumer.end_offsets(tps).values())) if tps else 0
+        return sum(end_offsets(settings, tps).values())
     finally:
         consumer.close()
 

@@ -64,6 +64,9 @@ class WorkerSettings(_Section):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    # uvloop runs Faust's per-message machinery about a third faster; asyncio
+    # is the standard library's loop (and the fallback where uvloop is missing).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 class ClockSettings(_Section):

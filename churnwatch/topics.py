@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -79,3 +79,49 @@ def _check_partitions(admin: KafkaAdminClient, settings: Settings, names: list[s
                 f"{settings.kafka.partitions}: every churnwatch topic must have the same count "
                 "(customers are co-partitioned across topics)"
             )
+
+
+def end_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """Each partition's end (its last offset + 1), as the partition's data has it.
+
+    Asked as ``ListOffsets(latest)`` and checked by a fetch: the embedded Tansu
+    broker answers ``ListOffsets`` with the base offset of the partition's last
+    record batch + 1, short of the end by the batch's other records (a batch
+    of 5 at offsets 2-6 is answered 3), while a fetch response carries the true
+    high watermark. Apache Kafka's two answers agree.
+    """
+    if not tps:
+        return {}
+    probe = KafkaConsumer(
+        group_id=None, enable_auto_commit=False, **settings.kafka_client_options()
+    )
+    try:
+        reported: dict[TopicPartition, int] = {
+            tp: int(end or 0) for tp, end in probe.end_offsets(tps).items()
+        }
+        fetch = [tp for tp in tps if reported.get(tp, 0) > 0]
+        if fetch:
+            probe.assign(fetch)
+            for tp in fetch:
+                probe.seek(tp, reported[tp] - 1)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(probe.highwater(tp) is None for tp in fetch):
+                probe.poll(timeout_ms=200, max_records=1)
+        fetched = {tp: probe.highwater(tp) or 0 for tp in fetch}
+        return {tp: max(reported.get(tp, 0), fetched.get(tp, 0)) for tp in tps}
+    finally:
+        probe.close()
+
+
+def committed_offsets(
+    settings: Settings, group_id: str, tps: list[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """The offset each partition's next read starts from for ``group_id`` (None: never
+    committed). Asked without joining the group."""
+    probe = KafkaConsumer(
+        group_id=group_id, enable_auto_commit=False, **settings.kafka_client_options()
+    )
+    try:
+        return {tp: probe.committed(tp) for tp in tps}
+    finally:
+        probe.close()

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 
 from churnwatch.settings import Settings
+from churnwatch.topics import end_offsets
 from consumers.archiver import read_archive
 from pipeline import metrics
 from pipeline.events import CustomerEvent
@@ -50,7 +51,7 @@ def live_states(settings: Settings) -> StateBlock:
     if tps:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
+        ends = end_offsets(settings, tps)
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             for batch in consumer.poll(timeout_ms=500).values():
                 for message in batch:

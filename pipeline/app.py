@@ -6,7 +6,10 @@ topics and the state table here, agents in their own modules.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faust
@@ -14,6 +17,9 @@ from faust.types import TableT, TopicT
 
 from churnwatch.settings import Settings
 from pipeline.events import EVENT_TOPICS, Topic
+from pipeline.transport import Transport
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,28 @@ def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     return None
 
 
-def create_app(settings: Settings) -> Pipeline:
-    """A fully wired Faust app for these settings (agents registered)."""
+def event_loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for ``"uvloop"`` (when installed), else None: asyncio's own."""
+    if kind != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform: the standard loop works too
+        log.warning("uvloop is not installed: running on asyncio's own event loop")
+        return None
+    return uvloop.new_event_loop
+
+
+def use_event_loop(kind: str) -> None:
+    """Make the next event loop created (Faust's worker's) one of ``kind``."""
+    if event_loop_factory(kind) is not None:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def faust_app(settings: Settings) -> faust.App:
+    """A Faust app with the worker's broker, consumer and store settings, no agents."""
     w = settings.worker
     app = faust.App(
         w.app_id,
@@ -68,27 +94,45 @@ def create_app(settings: Settings) -> Pipeline:
         stream_buffer_maxsize=max(4096, 16 * w.batch_size),
         broker_max_poll_records=w.batch_size,
         consumer_auto_offset_reset="earliest",
+        # The agent holds events unacked in its reorder buffer until the
+        # watermark passes them: waiting for them on a rebalance or a stop
+        # would wait for good. Not acked, they are simply read again from the
+        # committed offset, and applying is idempotent (event ids, warning ids).
+        stream_wait_empty=False,
         web_enabled=False,
         autodiscover=False,
     )
+    app.transport = Transport(app.conf.broker_consumer, app)
+    return app
 
-    def raw_topic(*names: str) -> TopicT:
-        return app.topic(
-            *names,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.kafka.partitions,
-        )
 
+def raw_topic(app: faust.App, settings: Settings, *names: str) -> TopicT:
+    """Topics whose keys and values the agents get as bytes (they decode them)."""
+    return app.topic(
+        *names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.kafka.partitions,
+    )
+
+
+def input_topics(app: faust.App, settings: Settings) -> TopicT:
+    """Every customer-event topic plus the tick topic."""
+    return raw_topic(app, settings, *(settings.topic(t) for t in (*EVENT_TOPICS, Topic.TICKS)))
+
+
+def create_app(settings: Settings) -> Pipeline:
+    """A fully wired Faust app for these settings (agents registered)."""
+    app = faust_app(settings)
     pipeline = Pipeline(
         settings=settings,
         app=app,
-        inputs=raw_topic(*(settings.topic(t) for t in (*EVENT_TOPICS, Topic.TICKS))),
-        ticks=raw_topic(settings.topic(Topic.TICKS)),
-        warnings=raw_topic(settings.topic(Topic.WARNINGS)),
-        dead_letters=raw_topic(settings.topic(Topic.DEAD_LETTERS)),
+        inputs=input_topics(app, settings),
+        ticks=raw_topic(app, settings, settings.topic(Topic.TICKS)),
+        warnings=raw_topic(app, settings, settings.topic(Topic.WARNINGS)),
+        dead_letters=raw_topic(app, settings, settings.topic(Topic.DEAD_LETTERS)),
         states=app.Table(
             "customer_state",
             default=None,

@@ -166,6 +166,13 @@ class Watermark:
         if event_time is not None:
             self.latest[key] = max(event_time, self.latest.get(key, event_time))
 
+    def start(self, topic: str, partition: int, next_offset: int) -> None:
+        """Reading of the topic partition starts at ``next_offset`` (after a restart or a
+        rebalance: the committed offset). Nothing before it counts as unread, so a
+        partition with nothing new since does not hold the watermark back."""
+        key = (topic, partition)
+        self.offset[key] = max(self.offset.get(key, -1), next_offset - 1)
+
     def advance(self, partition: int, highwater: Callable[[str, int], int | None]) -> float:
         """Recompute the partition's watermark.
 

@@ -23,6 +23,7 @@ the topics interleave; a held event is acked only once applied and stored.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -33,7 +34,9 @@ from typing import Any
 import numpy as np
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, EventT
+from kafka import TopicPartition
 
+from churnwatch.topics import committed_offsets
 from pipeline import metrics
 from pipeline.app import Pipeline
 from pipeline.events import (
@@ -145,6 +148,8 @@ def register(p: Pipeline) -> None:
     # effects they hold: acked once the rows are stored.
     dirty: dict[int, set[int]] = {}
     done: list[EventT[bytes]] = []
+    # The last sweep boundary each partition ran since the table was last written.
+    swept: dict[int, float] = {}
 
     def partition_block(partition: int) -> StateBlock:
         block = blocks.get(partition)
@@ -156,17 +161,27 @@ def register(p: Pipeline) -> None:
             metrics.CUSTOMERS_TRACKED.set(sum(len(b) for b in blocks.values()))
         return block
 
+    # Held while a batch is processed: a rebalance waits for the batch in hand (never
+    # for the events held in the reorder buffer, which it drops).
+    busy = asyncio.Lock()
+
     @p.app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust stub too narrow
     async def forget_partitions(_app: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         # After a rebalance Faust re-seeks to the committed offsets, so events
         # still held in the buffer (never acked) are delivered again.
+        async with busy:
+            forget()
+
+    def forget() -> None:
         blocks.clear()
         dirty.clear()
         done.clear()
+        swept.clear()
         scored.clear()
         expected_loss.clear()
         metrics.CUSTOMERS_TRACKED.set(0)
         resumed.clear()
+        started.clear()
         wall_last_sweep.clear()
         watermark.reset()
         sequencer.clear()
@@ -179,13 +194,21 @@ def register(p: Pipeline) -> None:
         state = block.state(decoded.customer_id)
         if len(block) > known:
             metrics.CUSTOMERS_TRACKED.inc()
+        if not apply_event(state, decoded):
+            # Seen before: redelivered after a restart, or sent twice.
+            metrics.EVENTS_DUPLICATE.inc()
+            return
+        dirty.setdefault(partition, set()).add(state.row)
+        newest[0] = max(newest[0], to_epoch(decoded.occurred_at))
         if late:
             state.late_events += 1
-        if apply_event(state, decoded):
-            dirty.setdefault(partition, set()).add(state.row)
-            newest[0] = max(newest[0], to_epoch(decoded.occurred_at))
-        else:
-            metrics.EVENTS_DUPLICATE.inc()
+            metrics.LATE_EVENTS.inc()
+            log.warning(
+                "late event %s for %s at %s: applied after its sweep",
+                decoded.event_id,
+                decoded.customer_id,
+                decoded.occurred_at.isoformat(),
+            )
 
     # The customers each partition's last sweep scored: the live population
     # whose drift against the training rows the metrics report.
@@ -246,17 +269,9 @@ def register(p: Pipeline) -> None:
                     await sweep_at(partition, step.boundary, "event", received_at)
                 except Exception:  # one bad sweep must not stop the partition
                     log.exception("sweep of partition %s at %s failed", partition, step.boundary)
-                p.sweep_progress[str(partition)] = step.boundary
+                swept[partition] = step.boundary  # stored with the states it made
                 continue
             decoded, held = step.item
-            if step.late:
-                metrics.LATE_EVENTS.inc()
-                log.warning(
-                    "late event %s for %s at %s: applied after its sweep",
-                    decoded.event_id,
-                    decoded.customer_id,
-                    decoded.occurred_at.isoformat(),
-                )
             try:
                 apply(partition, decoded, late=step.late)
             except Exception as exc:  # an agent must never die on one message
@@ -275,17 +290,25 @@ def register(p: Pipeline) -> None:
         return decoded
 
     async def store(stream: Any, last_of: dict[int, EventT[bytes]]) -> None:
-        """Write every changed customer once, then ack what those writes cover."""
+        """Write every changed customer once and the sweeps that changed them, wait
+        until the broker has them (and the warnings), then ack and commit the
+        messages they cover: after a crash the worker re-reads exactly the messages
+        whose effects were not stored."""
         table: Any = p.states  # the concrete Table: TableT does not declare its serializers
-        for partition, rows in dirty.items():
-            block = blocks.get(partition)
-            event = last_of.get(partition)
-            if not rows or block is None or event is None:
-                continue  # (rows only change while one of the partition's messages is handled)
+        if p.app.rebalancing:
+            # The partitions may be another worker's by now: store nothing, ack
+            # nothing; the revoke that follows forgets this batch and the next
+            # owner reads it again.
+            return
+        for partition, event in last_of.items():
             # The local store files a key under the partition of the current
             # event: make it one of this partition's.
             stream._set_current_event(event)
+            block = blocks.get(partition)
+            rows = dirty.get(partition, set())
             for row in rows:
+                if block is None:
+                    break  # (rows are only marked in a loaded block)
                 customer_id = block.customer_ids[row]
                 value = encode_state(CustomerState(block, row), partition)
                 table.data[customer_id] = value
@@ -301,9 +324,15 @@ def register(p: Pipeline) -> None:
                     force=True,
                 )
             rows.clear()
+            if partition in swept:
+                p.sweep_progress[str(partition)] = swept.pop(partition)
+        if not done:
+            return
+        await p.app.producer.flush()
         for event in done:
             await stream.ack(event)
         done.clear()
+        await p.app.consumer.commit()
 
     async def advance(partition: int, received_at: float) -> None:
         """Move the partition's clock to its watermark: release events, run due sweeps.
@@ -315,9 +344,27 @@ def register(p: Pipeline) -> None:
         resume(partition)
         await run(partition, sequencer.advance(partition, now), received_at)
 
+    # Partitions whose reading start is known to the watermark.
+    started: set[int] = set()
+
+    async def start_reading(partitions: set[int]) -> None:
+        """Tell the watermark where reading of these partitions starts: the committed
+        offsets (the events before them are applied and stored). Without it, a topic
+        with nothing new since a restart or a rebalance would hold the clock for good."""
+        tps = [TopicPartition(name, partition) for name in input_names for partition in partitions]
+        starts = await asyncio.to_thread(committed_offsets, settings, p.app.conf.id, tps)
+        for tp, offset in starts.items():
+            if offset is not None:
+                watermark.start(tp.topic, tp.partition, offset)
+        started.update(partitions)
+
     async def process(stream: Any, batch: list[EventT[bytes]]) -> None:
         """Handle a batch of messages: apply, sweep, store, ack."""
         received_at = time.time()
+        if event_clock:
+            new = {event.message.partition for event in batch} - started
+            if new:
+                await start_reading(new)
         consumed: Counter[str] = Counter()
         last_of: dict[int, EventT[bytes]] = {}
         for event in batch:
@@ -399,4 +446,5 @@ def register(p: Pipeline) -> None:
             batch.append(event)
             if batch_ends(event, len(batch)):
                 taken, batch = batch, []
-                await process(manual, taken)
+                async with busy:
+                    await process(manual, taken)

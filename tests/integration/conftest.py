@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from churnwatch.broker import EmbeddedBroker, free_port, start_child, stop_child
 from churnwatch.demo import events_processed
 from churnwatch.settings import Settings, load_settings
-from churnwatch.topics import ensure_topics
+from churnwatch.topics import end_offsets, ensure_topics
 from pipeline.events import Topic
 
 pytestmark = pytest.mark.integration
@@ -46,14 +46,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def isolated_settings(broker: EmbeddedBroker, data_dir: Path, **overrides: Any) -> Settings:
+def isolated_settings(
+    broker: EmbeddedBroker, data_dir: Path, store: str = "memory://", **overrides: Any
+) -> Settings:
     """Settings with a unique topic prefix and consumer group, topics created."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     settings = load_settings(
         kafka={"bootstrap_servers": broker.bootstrap_servers, "topic_prefix": prefix},
         worker={
             "app_id": f"cw-{prefix}",
-            "store": "memory://",
+            "store": store,
             "data_dir": str(data_dir),
             "metrics_port": free_port(),
         },
@@ -104,7 +106,7 @@ def read_topic(settings: Settings, topic: Topic) -> list[bytes]:
     tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
-    ends = consumer.end_offsets(tps)
+    ends = end_offsets(settings, tps)
     out: list[bytes] = []
     deadline = time.monotonic() + 20
     while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:

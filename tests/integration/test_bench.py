@@ -27,12 +27,17 @@ def test_bench_measures_the_worker_against_the_bare_loop(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["customers"] == 40 and figures["model"] == "none"
     assert figures["bare_loop_events_per_second"] > 0
+    # Faust's own cost per message, measured on the same topics: between the two
+    floor = figures["faust_floor_events_per_second"]
+    assert 0 < floor < figures["bare_loop_events_per_second"]
+    assert "do-nothing Faust agent" in done.stdout
     (run,) = figures["runs"]
     assert run["workers"] == 1 and run["events"] == figures["events"] > 1000
     assert run["events_per_second"] > 0
     assert run["ratio_to_bare_loop"] == pytest.approx(
         run["events_per_second"] / figures["bare_loop_events_per_second"], rel=0.01
     )
+    assert run["ratio_to_faust_floor"] == pytest.approx(run["events_per_second"] / floor, abs=0.01)
     # every customer's state reached the changelog, in the compact format
     assert 0 < run["state_bytes_per_customer"] <= 2048
     assert run["warnings"] > 0 and run["live_events"] > 0

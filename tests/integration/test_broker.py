@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from churnwatch.broker import BrokerError, EmbeddedBroker, free_port
+from pipeline.events import Topic
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +48,22 @@ def test_broker_command_accepts_clients_and_stops_on_sigterm():
         assert proc.wait(timeout=20) == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def test_end_offsets_count_every_record_of_a_batch(broker, tmp_path):
+    """The embedded broker answers ListOffsets with the last batch's base offset + 1;
+    churnwatch's end_offsets checks the answer against a fetch."""
+    from kafka import KafkaProducer, TopicPartition
+
+    from churnwatch.topics import end_offsets
+    from tests.integration.conftest import isolated_settings
+
+    settings = isolated_settings(broker, tmp_path)
+    topic = settings.topic(Topic.ORDERS)
+    producer = KafkaProducer(linger_ms=100, **settings.kafka_client_options())
+    for _ in range(25):  # one produce request: one record batch of 25
+        producer.send(topic, key=b"C1", value=b"{}", partition=0)
+    producer.flush()
+    producer.close()
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    assert end_offsets(settings, tps) == {tps[0]: 25, tps[1]: 0}

@@ -110,7 +110,7 @@ def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path):
 
 
 def test_ctrl_c_stops_the_demo_and_leaves_no_process_behind():
-    demo = start_demo("--customers", "50")
+    demo = start_demo("--customers", "400")  # still running when interrupted
     pids: dict[str, int] = {}
     deadline = time.monotonic() + 120
     assert demo.stdout is not None
@@ -125,7 +125,7 @@ def test_ctrl_c_stops_the_demo_and_leaves_no_process_behind():
         if m := re.search(r"alert dispatcher started \(pid (\d+)", line):
             pids["dispatcher"] = int(m.group(1))
     assert set(pids) == {"broker", "worker", "dispatcher"}
-    time.sleep(5)  # let it get going
+    time.sleep(3)  # let it get going
     assert all(alive(pid) for pid in pids.values())
     demo.send_signal(signal.SIGINT)
     demo.communicate(timeout=90)

@@ -55,6 +55,20 @@ def test_unusable_messages_still_count_as_read():
     assert wm.advance(0, lambda t, p: 1) == 700.0
 
 
+def test_a_topic_with_nothing_new_since_the_restart_does_not_hold_the_watermark():
+    """After a restart reading starts at the committed offsets: a topic read to its
+    end before the crash has no message to observe, and must not stop the clock."""
+    wm = Watermark(["customers", "orders"])
+    ends = {"customers": 50, "orders": 10}
+    wm.observe("orders", 0, 4, 300.0)
+    assert wm.advance(0, lambda t, p: ends[t]) == 0.0  # customers: 50 unread, as far as known
+    wm.start("customers", 0, 50)  # committed offset 50: all read before the crash
+    assert wm.advance(0, lambda t, p: ends[t]) == 300.0
+    wm.start("orders", 0, 2)  # an older start never rewinds what was read
+    wm.observe("orders", 0, 9, 400.0)
+    assert wm.advance(0, lambda t, p: ends[t]) == 400.0
+
+
 def test_reorder_buffer_releases_oldest_first_and_only_before_the_bound():
     buffer: ReorderBuffer[str] = ReorderBuffer()
     buffer.push(0, 30.0, "c")
