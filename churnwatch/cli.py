@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from churnwatch.settings import ConfigError, Settings, load_settings
+from consumers.alerts.ledger import NOTIFICATION_KINDS
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays fast
     from pipeline.events import CustomerEvent
@@ -623,7 +624,11 @@ def alerts_run(ctx: click.Context) -> None:
     type=click.Choice(["pending", "sent", "snoozed", "inhibited", "capped"]),
     help="Only notifications in this state.",
 )
-@click.option("--kind", type=click.Choice(["opened", "reminder", "resolved", "digest"]))
+@click.option(
+    "--kind",
+    type=click.Choice(NOTIFICATION_KINDS),
+    help="Only notifications of this kind.",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.pass_context
 def alerts_list(

@@ -266,7 +266,7 @@ class Dispatcher:
         now: datetime,
         held: list[Episode],
     ) -> None:
-        sid = short_id(key)
+        sid = short_id(session, key)
         message = episode_message(episode, kind.split("-")[0], recipient.language, sid, held)
         status = self._status(session, episode, kind, name, recipient, now)
         session.add(
@@ -367,7 +367,7 @@ class Dispatcher:
                     key = f"digest|{local.date().isoformat()}|{name}|{channel.name}"
                     if session.scalar(select(Notification.id).where(Notification.dedup_key == key)):
                         continue
-                    sid = short_id(key)
+                    sid = short_id(session, key)
                     message = digest_message(episodes, recipient.language, sid)
                     session.add(
                         Notification(

@@ -23,9 +23,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     create_engine,
+    select,
 )
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -140,9 +141,31 @@ class Feedback(Base):
     at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
-def short_id(dedup_key: str) -> str:
-    """A short, stable reference for a notification (the one quoted in feedback)."""
-    return "N" + hashlib.sha256(dedup_key.encode()).hexdigest()[:8].upper()
+#: Every kind of notification the ledger stores.
+NOTIFICATION_KINDS = ("opened", "escalated", "reminder", "resolved", "digest")
+
+
+def short_id(session: Session, dedup_key: str) -> str:
+    """A short, stable reference for a notification (the one quoted in feedback).
+
+    Eight hex digits of the key's hash; one more digit at a time (up to 11,
+    what the column holds) while another notification already has it, so two
+    keys whose hashes start alike never share an id (with 8 digits that
+    happens about once in 100,000 notifications).
+    """
+    digest = hashlib.sha256(dedup_key.encode()).hexdigest().upper()
+    for digits in range(8, 12):
+        candidate = "N" + digest[:digits]
+        holder = session.scalar(
+            select(Notification.dedup_key).where(Notification.short_id == candidate)
+        )
+        if holder is None or holder == dedup_key:
+            return candidate
+    raise LedgerError(f"no free short id for {dedup_key!r}: 11 hex digits all taken")
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot record something."""
 
 
 def open_ledger(url: str) -> sessionmaker[Any]:

@@ -382,3 +382,48 @@ def test_escalation_sends_a_new_notification_once(make, inbox, webhook):
         "Worse: Overdue debt now critical: Customer C1 (C1)",
     ]
     assert len(webhook.received) == 1 and "升级" in webhook.received[0]["title"]
+
+
+def test_short_ids_of_keys_whose_hashes_start_alike_differ(tmp_path):
+    """Two dedup keys with the same first 8 hex digits of their hash get distinct ids,
+    and each keeps its own id when asked again."""
+    import hashlib
+
+    from consumers.alerts.ledger import Notification, open_ledger, short_id
+
+    seen: dict[str, str] = {}
+    n = 0
+    while True:  # a birthday collision on 32 bits: ~80,000 keys
+        key = f"opened|w-{n}|rep1|email"
+        prefix = hashlib.sha256(key.encode()).hexdigest()[:8]
+        if prefix in seen:
+            first, second = seen[prefix], key
+            break
+        seen[prefix] = key
+        n += 1
+    sessions = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    now = datetime.now(UTC)
+    with sessions() as session:
+        ids = []
+        for key in (first, second):
+            sid = short_id(session, key)
+            session.add(
+                Notification(
+                    short_id=sid,
+                    dedup_key=key,
+                    recipient="rep1",
+                    channel="email",
+                    kind="opened",
+                    status="sent",
+                    subject="",
+                    body_text="",
+                    body_markdown="",
+                    created_at=now,
+                    due_at=now,
+                )
+            )
+            session.commit()
+            ids.append(sid)
+        assert ids[0] != ids[1] and ids[0][:9] == ids[1][:9]
+        assert len(ids[0]) == 9 and len(ids[1]) == 10
+        assert short_id(session, second) == ids[1]

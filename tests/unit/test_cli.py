@@ -108,6 +108,8 @@ def test_alerts_snooze_list_feedback_and_unsnooze(tmp_path, monkeypatch):
         "no notifications match"
         in runner.invoke(cli, ["alerts", "list", "--status", "sent"]).output
     )
+    escalated = runner.invoke(cli, ["alerts", "list", "--kind", "escalated"])
+    assert escalated.exit_code == 0 and "no notifications match" in escalated.output
 
     with open_ledger(url)() as session:
         short_id = session.scalar(select(Notification.short_id))
