@@ -21,8 +21,6 @@ from churnwatch.settings import Settings, load_settings
 from churnwatch.topics import end_offsets, ensure_topics
 from pipeline.events import Topic
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
