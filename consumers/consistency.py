@@ -81,7 +81,6 @@ def compare(
         by_customer[event.customer_id].append(event)
     chosen = random.Random(seed).sample(sorted(live), min(sample, len(live)))  # noqa: S311
     report = ConsistencyReport(sampled=len(chosen))
-    t = settings.warnings
     for customer_id in chosen:
         batch = new_state(customer_id)
         history = sorted(by_customer.get(customer_id, []), key=lambda e: e.occurred_at)
@@ -92,6 +91,7 @@ def compare(
             report.lagging += 1  # one side has events the other has not seen yet
             continue
         as_of = to_epoch(history[-1].occurred_at) + 1.0
+        t = settings.warnings.for_segment(state.segment)  # the windows the worker uses
         live_features = asdict(
             read_features(state, as_of, t.recent_weeks, t.baseline_weeks, t.high_value_revenue)
         )

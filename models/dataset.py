@@ -19,7 +19,8 @@ import pandas as pd
 
 from churnwatch.settings import WarningThresholds
 from pipeline.events import CustomerEvent, OrderPlaced
-from pipeline.features import DAY, StateBlock, apply_event, read_many, to_epoch
+from pipeline.features import DAY, StateBlock, apply_event, to_epoch
+from pipeline.processing import read_segmented
 from pipeline.scoring import INPUT_FEATURES, feature_matrix
 
 ACTIVE_DAYS = 365
@@ -89,16 +90,7 @@ def build_training_set(
         active = np.flatnonzero((last_order != 0) & (at - last_order <= ACTIVE_DAYS * DAY))
         if not len(active):
             return
-        matrix = feature_matrix(
-            read_many(
-                states,
-                active,
-                at,
-                thresholds.recent_weeks,
-                thresholds.baseline_weeks,
-                thresholds.high_value_revenue,
-            )
-        )
+        matrix = feature_matrix(read_segmented(states, active, at, thresholds))
         for row, inputs in zip(active.tolist(), matrix.tolist(), strict=True):
             customer_id = states.customer_ids[row]
             times = orders[customer_id]

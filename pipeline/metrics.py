@@ -90,14 +90,18 @@ FEATURE_DRIFT = Gauge(
 ARCHIVE_FILES = Counter("churnwatch_archive_files_total", "Parquet files the archiver wrote.")
 ARCHIVE_BYTES = Counter("churnwatch_archive_bytes_total", "Bytes the archiver wrote.")
 ARCHIVE_EVENTS = Counter("churnwatch_archive_events_total", "Events archived (each event id once).")
+# Labelled by the served model's version, so a worker without a model exports
+# neither (an unlabelled gauge would say 0: "trained in 1970", "nothing at risk").
 MODEL_CREATED = Gauge(
     "churnwatch_model_created_timestamp_seconds",
     "When the served churn model was trained (UTC epoch seconds; absent: rules only).",
+    ["version"],
 )
 EXPECTED_LOSS = Gauge(
     "churnwatch_expected_loss",
     "Sum of churn probability x 52-week revenue over this worker's customers "
     "(value at risk; the last sweep of each partition; absent without a model).",
+    ["version"],
 )
 CONSISTENCY_COMPARED = Gauge(
     "churnwatch_consistency_compared",

@@ -14,16 +14,18 @@ import functools
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from churnwatch.settings import WarningThresholds
 from pipeline.events import CustomerEvent, WarningRecord
 from pipeline.features import (
     CustomerState,
+    FeatureColumns,
     StateBlock,
     apply_event,
     features_of,
@@ -52,6 +54,40 @@ def due_sweeps(last_sweep: float, watermark: float, every_seconds: float) -> lis
     return [first + i * every_seconds for i in range(count)]
 
 
+def by_segment(
+    block: StateBlock, rows: npt.NDArray[np.intp], as_of: float, thresholds: WarningThresholds
+) -> Iterator[tuple[npt.NDArray[np.intp], WarningThresholds, FeatureColumns]]:
+    """The features of ``rows`` as of ``as_of``, read with each customer's segment's
+    windows. Per segment: the positions in ``rows`` of its customers, its
+    thresholds and their features. Sweeps, the training set and the consistency
+    check all read features through this, so a segment override means the same
+    everywhere."""
+    codes = block.used()["segment_code"][rows]
+    for code in np.unique(codes).tolist():
+        positions = np.flatnonzero(codes == code)
+        t = thresholds.for_segment(block.segment_names[code])
+        chosen = rows[positions]
+        yield (
+            positions,
+            t,
+            read_many(block, chosen, as_of, t.recent_weeks, t.baseline_weeks, t.high_value_revenue),
+        )
+
+
+def read_segmented(
+    block: StateBlock, rows: npt.NDArray[np.intp], as_of: float, thresholds: WarningThresholds
+) -> FeatureColumns:
+    """:func:`by_segment`'s features, one array per feature in the order of ``rows``."""
+    out: FeatureColumns = {}
+    for positions, _, columns in by_segment(block, rows, as_of, thresholds):
+        for name, values in columns.items():
+            values = np.asarray(values)
+            if name not in out:
+                out[name] = np.empty(len(rows), dtype=values.dtype)
+            out[name][positions] = values
+    return out
+
+
 def sweep(
     block: StateBlock,
     as_of: float,
@@ -75,15 +111,8 @@ def sweep(
     if not len(block):
         return []
     data = block.used()
-    codes = data["segment_code"]
-    groups = []  # per segment: its rows, thresholds and features
-    for code in np.unique(codes).tolist():
-        rows = np.flatnonzero(codes == code)
-        t = thresholds.for_segment(block.segment_names[code])
-        columns = read_many(
-            block, rows, as_of, t.recent_weeks, t.baseline_weeks, t.high_value_revenue
-        )
-        groups.append((rows, t, columns))
+    # (positions in an arange of the block's rows are the rows)
+    groups = list(by_segment(block, np.arange(len(block)), as_of, thresholds))
     matrices: list[Matrix] = []
     scores: list[Matrix] = []
     if model is not None:

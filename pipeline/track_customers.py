@@ -88,6 +88,11 @@ def register(p: Pipeline) -> None:
     wall_last_sweep: dict[int, float] = {}
     models = ModelHolder(Path(settings.model.registry))
 
+    # The customers each partition's last sweep scored: the live population
+    # whose drift against the training rows the metrics report.
+    scored: dict[int, list[Any]] = {}
+    expected_loss: dict[int, float] = {}
+
     published: list[str] = []
 
     def refresh_model() -> None:
@@ -98,8 +103,11 @@ def register(p: Pipeline) -> None:
         version = model.version if model else "none"
         if published[-1:] != [version]:
             metrics.MODEL.info({"version": version})
+            metrics.MODEL_CREATED.clear()
+            metrics.EXPECTED_LOSS.clear()
+            expected_loss.clear()
             if model is not None and model.created_at:
-                metrics.MODEL_CREATED.set(model.created_at)
+                metrics.MODEL_CREATED.labels(version).set(model.created_at)
             published.append(version)
 
     refresh_model()  # before the first sweep: a promoted model serves from the start
@@ -210,11 +218,6 @@ def register(p: Pipeline) -> None:
                 decoded.occurred_at.isoformat(),
             )
 
-    # The customers each partition's last sweep scored: the live population
-    # whose drift against the training rows the metrics report.
-    scored: dict[int, list[Any]] = {}
-    expected_loss: dict[int, float] = {}
-
     async def sweep_at(
         partition: int, boundary: float, clock_name: str, received_at: float
     ) -> None:
@@ -246,7 +249,7 @@ def register(p: Pipeline) -> None:
         if model is not None and batches:
             scored[partition] = batches
             expected_loss[partition] = loss[0]
-            metrics.EXPECTED_LOSS.set(sum(expected_loss.values()))
+            metrics.EXPECTED_LOSS.labels(model.version).set(sum(expected_loss.values()))
             population = np.vstack([rows for rows_list in scored.values() for rows in rows_list])
             for feature, value in model.feature_drift(population).items():
                 metrics.FEATURE_DRIFT.labels(feature).set(value)

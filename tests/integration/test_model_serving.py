@@ -55,6 +55,9 @@ def test_promoting_while_running_switches_models_and_a_corrupt_one_is_refused(
     before = warnings(settings)
     assert before and all(w.model_version == "" and w.churn_probability is None for w in before)
     assert serving(settings) == "none"
+    # no model: no model age (0 would read "trained in 1970") and no value at risk
+    assert samples(port, "churnwatch_model_created_timestamp_seconds") == []
+    assert samples(port, "churnwatch_expected_loss") == []
 
     # 2. promoted while running: picked up without a restart
     promote(registry, model.version)
@@ -69,6 +72,11 @@ def test_promoting_while_running_switches_models_and_a_corrupt_one_is_refused(
     risk = [w for w in after if w.warning_type == "churn_risk" and w.status == "opened"]
     assert risk and all("main reasons:" in w.summary for w in risk)
     # what the model does shows in the metrics
+    ((created_labels, created),) = samples(port, "churnwatch_model_created_timestamp_seconds")
+    assert created_labels == {"version": model.version} and created > 1e9
+    assert [labels for labels, _ in samples(port, "churnwatch_expected_loss")] == [
+        {"version": model.version}
+    ]
     assert sum(v for _, v in samples(port, "churnwatch_churn_score_count")) > 0
     drift = {labels["feature"]: v for labels, v in samples(port, "churnwatch_feature_drift_psi")}
     assert "days_since_last_order" in drift and all(v >= 0 for v in drift.values())

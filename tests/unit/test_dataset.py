@@ -57,3 +57,23 @@ def test_online_retail_training_set_has_the_known_shape(settings):
     # the data README: 3,370 active customers, 43% churn (90 days, cutoff 2011-09-10)
     assert len(table) == pytest.approx(3370, rel=0.02)
     assert table.churned.mean() == pytest.approx(0.43, abs=0.02)
+
+
+def test_segment_windows_apply_in_the_training_set_as_in_sweeps(history):
+    """A segment's own windows (here: key accounts' "recent" = 4 weeks, not 8) change
+    the training rows of that segment's customers only."""
+    from churnwatch.settings import load_settings
+
+    events, _ = history
+    cutoffs = cutoffs_every(events, 28, 90)[-3:]
+    plain = load_settings().warnings
+    keyed = load_settings(warnings={"segments": {"key_account": {"recent_weeks": 4}}}).warnings
+    a = build_training_set(events, cutoffs, 90, plain)
+    b = build_training_set(events, cutoffs, 90, keyed)
+    segment = {e.customer_id: e.segment for e in events if e.type == "customer_updated"}
+    key = a.customer_id.map(segment) == "key_account"
+    assert key.any() and (~key).any()
+    assert a[~key].equals(b[~key])  # other segments: the same rows
+    # key accounts: "recent" orders now count 4 weeks, as the worker's sweeps count them
+    assert (b[key].orders_recent <= a[key].orders_recent).all()
+    assert (b[key].orders_recent < a[key].orders_recent).any()
