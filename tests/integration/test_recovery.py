@@ -14,9 +14,10 @@ import time
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from churnwatch.settings import Settings
+from churnwatch.topics import committed_offsets
 from consumers.consistency import live_states
 from pipeline.events import EVENT_TOPICS, Topic, WarningRecord, decode_event
 from pipeline.features import STATE_DTYPE
@@ -34,18 +35,13 @@ FIELDS = [name for name in STATE_DTYPE.names or () if name != "segment_code"]
 
 def committed(settings: Settings) -> int:
     """Input messages the worker's consumer group has committed, over all partitions."""
-    consumer = KafkaConsumer(
-        group_id=settings.worker.app_id, enable_auto_commit=False, **settings.kafka_client_options()
-    )
-    try:
-        total = 0
-        for topic in EVENT_TOPICS:
-            name = settings.topic(topic)
-            for partition in consumer.partitions_for_topic(name) or ():
-                total += consumer.committed(TopicPartition(name, partition)) or 0
-        return total
-    finally:
-        consumer.close()
+    tps = [
+        TopicPartition(settings.topic(topic), partition)
+        for topic in EVENT_TOPICS
+        for partition in range(settings.kafka.partitions)
+    ]
+    offsets = committed_offsets(settings, settings.worker.app_id, tps)
+    return sum(offset or 0 for offset in offsets.values())
 
 
 def kill_at(settings: Settings, proc, count: int) -> None:
