@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,25 @@ class Classifier(Protocol):
     def predict_proba(self, x: Matrix) -> Matrix: ...
 
 
+def _calibration(calibrator: Any) -> Callable[[Matrix], Matrix]:
+    """The calibrator's ``predict``; for isotonic regression, the interpolation it
+    ends in, without the input checks that cost more than it on a few hundred rows."""
+    interpolate = getattr(calibrator, "f_", None)
+    if (
+        type(calibrator).__name__ != "IsotonicRegression"
+        or interpolate is None
+        or calibrator.out_of_bounds != "clip"
+        or calibrator.X_thresholds_.dtype != np.float64
+    ):
+        return cast(Callable[[Matrix], Matrix], calibrator.predict)
+    low, high = calibrator.X_min_, calibrator.X_max_
+
+    def calibrate(raw: Matrix) -> Matrix:
+        return np.asarray(interpolate(np.clip(raw, low, high)), dtype=np.float64)
+
+    return calibrate
+
+
 class CompiledBoosters:
     """The calibrated boosters of a churnwatch model, scored with a few numpy operations.
 
@@ -93,7 +113,7 @@ class CompiledBoosters:
                     "value": flat["value"].astype(np.float64),
                     "depth": int(flat["depth"].max()),
                     "baseline": booster._baseline_prediction,  # noqa: SLF001
-                    "calibrator": calibrator,
+                    "calibrate": _calibration(calibrator),
                 }
             )
 
@@ -143,7 +163,7 @@ class CompiledBoosters:
             raw = raw[:, 0]
             for t in range(leaves.shape[1]):
                 raw += leaves[:, t]
-            calibrated = np.asarray(b["calibrator"].predict(raw), dtype=np.float64)
+            calibrated = np.asarray(b["calibrate"](raw), dtype=np.float64)
             calibrated[(1.0 < calibrated) & (calibrated <= 1.0 + 1e-5)] = 1.0  # as sklearn
             mean += calibrated
         mean /= len(self._boosters)

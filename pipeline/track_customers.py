@@ -1,17 +1,19 @@
-"""Agent ``track_customers``: keeps each customer's state and raises warnings.
+"""``track_customers``: keeps each customer's state and raises warnings.
 
-A thin loop over batches of messages: decode and validate each (anything
-unusable goes to the dead-letter topic with the reason), fold the events into
-the customers' states with :func:`pipeline.features.apply_event`, and
+A thin loop over batches of messages, one batch per fetch
+(:func:`pipeline.transport.on_batches`, below Faust's per-message streams):
+decode and validate each (anything unusable goes to the dead-letter topic
+with the reason), fold the events into the customers' states with
+:func:`pipeline.features.apply_event`, and
 whenever the clock passes a sweep boundary re-evaluate every customer of the
 partition (:func:`pipeline.processing.sweep`) and send the warning episodes
 that open, worsen or close. At the end of a batch each customer it touched is
 written to the state table once, and only then are the batch's messages acked,
 so a crash loses nothing and a redelivered event is recognised and skipped.
 
-A batch ends after ``worker.batch_size`` messages, or as soon as the last
-message taken is the newest one its topic partition had, so a quiet stream is
-never held back waiting for a full batch.
+A batch is what one fetch returned: at most ``worker.batch_size`` messages,
+fewer when that is all there was, so a quiet stream is never held back
+waiting for a full batch.
 
 ``event`` clock (replay, simulation): the partition's event-time watermark
 across all input topics. Events wait in a reorder buffer until the watermark
@@ -33,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from faust.exceptions import ConsumerNotStarted
-from faust.types import TP, EventT
+from faust.types import TP, Message
 from kafka import TopicPartition
 
 from churnwatch.topics import committed_offsets
@@ -62,13 +64,14 @@ from pipeline.features import (
 )
 from pipeline.processing import Apply, Sequencer, Sweep, Watermark, due_sweeps, sweep
 from pipeline.scoring import INPUT_FEATURES, ModelHolder
+from pipeline.transport import on_batches, storing_for
 
 log = logging.getLogger(__name__)
 
 REVENUE = INPUT_FEATURES.index("revenue_52w")
 
-#: An event waiting to be applied: decoded, and the Faust event to ack after.
-Held = tuple[CustomerEvent, EventT[bytes]]
+#: An event waiting to be applied: decoded, and the message to ack after.
+Held = tuple[CustomerEvent, Message]
 
 
 def _text(data: bytes | None) -> str | None:
@@ -123,8 +126,7 @@ def register(p: Pipeline) -> None:
             return None  # no fetch yet: nothing is known to be unread
         return int(end) if end is not None and end >= 0 else None
 
-    async def dead_letter(event: EventT[bytes], reason: str, kind: str) -> None:
-        message = event.message
+    async def dead_letter(message: Message, reason: str, kind: str) -> None:
         record = DeadLetter(
             topic=message.topic,
             partition=message.partition,
@@ -155,7 +157,7 @@ def register(p: Pipeline) -> None:
     # Rows changed since the table was last written, and the messages whose
     # effects they hold: acked once the rows are stored.
     dirty: dict[int, set[int]] = {}
-    done: list[EventT[bytes]] = []
+    done: list[Message] = []
     # The last sweep boundary each partition ran since the table was last written.
     swept: dict[int, float] = {}
 
@@ -282,8 +284,7 @@ def register(p: Pipeline) -> None:
                 await dead_letter(held, f"processing error: {exc!r}", "processing_error")
             done.append(held)
 
-    def decode(event: EventT[bytes], logical: Topic | None) -> CustomerEvent:
-        message = event.message
+    def decode(message: Message, logical: Topic | None) -> CustomerEvent:
         decoded = decode_event(message.value or b"", message.key)
         expected = TOPIC_OF_TYPE[decoded.type]
         if logical is not None and logical is not expected:
@@ -292,7 +293,7 @@ def register(p: Pipeline) -> None:
             )
         return decoded
 
-    async def store(stream: Any, last_of: dict[int, EventT[bytes]]) -> None:
+    async def store(last_of: dict[int, Message]) -> None:
         """Write every changed customer once and the sweeps that changed them, wait
         until the broker has them (and the warnings), then ack and commit the
         messages they cover: after a crash the worker re-reads exactly the messages
@@ -303,37 +304,36 @@ def register(p: Pipeline) -> None:
             # nothing; the revoke that follows forgets this batch and the next
             # owner reads it again.
             return
-        for partition, event in last_of.items():
-            # The local store files a key under the partition of the current
-            # event: make it one of this partition's.
-            stream._set_current_event(event)
+        for partition, message in last_of.items():
             block = blocks.get(partition)
             rows = dirty.get(partition, set())
-            for row in rows:
-                if block is None:
-                    break  # (rows are only marked in a loaded block)
-                customer_id = block.customer_ids[row]
-                value = encode_state(CustomerState(block, row), partition)
-                table.data[customer_id] = value
-                # Straight to the producer: Faust's table buffer would hand over
-                # these changes one by one, waiting on each.
-                await table.changelog_topic.send(
-                    key=customer_id,
-                    value=value,
-                    partition=partition,
-                    key_serializer=table.key_serializer,
-                    value_serializer=table.value_serializer,
-                    callback=table._on_changelog_sent,  # records the offset the store holds
-                    force=True,
-                )
+            with storing_for(p.app, message):  # keys filed under this partition
+                for row in rows:
+                    if block is None:
+                        break  # (rows are only marked in a loaded block)
+                    customer_id = block.customer_ids[row]
+                    value = encode_state(CustomerState(block, row), partition)
+                    table.data[customer_id] = value
+                    # Straight to the producer: Faust's table buffer would hand
+                    # over these changes one by one, waiting on each.
+                    await table.changelog_topic.send(
+                        key=customer_id,
+                        value=value,
+                        partition=partition,
+                        key_serializer=table.key_serializer,
+                        value_serializer=table.value_serializer,
+                        callback=table._on_changelog_sent,  # records the offset the store holds
+                        force=True,
+                    )
+                if partition in swept:
+                    p.sweep_progress[str(partition)] = swept.pop(partition)
             rows.clear()
-            if partition in swept:
-                p.sweep_progress[str(partition)] = swept.pop(partition)
         if not done:
             return
         await p.app.producer.flush()
-        for event in done:
-            await stream.ack(event)
+        ack = p.app.consumer.ack
+        for message in done:
+            ack(message)
         done.clear()
         await p.app.consumer.commit()
 
@@ -361,19 +361,18 @@ def register(p: Pipeline) -> None:
                 watermark.start(tp.topic, tp.partition, offset)
         started.update(partitions)
 
-    async def process(stream: Any, batch: list[EventT[bytes]]) -> None:
+    async def process(batch: list[Message]) -> None:
         """Handle a batch of messages: apply, sweep, store, ack."""
         received_at = time.time()
         if event_clock:
-            new = {event.message.partition for event in batch} - started
+            new = {message.partition for message in batch} - started
             if new:
                 await start_reading(new)
         consumed: Counter[str] = Counter()
-        last_of: dict[int, EventT[bytes]] = {}
-        for event in batch:
-            message = event.message
+        last_of: dict[int, Message] = {}
+        for message in batch:
             partition = message.partition
-            last_of[partition] = event
+            last_of[partition] = message
             logical = topic_names.get(message.topic)
             consumed[logical.value if logical else "unknown"] += 1
             if message.timestamp:  # the producer's or broker's time (Faust gives seconds)
@@ -384,13 +383,13 @@ def register(p: Pipeline) -> None:
                     for boundary in due_sweeps(last, time.time(), every):
                         await sweep_at(partition, boundary, "wall", received_at)
                         wall_last_sweep[partition] = boundary
-                done.append(event)
+                done.append(message)
                 continue
             try:
-                decoded = decode(event, logical)
+                decoded = decode(message, logical)
             except InvalidEvent as exc:
-                await dead_letter(event, str(exc), "invalid")
-                done.append(event)
+                await dead_letter(message, str(exc), "invalid")
+                done.append(message)
                 if event_clock:
                     watermark.observe(message.topic, partition, message.offset)
                     await advance(partition, received_at)
@@ -399,25 +398,24 @@ def register(p: Pipeline) -> None:
                 log.exception(
                     "could not process %s[%s]@%s", message.topic, partition, message.offset
                 )
-                await dead_letter(event, f"processing error: {exc!r}", "processing_error")
-                done.append(event)
+                await dead_letter(message, f"processing error: {exc!r}", "processing_error")
+                done.append(message)
                 continue
             if not event_clock:
                 apply(partition, decoded)
-                done.append(event)
+                done.append(message)
                 continue
             event_ts = to_epoch(decoded.occurred_at)
             watermark.observe(message.topic, partition, message.offset, event_ts)
             resume(partition)
-            late = sequencer.offer(partition, event_ts, (decoded, event))
+            late = sequencer.offer(partition, event_ts, (decoded, message))
             await run(partition, late, received_at)
             await advance(partition, received_at)
-        await store(stream, last_of)
+        await store(last_of)
 
         for topic, count in consumed.items():
             metrics.EVENTS_CONSUMED.labels(topic).inc(count)
-        for partition, event in last_of.items():
-            message = event.message
+        for partition, message in last_of.items():
             end = highwater(message.topic, partition)
             if end is not None:
                 metrics.CONSUMER_LAG.labels(message.topic, str(partition)).set(
@@ -434,20 +432,8 @@ def register(p: Pipeline) -> None:
         for warning_type, count in zip(WARNING_TYPES, open_by_type.tolist(), strict=True):
             metrics.OPEN_EPISODES.labels(warning_type).set(count)
 
-    def batch_ends(event: EventT[bytes], size: int) -> bool:
-        """Full, or the last message taken was the newest its topic partition had."""
-        if size >= settings.worker.batch_size:
-            return True
-        end = highwater(event.message.topic, event.message.partition)
-        return end is None or event.message.offset + 1 >= end
+    async def handle(batch: list[Message]) -> None:
+        async with busy:
+            await process(batch)
 
-    @p.app.agent(p.inputs, name="track_customers")
-    async def track_customers(stream: Any) -> None:
-        manual = stream.noack()
-        batch: list[EventT[bytes]] = []
-        async for event in manual.events():
-            batch.append(event)
-            if batch_ends(event, len(batch)):
-                taken, batch = batch, []
-                async with busy:
-                    await process(manual, taken)
+    on_batches(p.app, p.inputs, handle)
