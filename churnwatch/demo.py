@@ -9,6 +9,7 @@ writes a JSON summary that compares the warnings with the simulator's truth.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -253,7 +254,7 @@ def run_demo(
     with_model: bool = True,
 ) -> bool:
     """Run the demo; True if it ran to the end (or the duration) without failing."""
-    say = print
+    say = functools.partial(print, flush=True)  # progress shows at once, even into a pipe
     signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()
     host = settings.broker.host

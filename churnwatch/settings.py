@@ -60,7 +60,7 @@ class WorkerSettings(_Section):
     broker_rebalance_timeout: float = Field(6.0, gt=0)
     broker_heartbeat_interval: float = Field(1.0, gt=0)
     standby_replicas: int = Field(0, ge=0)
-    batch_size: int = Field(2000, ge=1, le=100_000)
+    batch_size: int = Field(8000, ge=1, le=100_000)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"

@@ -89,15 +89,14 @@ def faust_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=w.broker_heartbeat_interval,
         table_standby_replicas=w.standby_replicas,
         processing_guarantee="at_least_once",
-        # Prefetch enough for several batches: with Faust's default (4,096) the
-        # worker waits for fetches between batches.
-        stream_buffer_maxsize=max(4096, 16 * w.batch_size),
-        broker_max_poll_records=w.batch_size,
+        broker_max_poll_records=w.batch_size,  # one fetch is one batch
         consumer_auto_offset_reset="earliest",
-        # The agent holds events unacked in its reorder buffer until the
-        # watermark passes them: waiting for them on a rebalance or a stop
-        # would wait for good. Not acked, they are simply read again from the
-        # committed offset, and applying is idempotent (event ids, warning ids).
+        # The input comes in batches (pipeline.transport.on_batches), never
+        # tracked as in flight: events held unacked in the reorder buffer
+        # until the watermark passes them do not hold up a rebalance or a
+        # stop (waiting for them would wait for good). Not acked, they are
+        # read again from the committed offset, and applying is idempotent
+        # (event ids, warning ids).
         stream_wait_empty=False,
         web_enabled=False,
         autodiscover=False,

@@ -5,6 +5,9 @@ Labels are low-cardinality: never a customer id.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 EVENTS_CONSUMED = Counter(
@@ -115,3 +118,17 @@ CONSISTENCY_LAGGING = Gauge(
     "churnwatch_consistency_lagging",
     "Sampled customers not compared: live state and archive had not seen the same events yet.",
 )
+
+
+def observe_many(histogram: Histogram, values: Sequence[float] | np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value, in one pass (a sweep scores every
+    customer: one call each cost more than the scoring). Same buckets and sum."""
+    values = np.asarray(values, dtype=np.float64)
+    if not values.size:
+        return
+    bounds = np.asarray(histogram._upper_bounds)  # noqa: SLF001 - the buckets observe() fills
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):  # noqa: SLF001
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum()))  # noqa: SLF001

@@ -63,15 +63,28 @@ def by_segment(
     check all read features through this, so a segment override means the same
     everywhere."""
     codes = block.used()["segment_code"][rows]
+    # Segments with the same windows share one read (it costs per call, not per row).
+    readings: dict[tuple[int, int, float], list[tuple[int, WarningThresholds]]] = {}
     for code in np.unique(codes).tolist():
-        positions = np.flatnonzero(codes == code)
         t = thresholds.for_segment(block.segment_names[code])
-        chosen = rows[positions]
-        yield (
-            positions,
-            t,
-            read_many(block, chosen, as_of, t.recent_weeks, t.baseline_weeks, t.high_value_revenue),
+        readings.setdefault((t.recent_weeks, t.baseline_weeks, t.high_value_revenue), []).append(
+            (code, t)
         )
+    for (recent, baseline, high_value), segments in readings.items():
+        if len(segments) == 1:
+            code, t = segments[0]
+            positions = np.flatnonzero(codes == code)
+            yield (
+                positions,
+                t,
+                read_many(block, rows[positions], as_of, recent, baseline, high_value),
+            )
+            continue
+        shared = np.flatnonzero(np.isin(codes, [code for code, _ in segments]))
+        columns = read_many(block, rows[shared], as_of, recent, baseline, high_value)
+        for code, t in segments:
+            picked = np.flatnonzero(codes[shared] == code)
+            yield shared[picked], t, {name: values[picked] for name, values in columns.items()}
 
 
 def read_segmented(

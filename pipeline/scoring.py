@@ -93,29 +93,33 @@ class CompiledBoosters:
     """
 
     def __init__(self, boosters: list[tuple[Any, Any]]) -> None:
-        self._boosters = []
+        # Every tree of every booster in one node array, walked together. A
+        # node's children sit at 2 * node (left) and 2 * node + 1 (right) of
+        # ``children``; a leaf is its own child, so a walk as deep as the
+        # deepest tree ends every row of every tree on its leaf.
+        nodes = [tree.nodes for booster, _ in boosters for (tree,) in booster._predictors]  # noqa: SLF001
+        sizes = [len(n) for n in nodes]
+        offsets = np.cumsum([0, *sizes[:-1]])
+        shift = np.repeat(offsets, sizes)
+        flat = np.concatenate(nodes)
+        leaf = flat["is_leaf"].astype(bool)
+        own = np.arange(len(flat))
+        left = np.where(leaf, own, flat["left"].astype(np.intp) + shift)
+        right = np.where(leaf, own, flat["right"].astype(np.intp) + shift)
+        self._roots = offsets.astype(np.intp)
+        self._children = np.column_stack([left, right]).ravel()
+        self._feature = np.where(leaf, 0, flat["feature_idx"]).astype(np.intp)
+        self._threshold = flat["num_threshold"].astype(np.float64)
+        self._missing_left = flat["missing_go_to_left"].astype(bool)
+        self._value = flat["value"].astype(np.float64)
+        self._depth = int(flat["depth"].max())
+        self._boosters = []  # (first tree, end of its trees, baseline, calibrate)
+        first = 0
         for booster, calibrator in boosters:
-            trees = [iteration[0] for iteration in booster._predictors]  # noqa: SLF001
-            nodes = [tree.nodes for tree in trees]
-            sizes = [len(n) for n in nodes]
-            offsets = np.cumsum([0, *sizes[:-1]])
-            shift = np.repeat(offsets, sizes)
-            flat = np.concatenate(nodes)
-            self._boosters.append(
-                {
-                    "roots": offsets.astype(np.intp),
-                    "feature": flat["feature_idx"].astype(np.intp),
-                    "threshold": flat["num_threshold"].astype(np.float64),
-                    "missing_left": flat["missing_go_to_left"].astype(bool),
-                    "left": flat["left"].astype(np.intp) + shift,
-                    "right": flat["right"].astype(np.intp) + shift,
-                    "leaf": flat["is_leaf"].astype(bool),
-                    "value": flat["value"].astype(np.float64),
-                    "depth": int(flat["depth"].max()),
-                    "baseline": booster._baseline_prediction,  # noqa: SLF001
-                    "calibrate": _calibration(calibrator),
-                }
-            )
+            count = len(booster._predictors)  # noqa: SLF001
+            baseline = booster._baseline_prediction  # noqa: SLF001
+            self._boosters.append((first, first + count, baseline, _calibration(calibrator)))
+            first += count
 
     @classmethod
     def compile(cls, estimator: Any, probes: Matrix) -> CompiledBoosters | None:
@@ -145,25 +149,26 @@ class CompiledBoosters:
         return compiled
 
     def probabilities(self, rows: Matrix) -> Matrix:
-        rows = np.asarray(rows, dtype=np.float64)
-        n = len(rows)
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        n, width = rows.shape
+        values = rows.ravel()
+        base = (np.arange(n) * width)[:, np.newaxis]
+        node = np.broadcast_to(self._roots, (n, len(self._roots))).copy()
+        for _ in range(self._depth):
+            value = values[base + self._feature[node]]
+            go_right = np.where(
+                np.isnan(value), ~self._missing_left[node], value > self._threshold[node]
+            )
+            node = self._children[2 * node + go_right]
+        leaves = self._value[node]
         mean = np.zeros(n)
-        for b in self._boosters:
-            node = np.broadcast_to(b["roots"], (n, len(b["roots"]))).copy()
-            for _ in range(b["depth"]):
-                value = np.take_along_axis(rows, b["feature"][node], axis=1)
-                go_left = np.where(
-                    np.isnan(value), b["missing_left"][node], value <= b["threshold"][node]
-                )
-                step = np.where(go_left, b["left"][node], b["right"][node])
-                node = np.where(b["leaf"][node], node, step)
-            leaves = b["value"][node]
-            raw = np.zeros((n, 1), dtype=b["baseline"].dtype)
-            raw += b["baseline"]
-            raw = raw[:, 0]
-            for t in range(leaves.shape[1]):
-                raw += leaves[:, t]
-            calibrated = np.asarray(b["calibrate"](raw), dtype=np.float64)
+        for first, end, baseline, calibrate in self._boosters:
+            # The baseline, then each tree's value in turn, as scikit-learn adds them.
+            start = np.broadcast_to(
+                np.asarray(baseline, dtype=np.float64).reshape(1, -1)[:, :1], (n, 1)
+            )
+            raw = np.cumsum(np.hstack([start, leaves[:, first:end]]), axis=1)[:, -1]
+            calibrated = np.asarray(calibrate(raw), dtype=np.float64)
             calibrated[(1.0 < calibrated) & (calibrated <= 1.0 + 1e-5)] = 1.0  # as sklearn
             mean += calibrated
         mean /= len(self._boosters)

@@ -69,6 +69,8 @@ from pipeline.transport import on_batches, storing_for
 log = logging.getLogger(__name__)
 
 REVENUE = INPUT_FEATURES.index("revenue_52w")
+#: How often the feature-drift gauges are recomputed from the last sweeps' rows.
+DRIFT_EVERY_SECONDS = 10.0
 
 #: An event waiting to be applied: decoded, and the message to ack after.
 Held = tuple[CustomerEvent, Message]
@@ -94,6 +96,7 @@ def register(p: Pipeline) -> None:
     # The customers each partition's last sweep scored: the live population
     # whose drift against the training rows the metrics report.
     scored: dict[int, list[Any]] = {}
+    drift_due = [0.0]  # when the drift gauges are next recomputed (monotonic clock)
     expected_loss: dict[int, float] = {}
 
     published: list[str] = []
@@ -119,12 +122,20 @@ def register(p: Pipeline) -> None:
     async def follow_promoted_model() -> None:
         refresh_model()
 
+    # Each topic partition's end as the batch in hand found it (asked once per
+    # batch: the consumer's answer crosses to its thread).
+    ends: dict[tuple[str, int], int | None] = {}
+
     def highwater(topic: str, partition: int) -> int | None:
+        key = (topic, partition)
+        if key in ends:
+            return ends[key]
         try:
             end = p.app.consumer.highwater(TP(topic, partition))
         except ConsumerNotStarted:
-            return None  # no fetch yet: nothing is known to be unread
-        return int(end) if end is not None and end >= 0 else None
+            end = None  # no fetch yet: nothing is known to be unread
+        ends[key] = int(end) if end is not None and end >= 0 else None
+        return ends[key]
 
     async def dead_letter(message: Message, reason: str, kind: str) -> None:
         record = DeadLetter(
@@ -229,8 +240,7 @@ def register(p: Pipeline) -> None:
         def observe(rows: Any, probabilities: Any) -> None:
             batches.append(rows)
             loss[0] += float(np.dot(probabilities, np.nan_to_num(rows[:, REVENUE])))
-            for probability in probabilities:
-                metrics.CHURN_SCORE.observe(float(probability))
+            metrics.observe_many(metrics.CHURN_SCORE, probabilities)
 
         model = models.model
         block = partition_block(partition)
@@ -252,9 +262,11 @@ def register(p: Pipeline) -> None:
             scored[partition] = batches
             expected_loss[partition] = loss[0]
             metrics.EXPECTED_LOSS.labels(model.version).set(sum(expected_loss.values()))
-            population = np.vstack([rows for rows_list in scored.values() for rows in rows_list])
-            for feature, value in model.feature_drift(population).items():
-                metrics.FEATURE_DRIFT.labels(feature).set(value)
+            if time.monotonic() >= drift_due[0]:  # a gauge scraped every few seconds
+                drift_due[0] = time.monotonic() + DRIFT_EVERY_SECONDS
+                population = np.vstack([rows for listed in scored.values() for rows in listed])
+                for feature, value in model.feature_drift(population).items():
+                    metrics.FEATURE_DRIFT.labels(feature).set(value)
 
     resumed: set[int] = set()
 
@@ -364,6 +376,7 @@ def register(p: Pipeline) -> None:
     async def process(batch: list[Message]) -> None:
         """Handle a batch of messages: apply, sweep, store, ack."""
         received_at = time.time()
+        ends.clear()
         if event_clock:
             new = {message.partition for message in batch} - started
             if new:
