@@ -57,6 +57,12 @@ def batch_summary(customers: int, days_per_second: float, tmp_path) -> dict:
     return summarise(truth, tally, ProduceStats(), 0, 0)
 
 
+def _as_in_a_terminal() -> None:
+    # Ctrl-C reaches a foreground program with SIGINT's default action; a test
+    # run started in the background (`make test &`) inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_demo(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, CHURNWATCH_BROKER__PORT=str(free_port()))
     return subprocess.Popen(
@@ -65,6 +71,7 @@ def start_demo(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=_as_in_a_terminal,  # noqa: PLW1509 - no threads to race in the child yet
     )
 
 
@@ -128,7 +135,7 @@ def test_ctrl_c_stops_the_demo_and_leaves_no_process_behind():
     time.sleep(3)  # let it get going
     assert all(alive(pid) for pid in pids.values())
     demo.send_signal(signal.SIGINT)
-    demo.communicate(timeout=90)
-    assert demo.returncode == 130
+    out, _ = demo.communicate(timeout=90)
+    assert demo.returncode == 130, out
     time.sleep(0.5)
     assert not [name for name, pid in pids.items() if alive(pid)]
