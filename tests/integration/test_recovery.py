@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from kafka import TopicPartition
 
+from churnwatch.broker import free_port
 from churnwatch.settings import Settings
 from churnwatch.topics import committed_offsets
 from consumers.consistency import live_states
@@ -23,7 +24,7 @@ from pipeline.events import EVENT_TOPICS, Topic, WarningRecord, decode_event
 from pipeline.features import STATE_DTYPE
 from pipeline.processing import run_history
 from producers.produce import produce
-from producers.simulator import iter_paced, parse_start, simulate
+from producers.simulator import SimEvent, iter_paced, parse_start, simulate
 from tests.integration.conftest import isolated_settings, read_topic, wait_processed
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,50 @@ def test_a_worker_killed_mid_history_comes_back_with_the_same_warnings(broker, w
     proc = worker(settings)
     wait_processed(settings, total - done_before, proc, timeout=180)
     print(f"{store}: recovered and drained the rest in {time.monotonic() - started:.1f} s")
+    assert_same_as_batch(settings, events)
 
+
+def test_the_survivor_of_two_workers_takes_over_the_killed_ones_partitions(
+    broker, worker, tmp_path
+):
+    """Two workers share the partitions; one is killed mid-history and never comes
+    back. The other must be given its partitions (after the session timeout),
+    restore their state from the changelog, and finish the history with the
+    warnings of an uninterrupted run."""
+    settings = isolated_settings(broker, tmp_path / "first", store="rocksdb://")
+    other = settings.model_copy(
+        update={
+            "worker": settings.worker.model_copy(
+                update={"data_dir": str(tmp_path / "second"), "metrics_port": free_port()}
+            )
+        }
+    )
+    events, _ = simulate(600, 12, parse_start("2024-10-07"), 400, 3, 0)
+    assert produce(settings, iter_paced(events, 0)).failed == 0
+    total = len(events)
+
+    doomed = worker(settings)
+    survivor = worker(other)
+    kill_at(settings, doomed, int(total * 0.3))
+    left = total - committed(settings)
+    assert left > total * 0.2, "killed too late to test a takeover"
+    started = time.monotonic()
+    deadline = started + 180
+    while committed(settings) < total:
+        assert survivor.poll() is None, "the surviving worker died"
+        assert time.monotonic() < deadline, (
+            f"the survivor stopped at {committed(settings)} of {total} messages"
+        )
+        time.sleep(0.2)
+    print(
+        f"killed with {left} of {total} messages to go; the survivor finished them "
+        f"{time.monotonic() - started:.1f} s after the kill"
+    )
+    assert_same_as_batch(settings, events)
+
+
+def assert_same_as_batch(settings: Settings, events: list[SimEvent]) -> None:
+    """The warnings on the topic and the states in the table are the batch run's."""
     decoded = [decode_event(e.payload) for e in events]
     states, batch = run_history(decoded, settings.warnings, 86_400)
     streamed = {}
