@@ -78,6 +78,31 @@ def test_a_worker_killed_mid_history_comes_back_with_the_same_warnings(broker, w
     assert_same_as_batch(settings, events)
 
 
+def test_sigterm_mid_history_stops_the_worker_and_a_restart_carries_on(broker, worker, tmp_path):
+    """SIGTERM (as systemd, Kubernetes or Ctrl-C stop it) while the worker drains a
+    history: it exits cleanly within a few seconds, and a restart finishes the
+    history with the warnings and states of an uninterrupted run."""
+    settings = isolated_settings(broker, tmp_path / "worker", store="rocksdb://")
+    events, _ = simulate(300, 13, parse_start("2024-10-07"), 400, 3, 0)
+    assert produce(settings, iter_paced(events, 0)).failed == 0
+    total = len(events)
+
+    proc = worker(settings)
+    deadline = time.monotonic() + 180
+    while committed(settings) < total * 0.3:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    asked = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    print(f"stopped {time.monotonic() - asked:.1f} s after SIGTERM")
+    done_before = committed(settings)
+    assert done_before < total, "stopped too late to test a restart"
+    proc = worker(settings)
+    wait_processed(settings, total - done_before, proc, timeout=180)
+    assert_same_as_batch(settings, events)
+
+
 def test_the_survivor_of_two_workers_takes_over_the_killed_ones_partitions(
     broker, worker, tmp_path
 ):
