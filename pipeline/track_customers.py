@@ -64,7 +64,7 @@ from pipeline.features import (
 )
 from pipeline.processing import Apply, Sequencer, Sweep, Watermark, due_sweeps, sweep
 from pipeline.scoring import INPUT_FEATURES, ModelHolder
-from pipeline.transport import on_batches, storing_for
+from pipeline.transport import InOrderAcks, on_batches, storing_for
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def register(p: Pipeline) -> None:
     # Rows changed since the table was last written, and the messages whose
     # effects they hold: acked once the rows are stored.
     dirty: dict[int, set[int]] = {}
-    done: list[Message] = []
+    acks = InOrderAcks()
     # The last sweep boundary each partition ran since the table was last written.
     swept: dict[int, float] = {}
 
@@ -196,7 +196,7 @@ def register(p: Pipeline) -> None:
     def forget() -> None:
         blocks.clear()
         dirty.clear()
-        done.clear()
+        acks.clear()
         swept.clear()
         scored.clear()
         expected_loss.clear()
@@ -294,7 +294,7 @@ def register(p: Pipeline) -> None:
             except Exception as exc:  # an agent must never die on one message
                 log.exception("could not apply %s", decoded.event_id)
                 await dead_letter(held, f"processing error: {exc!r}", "processing_error")
-            done.append(held)
+            acks.finished(held)
 
     def decode(message: Message, logical: Topic | None) -> CustomerEvent:
         decoded = decode_event(message.value or b"", message.key)
@@ -340,13 +340,13 @@ def register(p: Pipeline) -> None:
                 if partition in swept:
                     p.sweep_progress[str(partition)] = swept.pop(partition)
             rows.clear()
-        if not done:
+        ackable = acks.ackable()
+        if not ackable:
             return
         await p.app.producer.flush()
         ack = p.app.consumer.ack
-        for message in done:
+        for message in ackable:
             ack(message)
-        done.clear()
         await p.app.consumer.commit()
 
     async def advance(partition: int, received_at: float) -> None:
@@ -384,6 +384,7 @@ def register(p: Pipeline) -> None:
         consumed: Counter[str] = Counter()
         last_of: dict[int, Message] = {}
         for message in batch:
+            acks.received(message)
             partition = message.partition
             last_of[partition] = message
             logical = topic_names.get(message.topic)
@@ -396,13 +397,13 @@ def register(p: Pipeline) -> None:
                     for boundary in due_sweeps(last, time.time(), every):
                         await sweep_at(partition, boundary, "wall", received_at)
                         wall_last_sweep[partition] = boundary
-                done.append(message)
+                acks.finished(message)
                 continue
             try:
                 decoded = decode(message, logical)
             except InvalidEvent as exc:
                 await dead_letter(message, str(exc), "invalid")
-                done.append(message)
+                acks.finished(message)
                 if event_clock:
                     watermark.observe(message.topic, partition, message.offset)
                     await advance(partition, received_at)
@@ -412,11 +413,11 @@ def register(p: Pipeline) -> None:
                     "could not process %s[%s]@%s", message.topic, partition, message.offset
                 )
                 await dead_letter(message, f"processing error: {exc!r}", "processing_error")
-                done.append(message)
+                acks.finished(message)
                 continue
             if not event_clock:
                 apply(partition, decoded)
-                done.append(message)
+                acks.finished(message)
                 continue
             event_ts = to_epoch(decoded.occurred_at)
             watermark.observe(message.topic, partition, message.offset, event_ts)

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, cast
@@ -191,3 +193,49 @@ def storing_for(app: faust.App, message: Message) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+class InOrderAcks:
+    """Which handled messages may be acked: per topic partition, only those below
+    the lowest offset still in hand.
+
+    Faust commits the first run of consecutive acked offsets and trusts it to
+    start where reading started, but it does not check that when a partition
+    has no committed offset yet (or it is 0), and lets one missing message
+    through otherwise (``min(acked) - committed > 1``). Events held in the
+    reorder buffer finish out of offset order, so acking each as it finished
+    let a commit pass over a held event, which the next owner of the
+    partition then never read. Acked in offset order, every commit means
+    "everything before is applied and stored".
+    """
+
+    def __init__(self) -> None:
+        self._taken: dict[TP, list[int]] = {}  # offsets received, smallest first
+        self._finished: dict[TP, set[int]] = {}  # of those, handled (removed lazily)
+        self._ready: dict[TP, list[tuple[int, int, Message]]] = {}  # handled, not acked
+        self._order = itertools.count()
+
+    def received(self, message: Message) -> None:
+        heapq.heappush(self._taken.setdefault(message.tp, []), message.offset)
+
+    def finished(self, message: Message) -> None:
+        tp = message.tp
+        self._finished.setdefault(tp, set()).add(message.offset)
+        heapq.heappush(self._ready.setdefault(tp, []), (message.offset, next(self._order), message))
+
+    def ackable(self) -> list[Message]:
+        """The finished messages with nothing unfinished before them (removed here)."""
+        out: list[Message] = []
+        for tp, ready in self._ready.items():
+            taken, finished = self._taken.get(tp, []), self._finished.get(tp, set())
+            while taken and taken[0] in finished:
+                finished.discard(heapq.heappop(taken))
+            floor = taken[0] if taken else None
+            while ready and (floor is None or ready[0][0] < floor):
+                out.append(heapq.heappop(ready)[2])
+        return out
+
+    def clear(self) -> None:
+        self._taken.clear()
+        self._finished.clear()
+        self._ready.clear()

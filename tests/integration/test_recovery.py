@@ -83,7 +83,7 @@ def test_sigterm_mid_history_stops_the_worker_and_a_restart_carries_on(broker, w
     history: it exits cleanly within a few seconds, and a restart finishes the
     history with the warnings and states of an uninterrupted run."""
     settings = isolated_settings(broker, tmp_path / "worker", store="rocksdb://")
-    events, _ = simulate(300, 13, parse_start("2024-10-07"), 400, 3, 0)
+    events, _ = simulate(600, 13, parse_start("2024-10-07"), 400, 3, 0)
     assert produce(settings, iter_paced(events, 0)).failed == 0
     total = len(events)
 
