@@ -117,7 +117,8 @@ class CompiledBoosters:
         first = 0
         for booster, calibrator in boosters:
             count = len(booster._predictors)  # noqa: SLF001
-            baseline = booster._baseline_prediction  # noqa: SLF001
+            # (a 1 x 1 array for a binary booster)
+            baseline = float(np.ravel(booster._baseline_prediction)[0])  # noqa: SLF001
             self._boosters.append((first, first + count, baseline, _calibration(calibrator)))
             first += count
 
@@ -164,9 +165,7 @@ class CompiledBoosters:
         mean = np.zeros(n)
         for first, end, baseline, calibrate in self._boosters:
             # The baseline, then each tree's value in turn, as scikit-learn adds them.
-            start = np.broadcast_to(
-                np.asarray(baseline, dtype=np.float64).reshape(1, -1)[:, :1], (n, 1)
-            )
+            start = np.full((n, 1), baseline)
             raw = np.cumsum(np.hstack([start, leaves[:, first:end]]), axis=1)[:, -1]
             calibrated = np.asarray(calibrate(raw), dtype=np.float64)
             calibrated[(1.0 < calibrated) & (calibrated <= 1.0 + 1e-5)] = 1.0  # as sklearn
