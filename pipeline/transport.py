@@ -118,9 +118,12 @@ class _Consumer(driver.Consumer):
                 for tp in records:
                     track_end(tp, self.highwater(tp))
                 for tp, record in self.scheduler.iterate(records):
-                    if active is not None and tp not in active:
-                        if tp not in self._buffered_partitions:
-                            continue
+                    if (
+                        active is not None
+                        and tp not in active
+                        and tp not in self._buffered_partitions  # (reassigned on a reset)
+                    ):
+                        continue
                     offset = record.offset
                     seen = last.get(tp, read_offset[tp])
                     if seen is not None and offset < seen:
