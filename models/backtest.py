@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import csv
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -42,15 +43,17 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from churnwatch.settings import ModelSettings, WarningThresholds
 from models.baselines import LABEL
-from models.dataset import build_training_set, cutoffs_every, order_times
+from models.dataset import build_training_set, cutoffs_every, order_times, training_rows
 from models.train import fit_model, usual_values
 from pipeline.events import CustomerEvent, WarningRecord
-from pipeline.features import DAY, to_epoch
+from pipeline.features import DAY, StateBlock, to_epoch
 from pipeline.processing import run_history
 from pipeline.rules import RULES
-from pipeline.scoring import ChurnModel
+from pipeline.scoring import ChurnModel, CompiledBoosters, probe_rows
 
 #: Fewer training rows than this make a model that is mostly noise: the
 #: walk-forward waits until the history has that many.
@@ -145,60 +148,133 @@ class ServedModel:
     train_cutoffs: tuple[date, date]
 
 
-def walk_forward_models(
+class WalkForward:
+    """The models a worker retrained every ``retrain_every_days`` would have served,
+    trained while the history runs through :func:`~pipeline.processing.run_history`.
+
+    Training rows are taken at cutoffs every ``model_settings.cutoff_every_days``
+    (as ``churnwatch train`` takes them) from the run's own states, in the sweep
+    at the cutoff, when every event before it and none after is applied: one
+    pass over the history instead of one for the training set and one for the
+    warnings. Where the cutoffs are not sweep boundaries (a history in another
+    time zone), the training set is built in a pass of its own first
+    (:func:`models.dataset.build_training_set`); the rows are the same. A model
+    retrained on day D learns only from the rows whose cutoff plus horizon is at
+    or before D, so none of its labels looks past D; it serves the sweeps from D on.
+    """
+
+    def __init__(
+        self,
+        events: list[CustomerEvent],
+        thresholds: WarningThresholds,
+        sweep_every_seconds: float,
+        model_settings: ModelSettings,
+        retrain_every_days: float,
+        progress: Callable[[str], None] = lambda _message: None,
+    ) -> None:
+        self.thresholds = thresholds
+        self.settings = model_settings
+        self.horizon = model_settings.horizon_days * DAY
+        self.every = retrain_every_days * DAY
+        self.progress = progress
+        self.cutoffs = cutoffs_every(
+            events, model_settings.cutoff_every_days, model_settings.horizon_days
+        )
+        self.orders = order_times(events)
+        self.last = to_epoch(events[-1].occurred_at)
+        self.frames: list[pd.DataFrame] = []  # the training rows so far, a frame per cutoff
+        self.taken = 0  # cutoffs whose rows are in
+        self.served: list[ServedModel] = []
+        self.day = to_epoch(self.cutoffs[0]) + self.horizon if self.cutoffs else math.inf
+        if any(to_epoch(c) % sweep_every_seconds for c in self.cutoffs):
+            progress(f"building the training set ({len(self.cutoffs)} cutoffs)")
+            self.frames = [
+                build_training_set(events, self.cutoffs, model_settings.horizon_days, thresholds)
+            ]
+            self.taken = len(self.cutoffs)
+        elif self.cutoffs:
+            progress(f"taking training rows at {len(self.cutoffs)} cutoffs as the history runs")
+
+    def before_sweep(self, boundary: float, states: StateBlock) -> None:
+        """Take the rows of a cutoff at ``boundary``; retrain on every day up to it."""
+        while self.taken < len(self.cutoffs) and to_epoch(self.cutoffs[self.taken]) <= boundary:
+            cutoff = self.cutoffs[self.taken]
+            rows = training_rows(states, cutoff, self.orders, self.horizon, self.thresholds)
+            if rows:
+                self.frames.append(pd.DataFrame(rows))
+            self.taken += 1
+        self._retrain_until(min(boundary, self.last))
+
+    def finish(self) -> list[ServedModel]:
+        """Retrain on the days after the last sweep too (the models a worker would have
+        had by the end of the data); every model, oldest first."""
+        self._retrain_until(self.last)
+        return self.served
+
+    def model_at(self, _boundary: float) -> ChurnModel | None:
+        """The model serving the sweep just prepared by :meth:`before_sweep`."""
+        return self.served[-1].model if self.served else None
+
+    def _retrain_until(self, until: float) -> None:
+        while self.day <= until:
+            self._retrain(self.day)
+            self.day += self.every
+
+    def _retrain(self, day: float) -> None:
+        # In epoch seconds: a horizon is so many days of 24 hours, whatever the
+        # clocks did (as the labels count it).
+        if not self.frames:
+            return
+        data = pd.concat(self.frames, ignore_index=True)
+        rows = data[_epochs(data["cutoff"]) + self.horizon <= day]
+        if len(rows) < MIN_TRAIN_ROWS or rows[LABEL].nunique() != 2:
+            return
+        self.progress(f"retraining as of {_date(day)}: {len(rows)} rows")
+        estimator = fit_model(rows)
+        usual = usual_values(rows).to_numpy(dtype=float)
+        model = ChurnModel(
+            version=f"backtest-{_date(day)}",
+            estimator=estimator,
+            usual=usual,
+            horizon_days=self.settings.horizon_days,
+            created_at=day,
+            # Scored as a worker serving it would: compiled, checked to match.
+            compiled=CompiledBoosters.compile(estimator, probe_rows(usual)),
+        )
+        cutoff_range = (rows["cutoff"].min().date(), rows["cutoff"].max().date())
+        self.served.append(ServedModel(day, model, len(rows), cutoff_range))
+
+
+def walk_forward(
     events: list[CustomerEvent],
     thresholds: WarningThresholds,
+    sweep_every_seconds: float,
     model_settings: ModelSettings,
     retrain_every_days: float,
     progress: Callable[[str], None] = lambda _message: None,
-) -> list[ServedModel]:
-    """The models a worker retrained every ``retrain_every_days`` would have served.
+) -> tuple[list[WarningRecord], list[ServedModel]]:
+    """The warnings of ``events`` with a :class:`WalkForward` model serving, and its models."""
+    walk = WalkForward(
+        events, thresholds, sweep_every_seconds, model_settings, retrain_every_days, progress
+    )
+    progress("running the rules and the model over the history")
+    _, records = run_history(
+        events,
+        thresholds,
+        sweep_every_seconds,
+        model_at=walk.model_at,
+        before_sweep=walk.before_sweep,
+    )
+    return records, walk.finish()
 
-    The training set (:func:`models.dataset.build_training_set`, cutoffs every
-    ``model_settings.cutoff_every_days`` as ``churnwatch train`` uses) is built
-    once; a model retrained on day D learns only from the rows whose cutoff
-    plus horizon is at or before D, so none of its labels looks past D.
-    """
-    horizon = model_settings.horizon_days * DAY
-    cutoffs = cutoffs_every(events, model_settings.cutoff_every_days, model_settings.horizon_days)
-    if not cutoffs:
-        return []
-    progress(f"building the training set ({len(cutoffs)} cutoffs)")
-    data = build_training_set(events, cutoffs, model_settings.horizon_days, thresholds)
-    # In epoch seconds: a horizon is so many days of 24 hours, whatever the
-    # clocks did (as the labels count it).
-    labelled_at = data["cutoff"].map(to_epoch) + horizon
-    served: list[ServedModel] = []
-    day, last = to_epoch(cutoffs[0]) + horizon, to_epoch(events[-1].occurred_at)
-    while day <= last:
-        rows = data[labelled_at <= day]
-        if len(rows) >= MIN_TRAIN_ROWS and rows[LABEL].nunique() == 2:
-            progress(f"retraining as of {_date(day)}: {len(rows)} rows")
-            model = ChurnModel(
-                version=f"backtest-{_date(day)}",
-                estimator=fit_model(rows),
-                usual=usual_values(rows).to_numpy(dtype=float),
-                horizon_days=model_settings.horizon_days,
-                created_at=day,
-            )
-            cutoff_range = (rows["cutoff"].min().date(), rows["cutoff"].max().date())
-            served.append(ServedModel(day, model, len(rows), cutoff_range))
-        day += retrain_every_days * DAY
-    return served
+
+def _epochs(moments: pd.Series) -> pd.Series:
+    """Epoch seconds of timezone-aware timestamps (:func:`to_epoch` of each, at once)."""
+    return (moments - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
 
 
 def _date(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).date().isoformat()
-
-
-def _serving(served: list[ServedModel]) -> Callable[[float], ChurnModel | None]:
-    starts = [s.serving_from for s in served]
-
-    def model_at(boundary: float) -> ChurnModel | None:
-        i = bisect.bisect_right(starts, boundary)
-        return served[i - 1].model if i else None
-
-    return model_at
 
 
 def backtest(
@@ -219,15 +295,14 @@ def backtest(
     if not events:
         raise ValueError("no events to backtest")
     horizon = horizon_days * DAY
-    served = (
-        walk_forward_models(events, thresholds, model_settings, retrain_every_days, progress)
-        if model_settings is not None
-        else []
-    )
-    progress("running the rules over the history")
-    _, records = run_history(
-        events, thresholds, sweep_every_seconds, model_at=_serving(served) if served else None
-    )
+    served: list[ServedModel] = []
+    if model_settings is not None:
+        records, served = walk_forward(
+            events, thresholds, sweep_every_seconds, model_settings, retrain_every_days, progress
+        )
+    else:
+        progress("running the rules over the history")
+        _, records = run_history(events, thresholds, sweep_every_seconds)
     orders = order_times(events)
     data_start = to_epoch(events[0].occurred_at)
     data_end = to_epoch(events[-1].occurred_at)

@@ -31,7 +31,7 @@ def order_times(events: list[CustomerEvent]) -> dict[str, list[float]]:
     orders: dict[str, list[float]] = defaultdict(list)
     for event in events:
         if isinstance(event, OrderPlaced):
-            orders[event.customer_id].append(to_epoch(event.occurred_at))
+            orders[event.customer_id].append(event.epoch)
     for times in orders.values():
         times.sort()
     return orders
@@ -62,6 +62,38 @@ def _order_summary(times: list[float], before: int, cutoff: float) -> dict[str, 
     }
 
 
+def training_rows(
+    states: StateBlock,
+    cutoff: datetime,
+    orders: dict[str, list[float]],
+    horizon: float,
+    thresholds: WarningThresholds,
+) -> list[dict[str, object]]:
+    """The rows of one cutoff, from ``states`` holding every event strictly before it."""
+    at = to_epoch(cutoff)
+    last_order = states.used()["last_order_at"]
+    active = np.flatnonzero((last_order != 0) & (at - last_order <= ACTIVE_DAYS * DAY))
+    if not len(active):
+        return []
+    rows: list[dict[str, object]] = []
+    matrix = feature_matrix(read_segmented(states, active, at, thresholds))
+    for row, inputs in zip(active.tolist(), matrix.tolist(), strict=True):
+        customer_id = states.customer_ids[row]
+        times = orders[customer_id]
+        i = bisect.bisect_left(times, at)
+        churned = not (i < len(times) and times[i] < at + horizon)
+        rows.append(
+            {
+                "cutoff": cutoff,
+                "customer_id": customer_id,
+                **dict(zip(INPUT_FEATURES, inputs, strict=True)),
+                **_order_summary(times, i, at),
+                "churned": int(churned),
+            }
+        )
+    return rows
+
+
 def build_training_set(
     events: Iterable[CustomerEvent],
     cutoffs: list[datetime],
@@ -83,34 +115,12 @@ def build_training_set(
     rows: list[dict[str, object]] = []
     pending = sorted(cutoffs)
     index = 0
-
-    def snapshot(cutoff: datetime) -> None:
-        at = to_epoch(cutoff)
-        last_order = states.used()["last_order_at"]
-        active = np.flatnonzero((last_order != 0) & (at - last_order <= ACTIVE_DAYS * DAY))
-        if not len(active):
-            return
-        matrix = feature_matrix(read_segmented(states, active, at, thresholds))
-        for row, inputs in zip(active.tolist(), matrix.tolist(), strict=True):
-            customer_id = states.customer_ids[row]
-            times = orders[customer_id]
-            i = bisect.bisect_left(times, at)
-            churned = not (i < len(times) and times[i] < at + horizon)
-            rows.append(
-                {
-                    "cutoff": cutoff,
-                    "customer_id": customer_id,
-                    **dict(zip(INPUT_FEATURES, inputs, strict=True)),
-                    **_order_summary(times, i, at),
-                    "churned": int(churned),
-                }
-            )
-
     for event in progress(ordered):
         while index < len(pending) and event.occurred_at >= pending[index]:
-            snapshot(pending[index])  # strictly before the cutoff: this event is not in yet
+            # strictly before the cutoff: this event is not in yet
+            rows += training_rows(states, pending[index], orders, horizon, thresholds)
             index += 1
         apply_event(states.state(event.customer_id), event)
     for cutoff in pending[index:]:
-        snapshot(cutoff)
+        rows += training_rows(states, cutoff, orders, horizon, thresholds)
     return pd.DataFrame(rows)

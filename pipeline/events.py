@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -53,6 +54,11 @@ class _Event(_Record):
     )
     customer_id: CustomerId = Field(description="The customer; also the Kafka message key.")
     occurred_at: AwareDatetime = Field(description="When it happened (event time), with offset.")
+
+    @cached_property
+    def epoch(self) -> float:
+        """``occurred_at`` in UTC epoch seconds (worked out once: every step reads it)."""
+        return self.occurred_at.timestamp()
 
 
 # --- orders -----------------------------------------------------------------

@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -460,7 +461,7 @@ def apply_event(state: CustomerState, event: CustomerEvent) -> bool:
     """Fold ``event`` into ``state``. Returns False for a duplicate (already applied)."""
     if _seen_before(state, event.event_id):
         return False
-    ts = to_epoch(event.occurred_at)
+    ts = event.epoch
     first_seen = state.first_seen_at
     if not first_seen or ts < first_seen:
         state.first_seen_at = ts
@@ -774,28 +775,31 @@ _INTEGER_FEATURES = frozenset(
 FeatureColumns = dict[str, Any]
 
 
-def _layout(ring: npt.NDArray[Any], head: npt.NDArray[Any], now_week: int) -> npt.NDArray[Any]:
-    """Each customer's ring laid out as the weeks ending with ``now_week``, oldest
-    first; weeks the ring does not hold (yet, or any more) read as zero."""
-    size = ring.shape[1]
-    weeks = np.arange(now_week - size + 1, now_week + 1)
-    held = (weeks[None, :] <= head[:, None]) & (weeks[None, :] > head[:, None] - size)
-    return np.where(held, ring[:, weeks % size], 0)
+class _Weeks:
+    """Which slots of a ring hold which of the weeks ending with ``now_week``, for
+    every customer at once (worked out once per ring size, shared by its rings)."""
 
+    def __init__(self, head: npt.NDArray[Any], now_week: int, size: int) -> None:
+        weeks = np.arange(now_week - size + 1, now_week + 1)
+        self.slots = weeks % size
+        self.held = (weeks[None, :] <= head[:, None]) & (weeks[None, :] > head[:, None] - size)
 
-def _windows(
-    ring: npt.NDArray[Any], head: npt.NDArray[Any], now_week: int
-) -> npt.NDArray[np.int64]:
-    """Cumulative sums of a count ring's :func:`_layout`, with a leading zero
-    column: the count of weeks ``[a, b)`` is ``c[:, b] - c[:, a]`` (exact)."""
-    view = _layout(ring, head, now_week).astype(np.int64)
-    out = np.zeros((len(head), ring.shape[1] + 1), np.int64)
-    np.cumsum(view, axis=1, out=out[:, 1:])
-    return out
+    def layout(self, ring: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Each customer's ring laid out as the weeks ending with ``now_week``, oldest
+        first; weeks the ring does not hold (yet, or any more) read as zero."""
+        return np.where(self.held, ring[:, self.slots], 0)
+
+    def windows(self, ring: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+        """Cumulative sums of a count ring's :meth:`layout`, with a leading zero
+        column: the count of weeks ``[a, b)`` is ``c[:, b] - c[:, a]`` (exact)."""
+        view = self.layout(ring).astype(np.int64)
+        out = np.zeros((len(view), ring.shape[1] + 1), np.int64)
+        np.cumsum(view, axis=1, out=out[:, 1:])
+        return out
 
 
 def _in_order(view: npt.NDArray[np.float64], start: int, end: int) -> npt.NDArray[np.float64]:
-    """The amounts of weeks ``[start, end)`` of a :func:`_layout`, added oldest
+    """The amounts of weeks ``[start, end)`` of a :meth:`_Weeks.layout`, added oldest
     first as a loop would (float sums depend on the order)."""
     total = np.zeros(len(view))
     for week in range(start, end):
@@ -845,12 +849,14 @@ def _read_many(
     seen = first_seen != 0
     history_weeks = np.where(seen, (now - first_seen) / WEEK, 0.0)
 
-    counts = _windows(d["order_counts"], head, now_week)
-    amounts = _layout(d["order_amounts"], head, now_week)
-    inbound = _windows(d["inbound_contacts"], head, now_week)
-    complaints = _windows(d["complaint_counts"], head, now_week)
-    returns = _layout(d["return_amounts"], head, now_week)
-    outbound = _windows(d["outbound_contacts"], head, now_week)
+    weeks = _Weeks(head, now_week, RING_WEEKS)
+    short_weeks = _Weeks(head, now_week, SHORT_RING_WEEKS)
+    counts = weeks.windows(d["order_counts"])
+    amounts = weeks.layout(d["order_amounts"])
+    inbound = weeks.windows(d["inbound_contacts"])
+    complaints = short_weeks.windows(d["complaint_counts"])
+    returns = short_weeks.layout(d["return_amounts"])
+    outbound = short_weeks.windows(d["outbound_contacts"])
 
     def total(c: npt.NDArray[np.int64], start: int, end: int) -> npt.NDArray[np.int64]:
         return c[:, end] - c[:, start]
@@ -911,7 +917,7 @@ def _read_many(
         "mean_order_gap_days": gap,
         "silence_vs_usual_gap": _when(gap > 0, days_since_last_order / gap),
         "longest_gap_past_year_days": (
-            _layout(d["longest_gaps"], head, now_week)[:, last - PAST_YEAR_WEEKS :].max(axis=1)
+            weeks.layout(d["longest_gaps"])[:, last - PAST_YEAR_WEEKS :].max(axis=1)
         ),
         "amount_trend": _when(
             amount_baseline > 0, amount_recent / (amount_baseline * recent_weeks) - 1
@@ -958,8 +964,8 @@ def _payment_features(
     out: dict[str, npt.NDArray[Any]] = {}
 
     owners, invoices = _flat(block.invoices, position)
-    amounts = np.array([invoice[1] for invoice in invoices], dtype=np.float64)
-    due = np.array([invoice[2] for invoice in invoices], dtype=np.float64)
+    amounts = _column(invoices, 1)
+    due = _column(invoices, 2)
     overdue = due < now
     days_past_due = np.where(overdue, (now - due) / DAY, 0.0)
     bucket = np.select(
@@ -978,8 +984,8 @@ def _payment_features(
     out["overdue_invoices"] = np.bincount(owners, weights=overdue, minlength=n).astype(np.int64)
 
     owners, complaints = _flat(block.complaints, position)
-    opened = np.array([complaint[1] for complaint in complaints], dtype=np.float64)
-    severity = np.array([int(complaint[2]) for complaint in complaints], dtype=np.int64)
+    opened = _column(complaints, 1)
+    severity = _column(complaints, 2).astype(np.int64)
     billing = np.array([complaint[3:4] == ["billing"] for complaint in complaints], dtype=bool)
     count = np.bincount(owners, minlength=n)
     oldest = np.full(n, np.inf)
@@ -998,15 +1004,22 @@ def _payment_features(
 def _flat(
     table: dict[int, list[list[Any]]], position: npt.NDArray[np.int64]
 ) -> tuple[npt.NDArray[np.int64], list[list[Any]]]:
-    """The entries of the customers ``position`` picks, in row and list order, and
-    each one's position (the order a loop over them would add in)."""
-    picked = [
-        (where, entry)
-        for row, entries in table.items()
-        if (where := int(position[row])) >= 0
-        for entry in entries
-    ]
-    return np.array([where for where, _ in picked], dtype=np.int64), [e for _, e in picked]
+    """The entries of the customers ``position`` picks, each customer's in list
+    order (the order a loop over them would add in), and each one's position."""
+    where_of = position.tolist()
+    owners: list[int] = []
+    entries: list[list[Any]] = []
+    for row, listed in table.items():
+        where = where_of[row]
+        if where >= 0:
+            owners += [where] * len(listed)
+            entries += listed
+    return np.array(owners, dtype=np.int64), entries
+
+
+def _column(entries: list[list[Any]], index: int) -> npt.NDArray[np.float64]:
+    """One field of every entry, as numbers."""
+    return np.fromiter(map(itemgetter(index), entries), dtype=np.float64, count=len(entries))
 
 
 def features_of(columns: FeatureColumns, i: int) -> Features:

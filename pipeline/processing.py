@@ -30,7 +30,6 @@ from pipeline.features import (
     apply_event,
     features_of,
     read_many,
-    to_epoch,
 )
 from pipeline.rules import Risk, changing, evaluate
 from pipeline.scoring import ChurnModel, Matrix, feature_matrix
@@ -247,6 +246,7 @@ def run_history(
     lateness_seconds: float = 0.0,
     model_at: Callable[[float], ChurnModel | None] | None = None,
     batch_size: int = 4096,
+    before_sweep: Callable[[float, StateBlock], None] | None = None,
 ) -> tuple[StateBlock, list[WarningRecord]]:
     """The worker's logic over a whole history in one process.
 
@@ -256,6 +256,8 @@ def run_history(
     ``model_at(boundary)`` is the churn model serving at a sweep (None: rules
     only), so a backtest can swap models as a retrained worker would. Scores
     do not depend on the batch size; a large one just means fewer calls.
+    ``before_sweep(boundary, states)`` sees the states of each sweep before it
+    runs (every event before the boundary applied, none after).
     """
     states = StateBlock()
     records: list[WarningRecord] = []
@@ -265,6 +267,8 @@ def run_history(
     def run(steps: list[Apply[CustomerEvent] | Sweep]) -> None:
         for step in steps:
             if isinstance(step, Sweep):
+                if before_sweep is not None:
+                    before_sweep(step.boundary, states)
                 model = model_at(step.boundary) if model_at is not None else None
                 swept = sweep(states, step.boundary, thresholds, model, batch_size)
                 for _state, changed in swept:
@@ -277,7 +281,7 @@ def run_history(
             apply_event(state, event)
 
     for event in events:
-        event_ts = to_epoch(event.occurred_at)
+        event_ts = event.epoch
         watermark = max(watermark, event_ts)
         run(sequencer.offer(0, event_ts, event, watermark))
     run(sequencer.drain(0))

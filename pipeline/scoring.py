@@ -108,9 +108,17 @@ class CompiledBoosters:
         right = np.where(leaf, own, flat["right"].astype(np.intp) + shift)
         self._roots = offsets.astype(np.intp)
         self._children = np.column_stack([left, right]).ravel()
-        self._feature = np.where(leaf, 0, flat["feature_idx"]).astype(np.intp)
-        self._threshold = flat["num_threshold"].astype(np.float64)
-        self._missing_left = flat["missing_go_to_left"].astype(bool)
+        self._width = int(boosters[0][0].n_features_in_)
+        # Each row is scored as two copies side by side, missing values read as
+        # -inf in the first and +inf in the second; a node whose missing values go
+        # right reads the second copy, so ``value > threshold`` sends a missing
+        # value its way without a test for it (thresholds are finite, checked).
+        missing_right = ~leaf & ~flat["missing_go_to_left"].astype(bool)
+        feature = np.where(leaf, 0, flat["feature_idx"]).astype(np.intp)
+        self._feature = feature + np.where(missing_right, self._width, 0)
+        self._threshold = np.where(leaf, 0.0, flat["num_threshold"]).astype(np.float64)
+        if not np.isfinite(self._threshold).all():
+            raise ValueError("a split on an infinite threshold")
         self._value = flat["value"].astype(np.float64)
         self._depth = int(flat["depth"].max())
         self._boosters = []  # (first tree, end of its trees, baseline, calibrate)
@@ -150,16 +158,19 @@ class CompiledBoosters:
         return compiled
 
     def probabilities(self, rows: Matrix) -> Matrix:
-        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        rows = np.asarray(rows, dtype=np.float64)
         n, width = rows.shape
-        values = rows.ravel()
-        base = (np.arange(n) * width)[:, np.newaxis]
+        if width != self._width:
+            raise ValueError(f"rows have {width} inputs; the model takes {self._width}")
+        missing = np.isnan(rows)
+        values = np.hstack(
+            [np.where(missing, -np.inf, rows), np.where(missing, np.inf, rows)]
+        ).ravel()
+        base = (np.arange(n) * 2 * width)[:, np.newaxis]
+        feature = self._feature
         node = np.broadcast_to(self._roots, (n, len(self._roots))).copy()
         for _ in range(self._depth):
-            value = values[base + self._feature[node]]
-            go_right = np.where(
-                np.isnan(value), ~self._missing_left[node], value > self._threshold[node]
-            )
+            go_right = values[base + feature[node]] > self._threshold[node]
             node = self._children[2 * node + go_right]
         leaves = self._value[node]
         mean = np.zeros(n)

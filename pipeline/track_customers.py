@@ -220,7 +220,7 @@ def register(p: Pipeline) -> None:
             metrics.EVENTS_DUPLICATE.inc()
             return
         dirty.setdefault(partition, set()).add(state.row)
-        newest[0] = max(newest[0], to_epoch(decoded.occurred_at))
+        newest[0] = max(newest[0], decoded.epoch)
         if late:
             state.late_events += 1
             metrics.LATE_EVENTS.inc()
@@ -419,7 +419,7 @@ def register(p: Pipeline) -> None:
                 apply(partition, decoded)
                 acks.finished(message)
                 continue
-            event_ts = to_epoch(decoded.occurred_at)
+            event_ts = decoded.epoch
             watermark.observe(message.topic, partition, message.offset, event_ts)
             resume(partition)
             late = sequencer.offer(partition, event_ts, (decoded, message))

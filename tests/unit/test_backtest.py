@@ -67,12 +67,12 @@ def simulated():
 def test_a_walk_forward_model_never_learns_from_after_its_day(simulated, settings):
     import numpy as np
 
-    from models.backtest import walk_forward_models
+    from models.backtest import walk_forward
     from models.dataset import build_training_set, cutoffs_every
     from pipeline.features import to_epoch
     from pipeline.scoring import INPUT_FEATURES
 
-    served = walk_forward_models(simulated, settings.warnings, settings.model, 28)
+    served = walk_forward(simulated, settings.warnings, 86_400, settings.model, 28)[1]
     assert len(served) >= 3
     assert [s.serving_from for s in served] == sorted(s.serving_from for s in served)
     assert [s.train_rows for s in served] == sorted(s.train_rows for s in served)
@@ -81,7 +81,8 @@ def test_a_walk_forward_model_never_learns_from_after_its_day(simulated, setting
     day = served[1].serving_from
     cut = [e for e in simulated if to_epoch(e.occurred_at) < day + 7 * DAY]
     again = {
-        s.model.version: s for s in walk_forward_models(cut, settings.warnings, settings.model, 28)
+        s.model.version: s
+        for s in walk_forward(cut, settings.warnings, 86_400, settings.model, 28)[1]
     }
     assert served[1].model.version in again
     rows = build_training_set(

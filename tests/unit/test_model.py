@@ -21,7 +21,7 @@ from models.registry import (
 from models.train import TrainingError, train
 from pipeline.events import decode_event
 from pipeline.processing import run_history, sweep
-from pipeline.scoring import INPUT_FEATURES, ModelError, ModelHolder, load_model
+from pipeline.scoring import INPUT_FEATURES, ModelError, ModelHolder, load_model, probe_rows
 from producers.simulator import parse_start, simulate
 
 
@@ -115,6 +115,10 @@ def test_the_compiled_model_gives_scikit_learns_probabilities(trained, history, 
         ]
     )
     assert np.array_equal(model.probabilities(rows), model.estimator.predict_proba(rows)[:, 1])
+    # inputs far from the usual, and missing ones, each way every split sends them
+    odd = probe_rows(model.usual, 4000)
+    assert np.isnan(odd).any(axis=1).mean() > 0.9
+    assert np.array_equal(model.probabilities(odd), model.estimator.predict_proba(odd)[:, 1])
 
 
 def test_reasons_of_many_rows_at_once_equal_one_row_at_a_time(trained):
