@@ -100,7 +100,7 @@ def machine() -> str:
     return f"{cores} cores{memory}, Python {sys.version.split()[0]}, {sys.platform}"
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -405,7 +405,7 @@ def _drain(
             )
             now = time.monotonic()
             if processed == 0:
-                idle_rss = sum(_rss_mb(proc.pid) for proc in procs)
+                idle_rss = sum(rss_mb(proc.pid) for proc in procs)
             elif first_at is None:
                 first_at, first_count = now, processed
             time.sleep(POLL_SECONDS)
@@ -414,7 +414,7 @@ def _drain(
             first_at, first_count = done_at - POLL_SECONDS, 0.0
         seconds = max(done_at - first_at, POLL_SECONDS)
         rate = (total - first_count) / seconds if total > first_count else total / seconds
-        end_rss = sum(_rss_mb(proc.pid) for proc in procs)
+        end_rss = sum(rss_mb(proc.pid) for proc in procs)
         customers, state_bytes = _changelog_bytes(
             settings, f"{settings.worker.app_id}-customer_state-changelog"
         )

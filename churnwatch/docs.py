@@ -91,7 +91,17 @@ def render_events_md() -> str:
         "customer events carry a `type` discriminator. Unknown fields are rejected.",
         "Timestamps must carry a UTC offset (`2025-03-03T09:30:00+00:00` or `...Z`).",
         "A message that does not validate is not lost: the worker copies it to the",
-        "dead-letter topic with the reason.",
+        "dead-letter topic with the reason (at most the first 100,000 characters of",
+        "a larger payload, with its size in `payload_bytes`: the whole message stays",
+        "on its topic at the offset the letter names).",
+        "",
+        "Validation is strict and bounded, so one message can neither crash nor pin",
+        "a worker: a message without a key, or with a key other than its",
+        '`customer_id`, is rejected; so are numbers sent as strings (`"12.5"`),',
+        'booleans as `"true"`, times as epoch numbers, `NaN` and `Infinity`,',
+        "source ids (order, invoice, ticket numbers) over 128 characters, event",
+        "times before 1990 or from 2100 on, and due dates more than ten years from",
+        "their invoice.",
         "",
     ]
     for topic, models, about in _TOPIC_RECORDS:

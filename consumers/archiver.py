@@ -28,7 +28,14 @@ from kafka import KafkaConsumer
 
 from churnwatch.settings import Settings
 from pipeline import metrics
-from pipeline.events import EVENT_TOPICS, CustomerEvent, InvalidEvent, decode_event, encode_event
+from pipeline.events import (
+    EVENT_TOPICS,
+    CustomerEvent,
+    InvalidEvent,
+    decode_event,
+    decode_message,
+    encode_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +148,7 @@ def run_archiver(
             for batch in consumer.poll(timeout_ms=500, max_records=a.flush_events).values():
                 for message in batch:
                     try:
-                        event = decode_event(message.value, message.key)
+                        event = decode_message(message.value, message.key)
                     except InvalidEvent:
                         stats.invalid += 1  # the worker sends it to the dead letters
                         continue

@@ -9,18 +9,20 @@ Timestamps are ISO 8601 with a UTC offset; naive timestamps are rejected.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 
@@ -42,6 +44,26 @@ EVENT_TOPICS = (Topic.ORDERS, Topic.PAYMENTS, Topic.COMPLAINTS, Topic.ENGAGEMENT
 
 CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Money = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
+#: An id from a source system (order, invoice, ticket number): bounded, so one
+#: message cannot grow a customer's stored state without limit.
+SourceId = Annotated[str, Field(min_length=1, max_length=128)]
+
+#: Event times outside these are a data error: before 1990 would break "0 = never"
+#: in state, and an event in the year 9999 would make a worker sweep every day until then.
+EARLIEST_EVENT = datetime(1990, 1, 1, tzinfo=UTC)
+LATEST_EVENT = datetime(2100, 1, 1, tzinfo=UTC)
+#: How far a due date may lie from its invoice's date, either way.
+MAX_PAYMENT_TERM = timedelta(days=3660)
+
+
+def _plausible_time(moment: datetime) -> datetime:
+    if not EARLIEST_EVENT <= moment < LATEST_EVENT:
+        first, end = EARLIEST_EVENT.date().isoformat(), LATEST_EVENT.date().isoformat()
+        raise ValueError(f"dated outside {first} to {end}")
+    return moment
+
+
+EventTime = Annotated[AwareDatetime, AfterValidator(_plausible_time)]
 
 
 class _Record(BaseModel):
@@ -53,7 +75,9 @@ class _Event(_Record):
         min_length=1, max_length=128, description="Unique id of this event (for idempotency)."
     )
     customer_id: CustomerId = Field(description="The customer; also the Kafka message key.")
-    occurred_at: AwareDatetime = Field(description="When it happened (event time), with offset.")
+    occurred_at: EventTime = Field(
+        description="When it happened (event time), with offset; from 1990 to 2100."
+    )
 
     @cached_property
     def epoch(self) -> float:
@@ -68,7 +92,7 @@ class OrderPlaced(_Event):
     """A customer placed an order."""
 
     type: Literal["order_placed"] = "order_placed"
-    order_id: str = Field(min_length=1, description="The order's number in the source system.")
+    order_id: SourceId = Field(description="The order's number in the source system.")
     amount: Money = Field(description="Order value, net of tax, in the account currency.")
     currency: str = Field("EUR", min_length=3, max_length=3, description="ISO 4217 code.")
 
@@ -80,16 +104,24 @@ class InvoiceIssued(_Event):
     """An invoice was sent to the customer."""
 
     type: Literal["invoice_issued"] = "invoice_issued"
-    invoice_id: str = Field(min_length=1, description="Invoice number.")
+    invoice_id: SourceId = Field(description="Invoice number.")
     amount: Money = Field(description="Amount due.")
-    due_date: AwareDatetime = Field(description="When payment is due.")
+    due_date: AwareDatetime = Field(
+        description="When payment is due (within ten years of the invoice date)."
+    )
+
+    @model_validator(mode="after")
+    def _due_near_issue(self) -> InvoiceIssued:
+        if abs(self.due_date - self.occurred_at) > MAX_PAYMENT_TERM:
+            raise ValueError("due_date is more than ten years from occurred_at")
+        return self
 
 
 class PaymentReceived(_Event):
     """Money arrived against an invoice (unknown invoice ids are applied oldest-first)."""
 
     type: Literal["payment_received"] = "payment_received"
-    invoice_id: str = Field(min_length=1, description="Invoice the payment settles.")
+    invoice_id: SourceId = Field(description="Invoice the payment settles.")
     amount: Money = Field(description="Amount received.")
 
 
@@ -97,7 +129,7 @@ class CreditNote(_Event):
     """The amount owed on an invoice was reduced (discount, correction, write-off)."""
 
     type: Literal["credit_note"] = "credit_note"
-    invoice_id: str = Field(min_length=1, description="Invoice the credit applies to.")
+    invoice_id: SourceId = Field(description="Invoice the credit applies to.")
     amount: Money = Field(description="Amount credited.")
 
 
@@ -110,7 +142,7 @@ class ComplaintOpened(_Event):
     """The customer complained (a return is a complaint with ``return_amount`` > 0)."""
 
     type: Literal["complaint_opened"] = "complaint_opened"
-    complaint_id: str = Field(min_length=1, description="Ticket number.")
+    complaint_id: SourceId = Field(description="Ticket number.")
     category: ComplaintCategory = Field(description="What the complaint is about.")
     severity: int = Field(ge=1, le=4, description="1 low, 2 medium, 3 high, 4 critical.")
     return_amount: Money = Field(0.0, description="Value of goods sent back, 0 if none.")
@@ -120,7 +152,7 @@ class ComplaintResolved(_Event):
     """A complaint was closed."""
 
     type: Literal["complaint_resolved"] = "complaint_resolved"
-    complaint_id: str = Field(min_length=1, description="Ticket number of the opened complaint.")
+    complaint_id: SourceId = Field(description="Ticket number of the opened complaint.")
 
 
 # --- engagement -------------------------------------------------------------
@@ -186,9 +218,13 @@ class InvalidEvent(ValueError):
 
 
 def decode_event(payload: bytes, key: bytes | None = None) -> CustomerEvent:
-    """Parse and validate one event; raise :class:`InvalidEvent` with a readable reason."""
+    """Parse and validate one event; raise :class:`InvalidEvent` with a readable reason.
+
+    Strict: a number sent as a string, a boolean as ``"true"`` or a time as an
+    epoch number is refused, not guessed at (a producer that sends them has a bug).
+    """
     try:
-        event = _event_adapter.validate_json(payload)
+        event = _event_adapter.validate_json(payload, strict=True)
     except ValidationError as exc:
         reasons = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'payload'}: {err['msg']}"
@@ -196,11 +232,21 @@ def decode_event(payload: bytes, key: bytes | None = None) -> CustomerEvent:
         )
         raise InvalidEvent(reasons) from exc
     if key is not None and key.decode("utf-8", "replace") != event.customer_id:
+        shown = key.decode("utf-8", "replace")
+        shown = shown if len(shown) <= 80 else f"{shown[:80]}... ({len(key)} bytes)"
         raise InvalidEvent(
-            f"message key {key.decode('utf-8', 'replace')!r} does not match "
-            f"customer_id {event.customer_id!r}"
+            f"message key {shown!r} does not match customer_id {event.customer_id!r}"
         )
     return event
+
+
+def decode_message(value: bytes | None, key: bytes | None) -> CustomerEvent:
+    """:func:`decode_event` for a message read from a topic, which must be keyed by
+    its customer: unkeyed, it may sit in another partition than the customer's
+    other events, where another worker keeps another copy of the customer."""
+    if key is None:
+        raise InvalidEvent("no message key: events are keyed by their customer_id")
+    return decode_event(value or b"", key)
 
 
 def encode_event(event: _Record) -> bytes:
@@ -259,6 +305,40 @@ class DeadLetter(_Record):
     payload: str = Field(description="The raw payload (UTF-8, undecodable bytes escaped).")
     error: str = Field(description="Why it was rejected.")
     received_at: datetime = Field(description="Wall-clock time the worker rejected it (UTC).")
+    payload_bytes: int | None = Field(
+        None,
+        description="The message's size in bytes when ``payload`` holds only its start "
+        "(too large to copy; the whole message stays on its topic at this offset); "
+        "None: ``payload`` is all of it.",
+    )
+
+
+#: How much of a rejected message a dead letter copies: enough to see what was
+#: wrong, small enough that the letter itself can always be sent.
+DEAD_LETTER_PAYLOAD_CHARS = 100_000
+DEAD_LETTER_KEY_CHARS = 1_000
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "backslashreplace")
+
+
+def dead_letter_for(
+    topic: str, partition: int, offset: int, key: bytes | None, payload: bytes | None, error: str
+) -> DeadLetter:
+    """The dead letter of a message that cannot be used, with the reason."""
+    text = _text(payload or b"")
+    cut = len(text) > DEAD_LETTER_PAYLOAD_CHARS
+    return DeadLetter(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=None if key is None else _text(key)[:DEAD_LETTER_KEY_CHARS],
+        payload=text[:DEAD_LETTER_PAYLOAD_CHARS],
+        error=error,
+        received_at=datetime.now(UTC),
+        payload_bytes=len(payload or b"") if cut else None,
+    )
 
 
 class Tick(_Record):

@@ -29,7 +29,6 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,11 @@ from pipeline.events import (
     TOPIC_OF_TYPE,
     WARNING_TYPES,
     CustomerEvent,
-    DeadLetter,
     InvalidEvent,
     Topic,
     WarningRecord,
-    decode_event,
+    dead_letter_for,
+    decode_message,
     encode_event,
 )
 from pipeline.features import (
@@ -74,10 +73,6 @@ DRIFT_EVERY_SECONDS = 10.0
 
 #: An event waiting to be applied: decoded, and the message to ack after.
 Held = tuple[CustomerEvent, Message]
-
-
-def _text(data: bytes | None) -> str | None:
-    return None if data is None else data.decode("utf-8", "backslashreplace")
 
 
 def register(p: Pipeline) -> None:
@@ -138,14 +133,8 @@ def register(p: Pipeline) -> None:
         return ends[key]
 
     async def dead_letter(message: Message, reason: str, kind: str) -> None:
-        record = DeadLetter(
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=_text(message.key),
-            payload=_text(message.value) or "",
-            error=reason,
-            received_at=datetime.now(UTC),
+        record = dead_letter_for(
+            message.topic, message.partition, message.offset, message.key, message.value, reason
         )
         metrics.INVALID_EVENTS.labels(kind).inc()
         metrics.DEAD_LETTERS.inc()
@@ -297,7 +286,7 @@ def register(p: Pipeline) -> None:
             acks.finished(held)
 
     def decode(message: Message, logical: Topic | None) -> CustomerEvent:
-        decoded = decode_event(message.value or b"", message.key)
+        decoded = decode_message(message.value, message.key)
         expected = TOPIC_OF_TYPE[decoded.type]
         if logical is not None and logical is not expected:
             raise InvalidEvent(

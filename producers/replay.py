@@ -9,10 +9,9 @@ with the reason, so nothing is silently lost.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from churnwatch.settings import Settings
-from pipeline.events import TOPIC_OF_TYPE, CustomerEvent, DeadLetter, Topic, encode_event
+from pipeline.events import TOPIC_OF_TYPE, CustomerEvent, Topic, dead_letter_for, encode_event
 from producers.mapping import Rejected
 from producers.produce import make_producer
 from producers.simulator import SimEvent
@@ -33,14 +32,13 @@ def send_rejected(settings: Settings, source: str, rejected: list[Rejected]) -> 
     producer = make_producer(settings)
     try:
         for r in rejected:
-            letter = DeadLetter(
-                topic=f"replay:{source}",
-                partition=-1,
-                offset=r.row_number,
-                key=None,
-                payload=json.dumps(r.row, default=str),
-                error=f"{r.event_type}: {r.error}",
-                received_at=datetime.now(UTC),
+            letter = dead_letter_for(
+                f"replay:{source}",
+                -1,
+                r.row_number,
+                None,
+                json.dumps(r.row, default=str).encode("utf-8"),
+                f"{r.event_type}: {r.error}",
             )
             producer.send(settings.topic(Topic.DEAD_LETTERS), value=encode_event(letter))
     finally:

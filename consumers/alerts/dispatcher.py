@@ -41,7 +41,7 @@ from consumers.alerts.ledger import (
 from consumers.alerts.messages import Message, digest_message, episode_message
 from consumers.alerts.routing import Channel, Recipient, Routing, RoutingError, load_routing
 from pipeline import metrics
-from pipeline.events import CustomerUpdated, Topic, WarningRecord, decode_event
+from pipeline.events import CustomerUpdated, Topic, WarningRecord, decode_message
 
 log = logging.getLogger(__name__)
 
@@ -495,7 +495,7 @@ def _consume(dispatcher: Dispatcher, message: Any, warnings_topic: str) -> None:
         if message.topic == warnings_topic:
             dispatcher.on_warning(WarningRecord.model_validate_json(message.value))
         else:
-            event = decode_event(message.value, message.key)
+            event = decode_message(message.value, message.key)
             if isinstance(event, CustomerUpdated):
                 dispatcher.on_customer(event)
     except Exception as exc:  # the worker validated these; skip and say so, never die
