@@ -21,6 +21,8 @@ class LocalInbox:
     host: str = "127.0.0.1"
     port: int = 0
     messages: list[EmailMessage] = field(default_factory=list)
+    #: Each message's envelope recipients (RCPT TO), which include any Bcc.
+    recipients: list[list[str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _controller: Controller | None = None
 
@@ -28,6 +30,7 @@ class LocalInbox:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self._lock:
             self.messages.append(message)
+            self.recipients.append(list(envelope.rcpt_tos))
         return "250 OK"
 
     def start(self) -> LocalInbox:
@@ -46,6 +49,11 @@ class LocalInbox:
     def received(self) -> list[EmailMessage]:
         with self._lock:
             return list(self.messages)
+
+    def envelopes(self) -> list[list[str]]:
+        """Who each message was delivered to, as the mail server saw it."""
+        with self._lock:
+            return [list(r) for r in self.recipients]
 
     @staticmethod
     def text(message: EmailMessage) -> str:

@@ -15,6 +15,7 @@ import re
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -24,6 +25,8 @@ from churnwatch.settings import SmtpSettings
 from pipeline.events import Severity, WarningType
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: What an address in a routing file or a customer's ``owner`` may look like.
+PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*")
 
 
 class RoutingError(Exception):
@@ -40,6 +43,16 @@ class Channel(_Model):
     email: str | None = None
     webhook: str | None = Field(None, description="http(s) URL that receives a JSON POST")
     url: str | None = Field(None, description="any Apprise URL (slack://, msteams://, ...)")
+
+    @field_validator("email")
+    @classmethod
+    def _plain_address(cls, value: str | None) -> str | None:
+        if value is not None and not PLAIN_ADDRESS.fullmatch(value):
+            raise ValueError(
+                f"{value[:80]!r} is not a plain e-mail address (letters, digits and . _ + - "
+                "before the @; nothing that could add recipients or change the mail server)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Channel:
@@ -59,17 +72,27 @@ class Channel(_Model):
     def apprise_url(self, smtp: SmtpSettings) -> str:
         """The Apprise URL to send through, with secrets filled in from the environment."""
         if self.email is not None:
+            # Every value quoted, so none can add a parameter (``&bcc=``, ``&smtp=``);
+            # Apprise unquotes the credentials and the sender twice (once parsing the
+            # URL, once more building the notifier), so they are quoted twice.
             auth = ""
             if smtp.user:
-                auth = f"user={smtp.user}&pass={smtp.password.get_secret_value()}&"
+                password = smtp.password.get_secret_value()
+                auth = f"user={_quote(smtp.user, 2)}&pass={_quote(password, 2)}&"
             return (
-                f"mailto://{smtp.host}:{smtp.port}?{auth}from={smtp.sender}"
-                f"&to={self.email}&mode={smtp.security}"
+                f"mailto://{_quote(smtp.host, 1)}:{smtp.port}?{auth}"
+                f"from={_quote(smtp.sender, 2)}&to={_quote(self.email, 1)}&mode={smtp.security}"
             )
         if self.webhook is not None:
             scheme, rest = self.webhook.split("://", 1)
             return ("jsons://" if scheme == "https" else "json://") + _fill(rest)
         return _fill(str(self.url))
+
+
+def _quote(value: str, times: int) -> str:
+    for _ in range(times):
+        value = quote(value, safe="")
+    return value
 
 
 def _fill(text: str) -> str:
@@ -208,6 +231,10 @@ class Routing(_Model):
         known = self.recipients.get(name)
         if known is not None:
             return known
+        if not PLAIN_ADDRESS.fullmatch(name):
+            # An owner that is not a plain address (a handle, or text crafted to add
+            # recipients) is not mailed: the fallback recipient hears instead.
+            return self.recipients[self.fallback]
         d = self.owner_defaults
         return Recipient(channels=[Channel(email=name)], language=d.language, window=d.window)
 

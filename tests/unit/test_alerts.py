@@ -427,3 +427,53 @@ def test_short_ids_of_keys_whose_hashes_start_alike_differ(tmp_path):
         assert ids[0] != ids[1] and ids[0][:9] == ids[1][:9]
         assert len(ids[0]) == 9 and len(ids[1]) == 10
         assert short_id(session, second) == ids[1]
+
+
+@pytest.mark.parametrize(
+    "owner",
+    [
+        "rep1@sales.example.com&bcc=attacker@evil.example",
+        "rep1@sales.example.com&to=attacker@evil.example",
+        "rep1@sales.example.com&from=ceo@sales.example.com",
+        "rep1@sales.example.com&smtp=mx.evil.example",
+        "rep1@sales.example.com?bcc=attacker@evil.example",
+        "rep1@sales.example.com,attacker@evil.example",
+        "rep one <attacker@evil.example>",
+    ],
+)
+def test_an_owner_crafted_to_add_recipients_reaches_only_the_fallback(make, inbox, owner):
+    dispatcher = make()
+    dispatcher.on_warning(record(owner=owner))
+    dispatcher.tick()
+    mails = inbox.received()
+    assert [m["To"] for m in mails] == ["team@example.com"]
+    assert all(to == ["team@example.com"] for to in inbox.envelopes())
+    assert not any("evil" in str(m["From"]) + str(m["Bcc"]) for m in mails)
+
+
+def test_smtp_credentials_and_sender_reach_the_mailer_exactly():
+    """Characters that mean something in a URL stay part of the value they are in."""
+    import apprise
+
+    from consumers.alerts.routing import Channel
+
+    password = "Pa55&w0rd#Z/9?x%41+ =;"  # noqa: S105 - a dummy with URL characters
+    smtp = SmtpSettings(
+        host="smtp.example.com",
+        port=2525,
+        user="mailer+cw@example.com",
+        password=password,
+        sender="churnwatch+alerts@example.com",
+        security="starttls",
+    )
+    notifier = apprise.Apprise()
+    assert notifier.add(Channel(email="o.neil+vip@sales.example.com").apprise_url(smtp))
+    (mailer,) = list(notifier)
+    assert mailer.password == password
+    assert mailer.user == "mailer+cw@example.com"
+    assert mailer.from_addr[1] == "churnwatch+alerts@example.com"
+    assert [address for _, address in mailer.targets] == ["o.neil+vip@sales.example.com"]
+    assert (mailer.host, mailer.port) == ("smtp.example.com", 2525)
+    assert not mailer.bcc and not mailer.cc
+    with pytest.raises(ValueError, match="not a plain e-mail address"):
+        Channel(email="a@example.com&bcc=b@evil.example")
