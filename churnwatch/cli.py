@@ -445,9 +445,14 @@ def train(
         f"wrote {result.folder} in {time.monotonic() - started:.0f} s"
     )
     if promote:
+        from models.registry import RegistryError
         from models.registry import promote as promote_version
+        from pipeline.scoring import ModelError, load_model
 
-        promote_version(registry, result.version)
+        try:
+            promote_version(registry, result.version, check=load_model)
+        except (RegistryError, ModelError) as exc:
+            raise click.ClickException(f"not promoted: {exc}") from exc
         click.echo(f"promoted {result.version}")
     else:
         click.echo(f"serve it with: churnwatch models promote {result.version}")
@@ -522,12 +527,13 @@ def models_show(ctx: click.Context, version: str | None, registry: Path | None) 
 def models_promote(ctx: click.Context, version: str, registry: Path | None) -> None:
     """Serve VERSION: running workers load it within model.reload_seconds."""
     from models.registry import RegistryError, promote
+    from pipeline.scoring import ModelError, load_model
 
     folder = _registry(_settings(ctx), registry)
     try:
-        previous = promote(folder, version)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+        previous = promote(folder, version, check=load_model)
+    except (RegistryError, ModelError) as exc:
+        raise click.ClickException(f"not promoted: {exc}") from exc
     click.echo(f"promoted {version} (was {previous or 'none'})")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,13 @@ def _pointer(registry: Path) -> dict[str, Any]:
         return {"version": None, "history": []}
     except ValueError as exc:
         raise RegistryError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"{path}: not a JSON object")
+    version, history = data.get("version"), data.get("history", [])
+    if version is not None and not (isinstance(version, str) and version.strip()):
+        raise RegistryError(f"{path}: 'version' must be a version name, not {version!r}")
+    if not isinstance(history, list) or not all(isinstance(v, str) for v in history):
+        raise RegistryError(f"{path}: 'history' must be a list of version names")
     return data
 
 
@@ -100,9 +108,17 @@ def promoted_version(registry: Path) -> str | None:
     return str(version) if version else None
 
 
-def promote(registry: Path, version: str) -> str | None:
-    """Make ``version`` the serving model; returns the one it replaces."""
+def promote(
+    registry: Path, version: str, check: Callable[[Path], object] | None = None
+) -> str | None:
+    """Make ``version`` the serving model; returns the one it replaces.
+
+    ``check(folder)`` (e.g. loading the model) runs first and may raise: then
+    nothing changes.
+    """
     read_card(registry, version)  # exists and has a card
+    if check is not None:
+        check(registry / version)
     pointer = _pointer(registry)
     previous = pointer.get("version")
     if previous == version:

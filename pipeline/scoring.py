@@ -25,7 +25,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from models.registry import CARD_FILE, MODEL_FILE, promoted_version
+from models.registry import CARD_FILE, MODEL_FILE, RegistryError, promoted_version
 from pipeline.features import QUADRANTS, FeatureColumns, Features
 from pipeline.texts import FEATURE_LABELS, Language, text
 
@@ -410,9 +410,18 @@ class ModelHolder:
         self.model: ChurnModel | None = None
         self.refused: str | None = None
         self._said_rules_only = False
+        self._pointer_error = ""
 
     def refresh(self) -> ChurnModel | None:
-        version = promoted_version(self.registry)
+        try:
+            version = promoted_version(self.registry)
+        except RegistryError as exc:  # a damaged promoted.json: keep what serves
+            if str(exc) != self._pointer_error:
+                keeping = self.model.version if self.model else "none (rules only)"
+                log.error("cannot read the promoted model: %s; still serving %s", exc, keeping)
+                self._pointer_error = str(exc)
+            return self.model
+        self._pointer_error = ""
         if version is None:
             if self.model is None and not self._said_rules_only:
                 log.warning(

@@ -166,6 +166,44 @@ def test_holder_keeps_serving_the_old_model_when_the_new_one_is_corrupt(trained,
     assert model.probabilities(model.usual[np.newaxis, :]).shape == (1,)
 
 
+@pytest.mark.parametrize(
+    "pointer, reason",
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "not a JSON object"),
+        ('{"version": 5}', "'version' must be a version name"),
+        ('{"version": "v1", "history": "v0"}', "'history' must be a list"),
+    ],
+)
+def test_a_damaged_promoted_file_is_refused_and_the_model_keeps_serving(
+    trained, tmp_path, caplog, pointer, reason
+):
+    registry = tmp_path / "registry"
+    shutil.copytree(trained[1].folder, registry / "v1")
+    promote(registry, "v1")
+    holder = ModelHolder(registry)
+    assert holder.refresh().version == trained[1].version
+    (registry / "promoted.json").write_text(pointer)
+    with pytest.raises(RegistryError, match=reason):
+        promoted_version(registry)
+    with caplog.at_level(logging.ERROR):
+        assert holder.refresh().version == trained[1].version
+        assert holder.refresh().version == trained[1].version
+    assert caplog.text.count("cannot read the promoted model") == 1  # said once
+    assert reason.strip("'") in caplog.text
+
+
+def test_a_model_that_cannot_load_is_not_promoted(trained, tmp_path):
+    registry = tmp_path / "registry"
+    shutil.copytree(trained[1].folder, registry / "v1")
+    shutil.copytree(trained[1].folder, registry / "v2")
+    (registry / "v2" / MODEL_FILE).write_bytes(b"not a model")
+    promote(registry, "v1", check=load_model)
+    with pytest.raises(ModelError, match="cannot load"):
+        promote(registry, "v2", check=load_model)
+    assert promoted_version(registry) == "v1"
+
+
 def test_sweeps_score_in_batches_and_raise_explained_churn_risk(trained, history, settings):
     model = load_model(trained[1].folder)
     calls: list[int] = []
