@@ -9,8 +9,9 @@ Unknown keys are errors, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import (
@@ -26,6 +27,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+#: Environment variables that override settings: ``CHURNWATCH_SECTION__KEY``.
+ENV_PREFIX = "CHURNWATCH_"
 
 
 class _Section(BaseModel):
@@ -42,6 +45,19 @@ class KafkaSettings(_Section):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
+
+    @model_validator(mode="after")
+    def _sasl_needs_a_sasl_protocol(self) -> KafkaSettings:
+        # Credentials must never go out over a protocol that does not use them.
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise ValueError(
+                f"SASL settings are given, but security_protocol is {self.security_protocol}: "
+                "use SASL_SSL (or SASL_PLAINTEXT on a trusted network), or remove them"
+            )
+        return self
 
 
 class BrokerSettings(_Section):
@@ -238,7 +254,7 @@ class Settings(BaseSettings):
     """Everything a churnwatch process needs; frozen once loaded."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CHURNWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
     kafka: KafkaSettings = KafkaSettings()
@@ -312,11 +328,51 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"settings file {config_path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"settings file {config_path} must hold a mapping at the top level")
+    _check_environment(os.environ)
     merged = _deep_merge(raw, overrides)
     try:
         return Settings(**merged)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(str(config_path), exc)) from exc
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``CHURNWATCH_*`` variables that set nothing (a typo would otherwise be
+    silently ignored, and the default used)."""
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == "CHURNWATCH_CONFIG":
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        model: type[BaseModel] = Settings
+        for depth, part in enumerate(parts):
+            field = model.model_fields.get(part)
+            if field is None:
+                raise ConfigError(
+                    f"unknown setting in the environment: {name}{_hint(model, parts, depth)}"
+                )
+            nested = field.annotation
+            if not (isinstance(nested, type) and issubclass(nested, BaseModel)):
+                if depth + 1 < len(parts) and not _is_mapping(nested):
+                    raise ConfigError(
+                        f"unknown setting in the environment: {name} "
+                        f"({'.'.join(parts[: depth + 1])} has no parts)"
+                    )
+                break
+            model = nested
+
+
+def _hint(model: type[BaseModel], parts: list[str], depth: int) -> str:
+    """Did a single underscore stand for the ``__`` between a section and its key?"""
+    flat = "_".join(parts[depth:])
+    for field in model.model_fields:
+        if flat.startswith(f"{field}_"):
+            fixed = "__".join([*parts[:depth], field, flat[len(field) + 1 :]])
+            return f" (did you mean {ENV_PREFIX}{fixed.upper()}?)"
+    return f" (known here: {', '.join(model.model_fields)})"
+
+
+def _is_mapping(annotation: Any) -> bool:
+    return get_origin(annotation) in (dict, Mapping) or annotation is dict
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -132,3 +132,13 @@ def test_dockerfile_pins_every_dependency():
         name = dep.split(">")[0].split("<")[0].split("=")[0].strip().lower()
         assert f"\n{name}==" in "\n" + lock.replace("_", "-"), f"{name} not in requirements.lock"
     assert "-c requirements.lock" in (PROJECT_ROOT / "Dockerfile").read_text()
+
+
+def test_only_services_with_a_login_publish_on_every_interface():
+    """Prometheus and the demo's Mailpit have no login: this machine only."""
+    services = compose()["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            if name == "grafana":  # admin password required, no anonymous access
+                continue
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} to everyone"

@@ -36,6 +36,8 @@ def test_environment_overrides_the_file(monkeypatch):
 
 
 def test_password_is_never_printed(monkeypatch):
+    monkeypatch.setenv("CHURNWATCH_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("CHURNWATCH_KAFKA__SASL_MECHANISM", "PLAIN")
     monkeypatch.setenv("CHURNWATCH_KAFKA__SASL_PASSWORD", "hunter2")
     settings = load_settings()
     assert "hunter2" not in repr(settings)
@@ -65,3 +67,33 @@ def test_segment_overrides_merge_over_the_defaults():
 def test_a_bad_segment_override_names_the_key():
     with pytest.raises(ConfigError, match=r"segments\.key_account\.sales_drop\.enter_rati"):
         load_settings(warnings={"segments": {"key_account": {"sales_drop": {"enter_rati": 1}}}})
+
+
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("CHURNWATCH_WORKER_METRICS_PORT", "did you mean CHURNWATCH_WORKER__METRICS_PORT"),
+        ("CHURNWATCH_KAFKAA__PARTITIONS", "known here: kafka, broker"),
+        ("CHURNWATCH_ALERTS__SMTP__PASWORD", "known here: host, port"),
+        ("CHURNWATCH_WORKER__METRICS_PORT__X", "worker.metrics_port has no parts"),
+    ],
+)
+def test_an_environment_variable_that_sets_nothing_is_an_error_that_names_it(
+    monkeypatch, name, hint
+):
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(ConfigError, match=f"unknown setting in the environment: {name}") as caught:
+        load_settings()
+    assert hint in str(caught.value)
+
+
+def test_sasl_credentials_only_with_a_sasl_protocol(monkeypatch):
+    monkeypatch.setenv("CHURNWATCH_KAFKA__SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("CHURNWATCH_KAFKA__SASL_USERNAME", "app")
+    monkeypatch.setenv("CHURNWATCH_KAFKA__SASL_PASSWORD", "hunter2")
+    with pytest.raises(ConfigError, match="kafka: .*security_protocol is PLAINTEXT") as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+    monkeypatch.setenv("CHURNWATCH_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    options = load_settings().kafka_client_options()
+    assert (options["security_protocol"], options["sasl_plain_username"]) == ("SASL_SSL", "app")
