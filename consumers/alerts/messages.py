@@ -9,6 +9,7 @@ that render it get the rich variant).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from consumers.alerts.ledger import Episode
@@ -91,6 +92,17 @@ def expected_loss(episode: Episode) -> float:
     return value
 
 
+#: What makes a link or markup in Markdown (with ``<`` and ``&``, escaped as HTML).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]])")
+
+
+def _md(text: str) -> str:
+    """``text`` shown as it is in the Markdown (and so HTML) body: a customer name
+    or an owner from the customers topic can neither make a link nor add markup."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def _customer(e: Episode) -> str:
     return f"{e.customer_name} ({e.customer_id})" if e.customer_name else e.customer_id
 
@@ -107,7 +119,7 @@ def episode_message(
     if kind == "resolved":
         body = w["resolved_body"].format(title=title, customer=customer, summary=episode.summary)
         ref = w["ref"].format(short_id=short_id)
-        return Message(subject, f"{body}\n\n{ref}\n", f"{body}\n\n{ref}\n")
+        return Message(subject, f"{body}\n\n{ref}\n", f"{_md(body)}\n\n{_md(ref)}\n")
     loss_label = w["loss"] if episode.churn_probability is not None else w["no_loss"]
     evidence = [f"{k}: {v:,.2f}".rstrip("0").rstrip(".") for k, v in episode.evidence.items()]
     lines = [
@@ -118,14 +130,16 @@ def episode_message(
     ]
     text = [subject, ""] + [f"{label}: {value}" for label, value in lines]
     text += ["", w["evidence"] + ":"] + [f"  {line}" for line in evidence]
-    md = [f"**{subject}**", ""] + [f"- **{label}**: {value}" for label, value in lines]
+    md = [f"**{_md(subject)}**", ""] + [f"- **{label}**: {_md(value)}" for label, value in lines]
     md += ["", f"**{w['evidence']}**", ""] + [f"- `{line}`" for line in evidence]
     if held:
         items = [f"{TITLES[language][h.warning_type]}: {h.summary}" for h in held]
         text += ["", w["held"] + ":"] + [f"  - {i}" for i in items]
-        md += ["", f"**{w['held']}**", ""] + [f"- {i}" for i in items]
+        md += ["", f"**{w['held']}**", ""] + [f"- {_md(i)}" for i in items]
     ref = w["ref"].format(short_id=short_id)
-    return Message(subject, "\n".join(text + ["", ref]) + "\n", "\n".join(md + ["", ref]) + "\n")
+    return Message(
+        subject, "\n".join(text + ["", ref]) + "\n", "\n".join(md + ["", _md(ref)]) + "\n"
+    )
 
 
 def digest_message(episodes: list[Episode], language: Language, short_id: str) -> Message:
@@ -148,5 +162,5 @@ def digest_message(episodes: list[Episode], language: Language, short_id: str) -
     return Message(
         subject,
         "\n".join([subject, "", *lines]) + "\n",
-        "\n".join([f"**{subject}**", "", *lines]) + "\n",
+        "\n".join([f"**{_md(subject)}**", "", *map(_md, lines)]) + "\n",
     )

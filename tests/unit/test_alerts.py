@@ -477,3 +477,17 @@ def test_smtp_credentials_and_sender_reach_the_mailer_exactly():
     assert not mailer.bcc and not mailer.cc
     with pytest.raises(ValueError, match="not a plain e-mail address"):
         Channel(email="a@example.com&bcc=b@evil.example")
+
+
+def test_customer_text_in_an_email_is_shown_never_turned_into_links_or_markup(make, inbox):
+    dispatcher = make()
+    name = '[Pay here](http://evil.example/pay) <a href="http://evil.example">x</a> <b>bold</b>'
+    dispatcher.on_warning(record().model_copy(update={"customer_name": name}))
+    dispatcher.tick()
+    (mail,) = inbox.received()
+    html_part = mail.get_body(preferencelist=("html",))
+    assert html_part is not None
+    html = str(html_part.get_content())
+    assert "evil.example" in html  # shown as text ...
+    assert "<a " not in html and "<b>" not in html  # ... never as a link or markup
+    assert "[Pay here](http://evil.example/pay)" in LocalInbox.text(mail)
