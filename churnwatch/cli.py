@@ -867,6 +867,11 @@ def demo(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the figures here as JSON.",
 )
+@click.option(
+    "--backtest",
+    is_flag=True,
+    help="Time a backtest of the simulated history instead (batch, no broker).",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -879,10 +884,31 @@ def bench(
     live_rate: float,
     no_faust_floor: bool,
     json_path: Path | None,
+    backtest: bool,
 ) -> None:
     """Measure the worker against a bare consume loop on its own embedded broker."""
-    from churnwatch.bench import format_result, run_bench, to_json
+    import json
+
+    from churnwatch.bench import format_result, run_backtest_bench, run_bench, to_json
     from churnwatch.broker import BrokerError
+
+    if backtest:
+        figures = run_backtest_bench(
+            _settings(ctx),
+            customers,
+            days,
+            with_model=not no_model,
+            say=lambda line: click.echo(line, err=True),
+        )
+        click.echo(
+            f"backtest of {figures['events']:,} events ({figures['model']}): "
+            f"{figures['seconds']} s, {figures['events_per_second']:,} events/s "
+            f"on {figures['machine']}"
+        )
+        if json_path is not None:
+            json_path.write_text(json.dumps(figures, indent=2) + "\n")
+            click.echo(f"figures written to {json_path}")
+        return
 
     try:
         result = run_bench(

@@ -58,6 +58,9 @@ from pipeline.scoring import ChurnModel, CompiledBoosters, probe_rows
 #: Fewer training rows than this make a model that is mostly noise: the
 #: walk-forward waits until the history has that many.
 MIN_TRAIN_ROWS = 500
+#: ... and fewer churned (or kept) rows than this: nothing to learn the other side from
+#: (the cross-validated calibration cannot even split them).
+MIN_CLASS_ROWS = 10
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,8 @@ class WalkForward:
             return
         data = pd.concat(self.frames, ignore_index=True)
         rows = data[_epochs(data["cutoff"]) + self.horizon <= day]
-        if len(rows) < MIN_TRAIN_ROWS or rows[LABEL].nunique() != 2:
+        counts = rows[LABEL].value_counts()
+        if len(rows) < MIN_TRAIN_ROWS or len(counts) != 2 or counts.min() < MIN_CLASS_ROWS:
             return
         self.progress(f"retraining as of {_date(day)}: {len(rows)} rows")
         estimator = fit_model(rows)

@@ -159,3 +159,22 @@ def test_backtest_an_export_with_and_without_the_walk_forward_model(tmp_path):
     plain = json.loads((tmp_path / "rules" / "summary.json").read_text())
     assert plain["model"] is None
     assert plain["rules"]["sales_drop"] == summary["rules"]["sales_drop"]
+
+
+def test_bench_times_a_backtest_of_the_simulated_history(tmp_path):
+    import json
+
+    from producers.simulator import parse_start, simulate
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        cli,
+        ["bench", "--backtest", "--customers", "60", "--days", "400", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    events, truth = simulate(60, 7, parse_start("2024-10-07"), 400, 6, malformed=0)
+    assert figures["events"] == len(events) and figures["customers"] == len(truth)
+    assert figures["model"] == "walk-forward" and figures["seconds"] > 0
+    assert figures["churns"] > 0
+    assert f"backtest of {len(events):,} events (walk-forward)" in result.output
