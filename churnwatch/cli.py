@@ -59,12 +59,15 @@ def _stop_on_signal() -> threading.Event:
     return stop
 
 
-def _serve_metrics(port: int, host: str) -> None:
-    """Prometheus /metrics on ``port`` (0: none)."""
+def _serve_metrics(port: int, host: str, owner: str) -> None:
+    """Prometheus /metrics on ``port`` (0: none): the metrics this kind of process
+    owns (``owner``: a registry of :mod:`pipeline.metrics`)."""
     if port:
         from prometheus_client import start_http_server
 
-        start_http_server(port, addr=host)
+        from pipeline import metrics
+
+        start_http_server(port, addr=host, registry=getattr(metrics, owner))
 
 
 def _ensure_topics(settings: Settings) -> list[str]:
@@ -146,7 +149,7 @@ def worker(ctx: click.Context) -> None:
     settings = _settings(ctx)
     use_event_loop(settings.worker.event_loop)
     _ensure_topics(settings)
-    _serve_metrics(settings.worker.metrics_port, settings.worker.metrics_host)
+    _serve_metrics(settings.worker.metrics_port, settings.worker.metrics_host, "WORKER")
     pipeline = create_app(settings)
     click.echo(
         f"worker {settings.worker.app_id}: {settings.kafka.bootstrap_servers}, "
@@ -560,7 +563,7 @@ def archive(ctx: click.Context) -> None:
 
     settings = _settings(ctx)
     _ensure_topics(settings)
-    _serve_metrics(settings.archive.metrics_port, settings.worker.metrics_host)
+    _serve_metrics(settings.archive.metrics_port, settings.worker.metrics_host, "ARCHIVE")
     stop = _stop_on_signal()
 
     def report(stats: ArchiveStats) -> None:
@@ -618,7 +621,7 @@ def alerts_run(ctx: click.Context) -> None:
     except RoutingError as exc:
         raise click.UsageError(str(exc)) from exc
     _ensure_topics(settings)
-    _serve_metrics(settings.alerts.metrics_port, settings.worker.metrics_host)
+    _serve_metrics(settings.alerts.metrics_port, settings.worker.metrics_host, "ALERTS")
     stop = _stop_on_signal()
     click.echo(
         f"dispatching warnings from {settings.kafka.bootstrap_servers} "
@@ -957,7 +960,7 @@ def check_consistency_command(
     settings = _settings(ctx)
     stop = _stop_on_signal()
     if every is not None:
-        _serve_metrics(settings.archive.metrics_port, settings.worker.metrics_host)
+        _serve_metrics(settings.archive.metrics_port, settings.worker.metrics_host, "CHECK")
     while True:
         report = check_consistency(settings, sample, seed)
         click.echo(

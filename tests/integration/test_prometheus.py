@@ -25,7 +25,13 @@ from models.train import train
 from pipeline.events import decode_event
 from producers.produce import produce
 from producers.simulator import iter_paced, parse_start, simulate
-from tests.integration.conftest import isolated_settings, settings_env, wait_for, wait_processed
+from tests.integration.conftest import (
+    isolated_settings,
+    samples,
+    settings_env,
+    wait_for,
+    wait_processed,
+)
 from tests.unit.test_grafana import dashboard
 
 PROMETHEUS = shutil.which("prometheus")
@@ -72,6 +78,15 @@ def test_every_dashboard_query_returns_data_from_a_running_pipeline(broker, work
         produce(settings, iter_paced(events, 0))
         wait_processed(settings, len(events), proc)
         wait_for(lambda: len(inbox.received()) > 0, "a notification", timeout=60)
+        # Each process exports what it owns (and its process figures), nothing else.
+        own = {
+            settings.worker.metrics_port: "churnwatch_customers_tracked",
+            alerts_port: "churnwatch_outbox_depth",
+        }
+        for port, name in own.items():
+            assert samples(port, name) and samples(port, "process_resident_memory_bytes")
+            for other in set(own.values()) - {name}:
+                assert samples(port, other) == [], f"{other} exported on :{port}"
 
         port = free_port()
         config = {

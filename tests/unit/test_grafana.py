@@ -6,10 +6,9 @@ import json
 import re
 
 import yaml
-from prometheus_client import REGISTRY
 
-import pipeline.metrics  # noqa: F401 - declares every churnwatch metric
 from churnwatch.settings import PROJECT_ROOT
+from pipeline import metrics
 
 GRAFANA = PROJECT_ROOT / "configs" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "churnwatch.json"
@@ -25,7 +24,8 @@ def queries() -> list[str]:
 
 def exported_names() -> set[str]:
     names = set()
-    for family in REGISTRY.collect():
+    families = [f for r in (metrics.WORKER, metrics.ALERTS, metrics.ARCHIVE) for f in r.collect()]
+    for family in families:
         for sample in family.samples:
             names.add(sample.name)
         suffixes = {
