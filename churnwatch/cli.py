@@ -636,7 +636,7 @@ def alerts_run(ctx: click.Context) -> None:
 @click.option("--recipient", help="Only notifications to this recipient.")
 @click.option(
     "--status",
-    type=click.Choice(["pending", "sent", "snoozed", "inhibited", "capped"]),
+    type=click.Choice(["pending", "sent", "snoozed", "inhibited", "capped", "superseded"]),
     help="Only notifications in this state.",
 )
 @click.option(

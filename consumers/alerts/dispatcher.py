@@ -13,7 +13,9 @@ file) is recorded as ``inhibited`` and listed inside the open one's message;
 past the recipient's daily cap it is ``capped`` and goes into the digest;
 otherwise it is ``pending`` until the recipient's delivery window opens. An
 open episode is notified again after its cooldown; a resolved one gets a
-short message to whoever heard about it.
+short message to whoever heard about it, and its notices still waiting in the
+outbox are ``superseded``: never sent, so nobody hears "opened" for something
+already over.
 """
 
 from __future__ import annotations
@@ -143,10 +145,26 @@ class Dispatcher:
                 "resolved": "resolved",
                 "escalated": f"escalated-{record.severity}",
             }[record.status]
+            if kind == "resolved":
+                self._supersede(session, episode)
             created = self._queue(session, episode, kind, now)
             if kind == "resolved":
                 self._release_held(session, episode, now)
             return created
+
+    def _supersede(self, session: Session, episode: Episode) -> None:
+        """The episode ended before its news went out (a delivery window not yet open,
+        a channel down, a dispatcher that was down): those notices are never sent,
+        and as nobody heard of it, nobody gets its end either."""
+        for note in session.scalars(
+            select(Notification).where(
+                Notification.warning_id == episode.warning_id,
+                Notification.status == "pending",
+                Notification.kind != "resolved",
+            )
+        ):
+            note.status = "superseded"
+        session.flush()
 
     def _release_held(self, session: Session, holder: Episode, now: datetime) -> None:
         """The holding episode closed: what it held back (still open) goes out now."""
@@ -402,6 +420,11 @@ class Dispatcher:
                 )
             )
             for note in due:
+                episode = session.get(Episode, note.warning_id) if note.warning_id else None
+                if note.kind != "resolved" and episode is not None and episode.status != "open":
+                    note.status = "superseded"  # resolved while it waited: old news
+                    session.commit()
+                    continue
                 ok, error = self._send(note)
                 at = self.clock()
                 note.attempts += 1

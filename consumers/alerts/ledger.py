@@ -101,6 +101,7 @@ class Notification(Base):
     #: opened | escalated | reminder | resolved | digest
     kind: Mapped[str] = mapped_column(String(20))
     #: pending (in the outbox) | sent | snoozed | inhibited | capped (into the digest)
+    #: | superseded (the episode resolved before it went out: never sent)
     status: Mapped[str] = mapped_column(String(20), index=True)
     subject: Mapped[str] = mapped_column(Text)
     body_text: Mapped[str] = mapped_column(Text)

@@ -491,3 +491,25 @@ def test_customer_text_in_an_email_is_shown_never_turned_into_links_or_markup(ma
     assert "evil.example" in html  # shown as text ...
     assert "<a " not in html and "<b>" not in html  # ... never as a link or markup
     assert "[Pay here](http://evil.example/pay)" in LocalInbox.text(mail)
+
+
+def test_an_episode_that_resolved_before_its_news_went_out_is_never_announced(make, inbox):
+    """As after a dispatcher restart or a channel outage: both records arrive
+    before the outbox runs. Nobody hears "opened" for something already over,
+    and as nobody heard of it, nobody gets its end either."""
+    dispatcher = make()
+    dispatcher.on_warning(record(wid="w-gone"))
+    dispatcher.on_warning(record(wid="w-gone", status="resolved"))
+    dispatcher.tick()
+    assert inbox.received() == []
+    assert statuses(dispatcher) == [("rep1@sales.example.com", "opened", "superseded")]
+    # one that was told gets its end
+    dispatcher.on_warning(record(wid="w-told"))
+    dispatcher.tick()
+    dispatcher.on_warning(record(wid="w-told", status="resolved"))
+    dispatcher.tick()
+    assert [(kind, status) for _, kind, status in statuses(dispatcher)][1:] == [
+        ("opened", "sent"),
+        ("resolved", "sent"),
+    ]
+    assert len(inbox.received()) == 2
