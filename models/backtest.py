@@ -86,14 +86,29 @@ def _ordered_within(times: list[float], start: float, horizon: float) -> bool:
     return i < len(times) and times[i] <= start + horizon
 
 
+def is_lost(times: list[float], at: float, horizon: float) -> bool:
+    """Whether a customer with these order times was already silent past the horizon
+    at ``at``: the plain rule has flagged it, so a warning then is a lost-customer
+    notice, not an early warning."""
+    i = bisect.bisect_right(times, at)
+    return bool(i) and at - times[i - 1] > horizon
+
+
 def score(
     opened: list[tuple[str, float]],
     orders: dict[str, list[float]],
     churns: list[Churn],
     data_end: float,
     horizon: float,
+    from_last_order: bool = False,
 ) -> dict[str, Any]:
-    """Precision, recall and lead time of one warning type's openings (customer, time)."""
+    """Precision, recall and lead time of one warning type's openings (customer, time).
+
+    A churn is caught by an opening between ``horizon`` days before its last
+    order and its flag, or with ``from_last_order`` only from the last order on
+    (an opening before it was followed by that order, so it did not see the
+    silence coming: it only happened to be open).
+    """
     judged = [(c, t) for c, t in opened if t + horizon <= data_end]
     hits = sum(not _ordered_within(orders.get(c, []), t, horizon) for c, t in judged)
     by_customer: dict[str, list[float]] = defaultdict(list)
@@ -101,10 +116,9 @@ def score(
         by_customer[c].append(t)
     leads = []
     for churn in churns:
+        start = churn.last_order if from_last_order else churn.last_order - horizon
         times = [
-            t
-            for t in by_customer.get(churn.customer_id, [])
-            if churn.last_order - horizon <= t <= churn.flagged_at
+            t for t in by_customer.get(churn.customer_id, []) if start <= t <= churn.flagged_at
         ]
         if times:
             leads.append((churn.flagged_at - min(times)) / DAY)
@@ -117,20 +131,59 @@ def score(
     }
 
 
+def honest_score(
+    opened: list[tuple[str, float]],
+    orders: dict[str, list[float]],
+    churns: list[Churn],
+    data_end: float,
+    horizon: float,
+    base: float | None,
+    unsteady: frozenset[float] = frozenset(),
+) -> dict[str, Any]:
+    """:func:`score` as a sales team would judge the warnings: today's figures, then
+    ``lost_customer_notices`` (openings about customers already silent past the
+    horizon, left out of the rest), and ``early``: the other openings, without
+    those at the sweeps in ``unsteady`` (the first sweep of each new model, which
+    opens a backlog at once), with recall and lead counted from the last order
+    on, and the precision's margin over the ``base`` rate."""
+    lost = [(c, t) for c, t in opened if is_lost(orders.get(c, []), t, horizon)]
+    steady = [
+        (c, t)
+        for c, t in opened
+        if t not in unsteady and not is_lost(orders.get(c, []), t, horizon)
+    ]
+    early = score(steady, orders, churns, data_end, horizon, from_last_order=True)
+    precision = early["precision"]
+    early["precision_over_base"] = (
+        round(precision - base, 3) if precision is not None and base is not None else None
+    )
+    return {
+        **score(opened, orders, churns, data_end, horizon),
+        "lost_customer_notices": len(lost),
+        "early": early,
+    }
+
+
 def base_rate(
     orders: dict[str, list[float]],
     data_start: float,
     data_end: float,
     horizon: float,
-    since: float = 0.0,
+    since: float | None = None,
 ) -> float | None:
     """P(no order within the horizon) for an active customer on a random (weekly) day.
 
-    ``since``: only days from then on (the period a model served).
+    Days from a year into the data (when "ordered in the past year" means
+    what it says), or from the start if the data is too short for that;
+    ``since``: the days from then on instead (the period a model served).
     """
     hits = total = 0
-    day = data_start + 365 * DAY if data_end - data_start > 365 * DAY + horizon else data_start
-    day = max(day, data_start + horizon, since)
+    if since is not None:
+        day = since
+    elif data_end - data_start > 365 * DAY + horizon:
+        day = data_start + 365 * DAY
+    else:
+        day = data_start + horizon
     while day + horizon <= data_end:
         for times in orders.values():
             i = bisect.bisect_right(times, day)
@@ -316,19 +369,27 @@ def backtest(
     for record in records:
         if record.status == "opened":
             opened[record.warning_type].append((record.customer_id, to_epoch(record.opened_at)))
+    rate = base_rate(orders, data_start, data_end, horizon)
     rules: dict[str, dict[str, Any]] = {
-        r: score(opened[r], orders, churns, data_end, horizon) for r in RULES
+        r: honest_score(opened[r], orders, churns, data_end, horizon, rate) for r in RULES
     }
     model_summary: dict[str, Any] | None = None
     if served:
         since = served[0].serving_from
         later = [c for c in churns if c.flagged_at >= since]
-        rules["churn_risk"] = score(opened["churn_risk"], orders, later, data_end, horizon)
+        rate_since = base_rate(orders, data_start, data_end, horizon, since)
+        # The sweep each model served first: its backlog opens there at once.
+        first_sweeps = frozenset(
+            math.ceil(s.serving_from / sweep_every_seconds) * sweep_every_seconds for s in served
+        )
+        rules["churn_risk"] = honest_score(
+            opened["churn_risk"], orders, later, data_end, horizon, rate_since, first_sweeps
+        )
         model_summary = {
             "retrain_every_days": retrain_every_days,
             "serving_from": _date(since),
             "churns_since": len(later),
-            "base_rate_since": base_rate(orders, data_start, data_end, horizon, since),
+            "base_rate_since": rate_since,
             "versions": [
                 {
                     "version": s.model.version,
@@ -339,15 +400,15 @@ def backtest(
             ],
         }
     plain = [(c.customer_id, c.flagged_at) for c in churns]
-    rules["plain_90_day" if horizon_days == 90 else f"plain_{horizon_days:g}_day"] = score(
-        plain, orders, churns, data_end, horizon
+    rules["plain_90_day" if horizon_days == 90 else f"plain_{horizon_days:g}_day"] = honest_score(
+        plain, orders, churns, data_end, horizon, rate
     )
     summary = {
         "horizon_days": horizon_days,
         "customers": len({e.customer_id for e in events}),
         "events": len(events),
         "churns": len(churns),
-        "base_rate": base_rate(orders, data_start, data_end, horizon),
+        "base_rate": rate,
         "rules": rules,
         "model": model_summary,
     }
@@ -393,10 +454,12 @@ def write_warnings_csv(records: list[WarningRecord], path: Path) -> None:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The summary as a Markdown table."""
+    """The summary as Markdown tables: every episode, then the early warnings only."""
     lines = [
         f"base rate {summary['base_rate']}, churns {summary['churns']}, "
         f"horizon {summary['horizon_days']:g} days",
+        "",
+        "Every episode, as opened:",
         "",
         "| rule | customers warned | episodes | precision | recall | median lead (days) |",
         "|---|---|---|---|---|---|",
@@ -405,6 +468,22 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['warned']} | {r['episodes']} | {r['precision']} | {r['recall']} "
             f"| {r['median_lead_days']} |"
+        )
+    lines += [
+        "",
+        "Early warnings only: customers already silent past the horizon left out (lost-"
+        "customer notices), and a new model's first day; recall and lead from the last "
+        "order on:",
+        "",
+        "| rule | lost-customer notices | early episodes | precision | over base rate "
+        "| recall | median lead (days) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in summary["rules"].items():
+        e = r["early"]
+        lines.append(
+            f"| {name} | {r['lost_customer_notices']} | {e['episodes']} | {e['precision']} "
+            f"| {e['precision_over_base']} | {e['recall']} | {e['median_lead_days']} |"
         )
     model = summary.get("model")
     if model:

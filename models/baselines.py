@@ -11,11 +11,14 @@
   ignored). P(alive) alone ranks one-time buyers as certainly alive, which is
   the opposite of what a "no order in 90 days" label wants.
 
-Each has ``fit(train)`` and ``score(rows)``; a score that is not a probability
-(recency, frequency, BG/NBD's death probability, which is not "no order in the
-horizon") is mapped to one by isotonic regression fitted on the training rows,
-so that the Brier score compares like with like. The mapping is monotone, so
-it changes no ranking metric.
+Each has ``fit(train)``, ``raw(rows)`` (its own score, higher is riskier: what
+the ranking metrics read) and ``score(rows)`` (a probability: what the Brier
+score reads). A raw score that is not a probability (recency, frequency,
+BG/NBD's) is mapped to one by isotonic regression fitted on the training
+rows. The mapping is monotone but not strictly: it merges neighbouring values
+into steps, and ranking the mapped scores would tie customers the raw score
+tells apart (frequency's ROC-AUC on Online Retail fell from 0.857 to 0.836 that
+way), so the ranking metrics read the raw score.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class Baseline(Protocol):
     name: str
 
     def fit(self, train: pd.DataFrame) -> None: ...
+
+    def raw(self, rows: pd.DataFrame) -> Vector: ...
 
     def score(self, rows: pd.DataFrame) -> Vector: ...
 
@@ -88,6 +93,8 @@ class Logistic:
     def score(self, rows: pd.DataFrame) -> Vector:
         proba = self.pipeline.predict_proba(rows[list(INPUT_FEATURES)].to_numpy(dtype=float))
         return np.asarray(proba[:, 1], dtype=float)
+
+    raw = score  # a probability already
 
 
 def bgnbd_log_likelihood(params: Vector, x: Vector, t_x: Vector, big_t: Vector) -> Vector:

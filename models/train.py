@@ -50,8 +50,12 @@ class TrainResult:
     card: dict[str, Any]
 
 
-def metrics(labels: Vector, scores: Vector) -> dict[str, float]:
-    """ROC-AUC, PR-AUC, Brier score, precision and lift in the top 10% of scores."""
+def metrics(
+    labels: Vector, scores: Vector, probabilities: Vector | None = None
+) -> dict[str, float]:
+    """ROC-AUC, PR-AUC, precision and lift in the top 10% of ``scores`` (any scale,
+    higher is riskier), and the Brier score of ``probabilities`` (default: the scores)."""
+    probabilities = scores if probabilities is None else probabilities
     n_top = max(1, math.ceil(TOP_SHARE * len(scores)))
     top = np.argsort(-scores, kind="stable")[:n_top]
     precision = float(labels[top].mean())
@@ -59,7 +63,7 @@ def metrics(labels: Vector, scores: Vector) -> dict[str, float]:
     return {
         "roc_auc": round(float(roc_auc_score(labels, scores)), 4),
         "pr_auc": round(float(average_precision_score(labels, scores)), 4),
-        "brier": round(float(brier_score_loss(labels, np.clip(scores, 0, 1))), 4),
+        "brier": round(float(brier_score_loss(labels, np.clip(probabilities, 0, 1))), 4),
         "precision_top10": round(precision, 4),
         "lift_top10": round(precision / base, 3) if base else math.nan,
     }
@@ -177,10 +181,14 @@ def train(
     scores = model.predict_proba(x_test)[:, 1]
 
     progress("scoring the baselines")
-    baseline_scores: dict[str, Vector] = {}
+    baseline_scores: dict[str, Vector] = {}  # raw: what ranks
+    baseline_metrics: dict[str, dict[str, float]] = {}
     for baseline in all_baselines(horizon):
         baseline.fit(train_rows)
-        baseline_scores[baseline.name] = baseline.score(test_rows)
+        baseline_scores[baseline.name] = baseline.raw(test_rows)
+        baseline_metrics[baseline.name] = metrics(
+            y_test, baseline_scores[baseline.name], baseline.score(test_rows)
+        )
 
     version = new_version(registry)
     folder = registry / version
@@ -220,7 +228,7 @@ def train(
         },
         "metrics": {
             "model": metrics(y_test, scores),
-            "baselines": {n: metrics(y_test, s) for n, s in baseline_scores.items()},
+            "baselines": baseline_metrics,
         },
         "calibration": calibration_table(y_test, scores),
         "drift": {

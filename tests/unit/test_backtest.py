@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from models.backtest import backtest, find_churns, score
+from models.backtest import backtest, base_rate, find_churns, honest_score, score
 from pipeline.features import DAY
 from tests.factories import T0, make_event
 
@@ -30,6 +30,52 @@ def test_score_counts_precision_recall_and_lead():
     assert result["median_lead_days"] == pytest.approx((60 + 120) / 2)
 
 
+def test_warnings_about_customers_already_lost_are_not_early_warnings():
+    orders = {"A": [0.0, 10 * DAY, 200 * DAY], "B": [0.0, 50 * DAY], "C": [0.0]}
+    churns = find_churns(orders, data_end=300 * DAY, horizon=H)
+    opened = [
+        ("A", 40 * DAY),  # 30 days after A's order on day 10: early, 60 days before the flag
+        (
+            "B",
+            20 * DAY,
+        ),  # before B's last order (day 50): caught only when counted from 90 days before it
+        ("B", 150 * DAY),  # B silent 100 days: the plain rule flagged it on day 140
+        ("C", 100 * DAY),  # C silent 100 days: lost too
+        ("A", 60 * DAY),  # early, but on a new model's first day: not steady state
+    ]
+    result = honest_score(opened, orders, churns, 300 * DAY, H, base=0.4, unsteady={60 * DAY})
+    # today's figures count every episode
+    assert result["episodes"] == 5 and result["recall"] == 0.5  # A after day 10, B
+    assert result["lost_customer_notices"] == 2
+    early = result["early"]
+    assert early["episodes"] == 2  # A on day 40, B on day 20
+    assert early["precision"] == 0.5  # A silent until day 200; B ordered on day 50
+    assert early["precision_over_base"] == pytest.approx(0.1)
+    # from the last order on, only A's churn after day 10 is caught, 60 days early
+    assert early["recall"] == pytest.approx(1 / 4, abs=0.001)
+    assert early["median_lead_days"] == 60.0
+
+
+def test_the_plain_rule_is_its_own_early_warning_with_no_lead():
+    orders = {"A": [0.0, 10 * DAY, 200 * DAY], "B": [0.0, 50 * DAY]}
+    churns = find_churns(orders, data_end=300 * DAY, horizon=H)
+    plain = [(c.customer_id, c.flagged_at) for c in churns]
+    result = honest_score(plain, orders, churns, 300 * DAY, H, base=None)
+    assert result["lost_customer_notices"] == 0
+    assert result["early"]["recall"] == 1.0 and result["early"]["median_lead_days"] == 0.0
+    assert result["early"]["precision_over_base"] is None
+
+
+def test_the_base_rate_since_a_day_counts_from_that_day():
+    # A orders every 30 days for 600 days, then stops; B orders once on day 0.
+    orders = {"A": [d * DAY for d in range(0, 600, 30)], "B": [0.0]}
+    whole = base_rate(orders, 0.0, 800 * DAY, H)
+    since = base_rate(orders, 0.0, 800 * DAY, H, since=100 * DAY)
+    # from day 100: B is active (ordered within the year) and silent until day 365
+    assert since is not None and whole is not None and since > whole
+    assert base_rate(orders, 0.0, 800 * DAY, H, since=750 * DAY) is None  # no horizon left
+
+
 def test_backtest_writes_summary_and_every_episode(tmp_path, settings):
     from datetime import timedelta
 
@@ -50,6 +96,8 @@ def test_backtest_writes_summary_and_every_episode(tmp_path, settings):
     }
     assert saved["rules"]["plain_90_day"]["recall"] == 1.0
     assert saved["rules"]["plain_90_day"]["median_lead_days"] == 0.0
+    assert saved["rules"]["plain_90_day"]["early"]["recall"] == 1.0
+    assert "lost_customer_notices" in saved["rules"]["sales_drop"]
     rows = (tmp_path / "warnings.csv").read_text().splitlines()
     assert rows[0].startswith("warning_id,customer_id,warning_type,status")
     assert any(",sales_drop,opened," in row for row in rows[1:])

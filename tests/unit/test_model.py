@@ -64,6 +64,27 @@ def test_training_writes_a_complete_card_model_and_report(trained):
     assert versions(registry) == [result.version]
 
 
+def test_the_baselines_are_ranked_on_their_own_scores(trained, history, settings):
+    """The card's recency and frequency figures are those of the raw numbers, not of
+    their isotonic mapping to probabilities (which ties neighbouring values)."""
+    from datetime import datetime
+
+    from sklearn.metrics import roc_auc_score
+
+    from models.dataset import build_training_set
+
+    card = trained[1].card
+    cutoff = datetime.fromisoformat(card["data_window"]["test_cutoff"])
+    rows = build_training_set(history[0], [cutoff], 90, settings.warnings)
+    assert len(rows) == card["data_window"]["test_rows"]
+    labels = rows["churned"].to_numpy(dtype=float)
+    silence = rows["days_since_last_order"].to_numpy(dtype=float)
+    orders = rows["rfm_orders_52w"].to_numpy(dtype=float)
+    reported = card["metrics"]["baselines"]
+    assert reported["recency"]["roc_auc"] == round(roc_auc_score(labels, silence), 4)
+    assert reported["frequency"]["roc_auc"] == round(roc_auc_score(labels, -orders), 4)
+
+
 def test_too_short_a_history_is_a_clear_error(history, settings, tmp_path):
     events = [e for e in history[0] if (e.occurred_at - history[0][0].occurred_at).days < 200]
     with pytest.raises(TrainingError, match="history"):
