@@ -243,17 +243,16 @@ def simulate(
 @click.pass_context
 def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> None:
     """Replay a real export (CSV or Parquet) to Kafka in event-time order."""
-    from producers.mapping import MappingError, load_events
+    from producers.mapping import MappingError, load_export
     from producers.replay import as_messages, send_rejected
 
     settings = _settings(ctx)
     try:
-        events, rejected = load_events(path, mapping)
+        loaded = load_export(path, mapping)
     except MappingError as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"{len(events)} events from {path}; {len(rejected)} row(s) rejected")
-    for r in rejected[:5]:
-        click.echo(f"  row {r.row_number} ({r.event_type}): {r.error}", err=True)
+    events, rejected = loaded.events, loaded.rejected
+    click.echo(f"{path}: {loaded.summary()}")
     _ensure_topics(settings)
     send_rejected(settings, path.name, rejected)
     # X times real speed = X / 86,400 simulated days per second
@@ -335,15 +334,14 @@ def backtest(
 
 def _load_export(events_path: Path, mapping: Path) -> list[CustomerEvent]:
     """Events from an export and its mapping; rejected rows are reported, bad mappings exit 2."""
-    from producers.mapping import MappingError, load_events
+    from producers.mapping import MappingError, load_export
 
     try:
-        events, rejected = load_events(events_path, mapping)
+        loaded = load_export(events_path, mapping)
     except MappingError as exc:
         raise click.UsageError(str(exc)) from exc
-    if rejected:
-        click.echo(f"{len(rejected)} row(s) rejected, e.g. {rejected[0].error}", err=True)
-    return events
+    click.echo(f"{events_path.name}: {loaded.summary()}", err=True)
+    return loaded.events
 
 
 def _load_history(

@@ -20,21 +20,41 @@ file, no code. Shape (see ``configs/mappings/`` for complete examples)::
 
 A field is ``column`` (with optional ``format`` for timestamps, ``abs``,
 ``integer_text`` to turn ``12346.0`` into ``12346``), ``value`` (a constant)
-or ``template`` (``{Column}`` placeholders). Filters: ``equals``,
+or ``template`` (``{Column}`` placeholders; ``{_row}`` is the row's number,
+for exports whose rows have no id of their own). Filters: ``equals``,
 ``not_equals``, ``in``, ``startswith``, ``not_startswith``, ``empty``,
 ``not_empty`` (true/false), ``gt``, ``lt``. One row may give several events.
+
+**One row per order line** (a basket, an invoice with its lines): give the
+event ``group_by: [OrderColumn]`` and the rows of one order (those that pass
+``when``) make one event; each field takes the group's ``first`` row's value
+unless it says ``aggregate: sum`` (or ``min``, ``max``, ``last``, ``count``:
+the number of rows). Without it, rows that make an event id made before are
+rejected as duplicates (with the reason), never applied twice or dropped
+silently.
+
+**Timestamps** without ``format`` are read as ISO 8601 (a date alone is
+midnight), in ``source.timezone`` when they carry no offset. A column of
+numbers needs a ``format``: ``%Y%m%d`` for ``20110105``, ``epoch`` for Unix
+seconds (or ``epoch_ms``); numbers without one are refused with a hint, never
+read as seconds since 1970 by accident. Empty cells, and Parquet's nulls,
+are missing values.
+
 Rows that do not map to a valid event are reported with the reason, never
 silently dropped. Quote column names that YAML would read as something else
 (``no``, ``yes``, ``on``, ``off``, numbers): ``{column: "no"}``.
+Whitespace-separated files: ``source: {read: {sep: '\\s+'}}`` (single quotes
+in YAML, so the backslash stays).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -63,6 +83,7 @@ class FieldSpec(_Strict):
     format: str | None = None
     abs: bool = False
     integer_text: bool = False
+    aggregate: Literal["first", "last", "sum", "min", "max", "count"] = "first"
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldSpec:
@@ -88,12 +109,24 @@ class Condition(_Strict):
 class EventSpec(_Strict):
     type: str
     when: list[Condition] = []
+    group_by: list[str] = []
     fields: dict[str, FieldSpec]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_column_group(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("group_by"), str):
+            return {**data, "group_by": [data["group_by"]]}
+        return data
 
     @model_validator(mode="after")
     def _known_type(self) -> EventSpec:
         if self.type not in TOPIC_OF_TYPE:
             raise ValueError(f"unknown event type {self.type!r}; one of {sorted(TOPIC_OF_TYPE)}")
+        if not self.group_by:
+            for name, spec in self.fields.items():
+                if spec.aggregate != "first":
+                    raise ValueError(f"fields.{name}: aggregate {spec.aggregate} needs group_by")
         return self
 
 
@@ -136,7 +169,9 @@ def read_table(path: str | Path, source: SourceSpec) -> pd.DataFrame:
     kind = source.format or ("parquet" if p.suffix == ".parquet" else "csv")
     try:
         if kind == "parquet":
-            return pd.read_parquet(p, **source.read).astype(str)
+            frame = pd.read_parquet(p, **source.read)
+            # Text as a CSV would give it: nulls empty, dates without a time part as dates.
+            return frame.apply(_parquet_text)
         return pd.read_csv(p, dtype=str, keep_default_na=False, **source.read)
     except FileNotFoundError as exc:
         raise MappingError(f"export file not found: {p}") from exc
@@ -146,6 +181,16 @@ def read_table(path: str | Path, source: SourceSpec) -> pd.DataFrame:
         raise MappingError(
             f"cannot read {p} as {kind} (source.format / source.read): {reason}"
         ) from exc
+
+
+def _parquet_text(column: pd.Series) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(column):
+        moments = column.dropna()
+        no_time = bool(len(moments)) and bool((moments == moments.dt.normalize()).all())
+        text = column.dt.strftime("%Y-%m-%d" if no_time else "%Y-%m-%dT%H:%M:%S.%f%z")
+    else:
+        text = column.astype(str)
+    return text.where(column.notna(), "")
 
 
 def _matches(row: dict[str, Any], cond: Condition) -> bool:
@@ -184,21 +229,47 @@ def _number(text: str) -> float:
 
 
 _PLACEHOLDER = re.compile(r"{([^{}]+)}")
+_NUMBER = re.compile(r"-?\d+(\.\d*)?")
+#: Event fields that hold a moment (read with the source's time zone).
+_TIME_FIELDS = frozenset({"occurred_at", "due_date"})
 
 
-def _field_value(row: dict[str, Any], spec: FieldSpec, tz: ZoneInfo) -> Any:
+def _field_value(row: dict[str, Any], spec: FieldSpec, tz: ZoneInfo, number: int, name: str) -> Any:
     if spec.value is not None:
         return spec.value
     if spec.template is not None:
-        return _PLACEHOLDER.sub(lambda m: _clean(str(row[m.group(1)]), True), spec.template)
+        return _PLACEHOLDER.sub(
+            lambda m: str(number) if m.group(1) == "_row" else _clean(str(row[m.group(1)]), True),
+            spec.template,
+        )
     assert spec.column is not None  # noqa: S101 - guaranteed by the validator
     text = str(row[spec.column]).strip()
-    if spec.format is not None:
-        moment = datetime.strptime(text, spec.format)  # noqa: DTZ007 - zone added below
-        return moment.replace(tzinfo=tz) if moment.tzinfo is None else moment
+    if not text:
+        return None  # missing: the event's default, or "field required"
+    if name in _TIME_FIELDS or spec.format is not None:
+        return _moment(text, spec.format, tz)
     if spec.abs:
         return abs(float(text))
     return _clean(text, spec.integer_text)
+
+
+def _moment(text: str, fmt: str | None, tz: ZoneInfo) -> datetime:
+    """A timestamp cell as an aware datetime (see the module docstring)."""
+    if fmt in ("epoch", "epoch_ms"):
+        seconds = float(text) / (1000 if fmt == "epoch_ms" else 1)
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    if fmt is not None:
+        moment = datetime.strptime(text, fmt)  # noqa: DTZ007 - zone added below
+    elif _NUMBER.fullmatch(text):
+        hint = (
+            "format: '%Y%m%d'"
+            if len(text) == 8
+            else "format: epoch (Unix seconds) or epoch_ms, or the strptime format"
+        )
+        raise ValueError(f"{text!r} is a number, not a date: give the column a {hint}")
+    else:
+        moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=tz) if moment.tzinfo is None else moment
 
 
 def _clean(text: str, integer_text: bool) -> str:
@@ -215,53 +286,164 @@ class Rejected:
     error: str
 
 
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _combine(values: list[Any], how: str) -> Any:
+    present = [v for v in values if v is not None]
+    if how == "count":
+        return len(values)
+    if not present:
+        return None
+    if how == "sum":
+        return round(sum(float(v) for v in present), 6)
+    if how == "min":
+        return min(present)
+    if how == "max":
+        return max(present)
+    return present[-1] if how == "last" else present[0]
+
+
+def _check_columns(frame: pd.DataFrame, spec: EventSpec) -> None:
+    for cond in spec.when:
+        if cond.column not in frame.columns:
+            raise MappingError(f"events[{spec.type}]: filter column {cond.column!r} not found")
+    for column in spec.group_by:
+        if column not in frame.columns:
+            raise MappingError(f"events[{spec.type}].group_by: column {column!r} not found")
+    for name, fspec in spec.fields.items():
+        if fspec.column and fspec.column not in frame.columns:
+            raise MappingError(
+                f"events[{spec.type}].fields.{name}: column {fspec.column!r} not in the "
+                f"file (columns: {', '.join(frame.columns)})"
+            )
+
+
 def map_rows(
     frame: pd.DataFrame, mapping: Mapping
 ) -> Iterator[tuple[int, CustomerEvent | Rejected]]:
-    """Every event the mapping makes from each row, or why a row's event was rejected."""
+    """Every event the mapping makes from each row (or group of rows: ``group_by``),
+    or why it was rejected, with the (first) row's number."""
     tz = ZoneInfo(mapping.source.timezone)
     for spec in mapping.events:
-        for cond in spec.when:
-            if cond.column not in frame.columns:
-                raise MappingError(f"events[{spec.type}]: filter column {cond.column!r} not found")
-        for name, field in spec.fields.items():
-            if field.column and field.column not in frame.columns:
-                raise MappingError(
-                    f"events[{spec.type}].fields.{name}: column {field.column!r} not in the "
-                    f"file (columns: {', '.join(frame.columns)})"
-                )
-    for number, row in enumerate(frame.to_dict("records"), start=1):
+        _check_columns(frame, spec)
+    records = frame.to_dict("records")
+    groups: dict[int, dict[tuple[str, ...], list[int]]] = {}
+    for index, spec in enumerate(mapping.events):
+        if spec.group_by:
+            members = groups[index] = {}
+            for i, row in enumerate(records):
+                if all(_matches(row, cond) for cond in spec.when):
+                    key = tuple(str(row[c]) for c in spec.group_by)
+                    members.setdefault(key, []).append(i)
+    for i, row in enumerate(records):
+        number = i + 1
         for spec in mapping.events:
+            if spec.group_by:
+                continue
             if not all(_matches(row, cond) for cond in spec.when):
                 continue
             try:
-                payload = {"type": spec.type}
-                for name, field in spec.fields.items():
-                    payload[name] = _field_value(row, field, tz)
+                payload: dict[str, Any] = {"type": spec.type}
+                for name, fspec in spec.fields.items():
+                    value = _field_value(row, fspec, tz, number, name)
+                    if value is not None:
+                        payload[name] = value
                 yield number, _event_adapter.validate_python(payload)
             except (ValidationError, ValueError, KeyError) as exc:
-                reason = (
-                    "; ".join(
-                        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-                    )
-                    if isinstance(exc, ValidationError)
-                    else f"{type(exc).__name__}: {exc}"
-                )
-                yield number, Rejected(number, spec.type, row, reason)
+                yield number, Rejected(number, spec.type, row, _reason(exc))
+    for index, members in groups.items():
+        spec = mapping.events[index]
+        for rows in members.values():
+            first = rows[0] + 1
+            try:
+                payload = {"type": spec.type}
+                for name, fspec in spec.fields.items():
+                    values = [
+                        _field_value(records[r], fspec, tz, r + 1, name)
+                        for r in (rows if fspec.aggregate != "first" else rows[:1])
+                    ]
+                    value = _combine(values, fspec.aggregate)
+                    if value is not None:
+                        payload[name] = value
+                yield first, _event_adapter.validate_python(payload)
+            except (ValidationError, ValueError, KeyError) as exc:
+                reason = f"{_reason(exc)} (group of {len(rows)} rows)"
+                yield first, Rejected(first, spec.type, records[rows[0]], reason)
+
+
+@dataclass
+class Loaded:
+    """What loading an export gave: the events, the rejected rows, and a summary."""
+
+    events: list[CustomerEvent]
+    rejected: list[Rejected]
+    rows: int
+    by_type: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)  # rejected, by reason's first part
+
+    def summary(self) -> str:
+        """Rows read, events made per type, rows rejected and why, dates, customers."""
+        lines = [f"{self.rows:,} rows read, {len(self.events):,} events made"]
+        if self.events:
+            first, last = self.events[0].occurred_at, self.events[-1].occurred_at
+            customers = len({e.customer_id for e in self.events})
+            lines[0] += (
+                f" for {customers:,} customers, "
+                f"{first:%Y-%m-%d} to {last:%Y-%m-%d} ({(last - first).days:,} days)"
+            )
+        for kind, count in sorted(self.by_type.items()):
+            lines.append(f"  {kind}: {count:,}")
+        if self.rejected:
+            lines.append(f"{len(self.rejected):,} row(s) rejected:")
+            for reason, count in self.reasons.most_common(5):
+                lines.append(f"  {count:,} x {reason}")
+            example = self.rejected[0]
+            lines.append(f"  e.g. row {example.row_number} ({example.event_type}): {example.error}")
+        return "\n".join(lines)
+
+
+def _short(reason: str) -> str:
+    """A rejection reason without the row's own values (to count alike ones together)."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "…", reason)[:120]
+
+
+def load_export(path: str | Path, mapping_path: str | Path) -> Loaded:
+    """All events of an export, sorted by event time; rejected rows; a summary.
+
+    An event whose id an earlier row already made is rejected as a duplicate:
+    applied, it would be skipped as redelivered; kept, it would count twice.
+    """
+    mapping = load_mapping(mapping_path)
+    frame = read_table(path, mapping.source)
+    loaded = Loaded([], [], len(frame))
+    made: dict[str, int] = {}
+    for number, item in map_rows(frame, mapping):
+        if not isinstance(item, Rejected) and item.event_id in made:
+            reason = (
+                f"duplicate event id {item.event_id!r} (row {made[item.event_id]} made it): "
+                "one row per order line? group them (group_by), or make the ids distinct "
+                "(e.g. {_row})"
+            )
+            item = Rejected(number, item.type, frame.iloc[number - 1].to_dict(), reason)
+        if isinstance(item, Rejected):
+            loaded.rejected.append(item)
+            loaded.reasons[_short(item.error)] += 1
+            continue
+        made[item.event_id] = number
+        loaded.events.append(item)
+        loaded.by_type[item.type] += 1
+    loaded.events.sort(key=lambda e: e.occurred_at)
+    loaded.rejected.sort(key=lambda r: r.row_number)
+    return loaded
 
 
 def load_events(
     path: str | Path, mapping_path: str | Path
 ) -> tuple[list[CustomerEvent], list[Rejected]]:
     """All events of an export, sorted by event time, and the rejected rows."""
-    mapping = load_mapping(mapping_path)
-    frame = read_table(path, mapping.source)
-    events: list[CustomerEvent] = []
-    rejected: list[Rejected] = []
-    for _number, item in map_rows(frame, mapping):
-        if isinstance(item, Rejected):
-            rejected.append(item)
-        else:
-            events.append(item)
-    events.sort(key=lambda e: e.occurred_at)
-    return events, rejected
+    loaded = load_export(path, mapping_path)
+    return loaded.events, loaded.rejected

@@ -116,3 +116,127 @@ def test_accounts_receivable_mapping_reads_invoices_payments_and_disputes():
     assert kinds["invoice_issued"] == 2_466
     assert kinds["complaint_opened"] == 561
     assert len({e.customer_id for e in events}) == 100
+
+
+LINES_MAPPING = """
+events:
+  - type: order_placed
+    when: [{column: invoice, not_startswith: "C"}]
+    group_by: invoice
+    fields:
+      event_id: {template: "o-{invoice}"}
+      customer_id: {column: cust}
+      occurred_at: {column: at}
+      order_id: {column: invoice}
+      amount: {column: line_total, aggregate: sum}
+"""
+
+LINES = (
+    "invoice,cust,at,line_total\n"
+    "536365,17850,2010-12-01 08:26:00,15.30\n"
+    "536365,17850,2010-12-01 08:26:00,20.34\n"
+    "536366,13047,2010-12-01 08:28:00,11.10\n"
+    "536365,17850,2010-12-01 08:27:00,22.00\n"
+    "C536379,17850,2010-12-01 09:41:00,-27.50\n"
+)
+
+
+def test_order_lines_are_grouped_into_one_order_each(tmp_path):
+    from producers.mapping import load_export
+
+    loaded = load_export(write(tmp_path, "l.csv", LINES), write(tmp_path, "m.yaml", LINES_MAPPING))
+    assert loaded.rejected == []
+    by_order = {e.order_id: e for e in loaded.events}
+    assert sorted(by_order) == ["536365", "536366"]
+    assert by_order["536365"].amount == pytest.approx(57.64)  # three lines summed
+    assert by_order["536365"].occurred_at.minute == 26  # the first line's time
+    summary = loaded.summary()
+    assert "5 rows read, 2 events made for 2 customers" in summary
+    assert "order_placed: 2" in summary
+
+
+def test_lines_without_group_by_are_refused_as_duplicates_not_dropped(tmp_path):
+    from producers.mapping import load_export
+
+    ungrouped = LINES_MAPPING.replace("    group_by: invoice\n", "").replace(", aggregate: sum", "")
+    loaded = load_export(write(tmp_path, "l.csv", LINES), write(tmp_path, "m.yaml", ungrouped))
+    assert len(loaded.events) == 2
+    assert [r.row_number for r in loaded.rejected] == [2, 4]
+    assert "duplicate event id 'o-536365' (row 1 made it)" in loaded.rejected[0].error
+    assert "group_by" in loaded.summary()
+    # identical rows that are distinct events: the row number makes the ids distinct
+    by_row = ungrouped.replace('"o-{invoice}"', '"o-{invoice}-{_row}"')
+    loaded = load_export(write(tmp_path, "l.csv", LINES), write(tmp_path, "r.yaml", by_row))
+    assert len(loaded.events) == 4 and loaded.rejected == []
+
+
+def test_aggregates_need_group_by(tmp_path):
+    bad = LINES_MAPPING.replace("    group_by: invoice\n", "")
+    with pytest.raises(MappingError, match="aggregate sum needs group_by"):
+        load_mapping(write(tmp_path, "m.yaml", bad))
+
+
+def test_number_dates_need_a_format_and_say_so(tmp_path):
+    from producers.mapping import load_export
+
+    mapping = ORDERS_MAPPING.replace(', format: "%d.%m.%Y"', "")
+    csv = write(
+        tmp_path,
+        "o.csv",
+        "cust,num,date,total,status\n1,A1,20110105,10,ok\n1,A2,1294185600,10,ok\n"
+        "1,A3,2011-01-05,10,ok\n1,A4,,10,ok\n",
+    )
+    loaded = load_export(csv, write(tmp_path, "m.yaml", mapping))
+    (iso,) = loaded.events
+    assert iso.occurred_at.isoformat() == "2011-01-05T00:00:00+01:00"  # a date: midnight, Berlin
+    errors = {r.row_number: r.error for r in loaded.rejected}
+    assert "'20110105' is a number, not a date" in errors[1] and "%Y%m%d" in errors[1]
+    assert "epoch" in errors[2]
+    assert "occurred_at" in errors[4]  # missing
+    dated = load_export(
+        csv,
+        write(
+            tmp_path, "d.yaml", mapping.replace("column: date}", 'column: date, format: "%Y%m%d"}')
+        ),
+    )
+    assert [e.order_id for e in dated.events] == ["A1"]
+    epoch = load_export(
+        csv,
+        write(tmp_path, "e.yaml", mapping.replace("column: date}", "column: date, format: epoch}")),
+    )
+    assert [e.occurred_at.isoformat() for e in epoch.events] == ["2011-01-05T00:00:00+00:00"]
+
+
+def test_parquet_dates_and_nulls_read_as_dates_and_missing_values(tmp_path):
+    import pandas as pd
+
+    from producers.mapping import load_export
+
+    frame = pd.DataFrame(
+        {
+            "cust": ["1", "2", None],
+            "num": ["A1", "A2", "A3"],
+            "date": pd.to_datetime(["2025-01-02", None, "2025-01-03"]),
+            "total": [10.0, 5.0, 7.0],
+            "status": ["ok", "ok", "ok"],
+        }
+    )
+    frame.to_parquet(tmp_path / "o.parquet")
+    mapping = ORDERS_MAPPING.replace(', format: "%d.%m.%Y"', "")
+    loaded = load_export(tmp_path / "o.parquet", write(tmp_path, "m.yaml", mapping))
+    (event,) = loaded.events
+    assert event.occurred_at.isoformat() == "2025-01-02T00:00:00+01:00"
+    errors = {r.row_number: r.error for r in loaded.rejected}
+    assert "occurred_at" in errors[2] and "nan" not in errors[2].lower()
+    assert "customer_id" in errors[3]
+
+
+def test_whitespace_separated_files_read_with_the_documented_option(tmp_path):
+    mapping = ORDERS_MAPPING.replace(
+        "source: {timezone: Europe/Berlin}", "source: {timezone: UTC, read: {sep: '\\s+'}}"
+    )
+    csv = write(
+        tmp_path, "o.txt", "cust  num date       total status\n7   B1  02.01.2025 3.5  ok\n"
+    )
+    events, rejected = load_events(csv, write(tmp_path, "m.yaml", mapping))
+    assert rejected == [] and events[0].amount == 3.5
