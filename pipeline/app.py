@@ -34,7 +34,9 @@ class Pipeline:
     warnings: TopicT
     dead_letters: TopicT
     states: TableT[str, bytes]  # customer_id -> pipeline.features.encode_state()
-    sweep_progress: TableT[str, float]  # str(partition) -> last sweep boundary (event clock)
+    # str(partition) -> last sweep boundary (event clock); "read:topic:partition" -> the
+    # offset after the last message whose effects are stored (pipeline.track_customers)
+    sweep_progress: TableT[str, float]
 
 
 def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:

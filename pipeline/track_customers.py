@@ -75,6 +75,11 @@ DRIFT_EVERY_SECONDS = 10.0
 Held = tuple[CustomerEvent, Message]
 
 
+def read_floor_key(topic: str, partition: int) -> str:
+    """The key in the ``sweep_progress`` table of a topic partition's read floor."""
+    return f"read:{topic}:{partition}"
+
+
 def register(p: Pipeline) -> None:
     """Attach the agent to the app."""
     settings = p.settings
@@ -83,6 +88,7 @@ def register(p: Pipeline) -> None:
     event_clock = settings.clock.mode == "event"
     topic_names = {settings.topic(t): t for t in Topic}
     input_names = [settings.topic(t) for t in EVENT_TOPICS]
+    floor_topics = [*input_names, settings.topic(Topic.TICKS)]
     watermark = Watermark(input_names)
     sequencer: Sequencer[Held] = Sequencer(every, settings.clock.allowed_lateness_hours * 3600)
     wall_last_sweep: dict[int, float] = {}
@@ -180,6 +186,8 @@ def register(p: Pipeline) -> None:
         # After a rebalance Faust re-seeks to the committed offsets, so events
         # still held in the buffer (never acked) are delivered again.
         async with busy:
+            if publishing:  # a store cut off by the rebalance: let it finish first
+                await asyncio.gather(*publishing, return_exceptions=True)
             forget()
 
     def forget() -> None:
@@ -192,6 +200,7 @@ def register(p: Pipeline) -> None:
         metrics.CUSTOMERS_TRACKED.set(0)
         resumed.clear()
         started.clear()
+        floors.clear()
         wall_last_sweep.clear()
         watermark.reset()
         sequencer.clear()
@@ -294,17 +303,31 @@ def register(p: Pipeline) -> None:
             )
         return decoded
 
+    # The changelog writes of a store still on their way (see store()).
+    publishing: set[asyncio.Future[None]] = set()
+
     async def store(last_of: dict[int, Message]) -> None:
-        """Write every changed customer once and the sweeps that changed them, wait
-        until the broker has them (and the warnings), then ack and commit the
-        messages they cover: after a crash the worker re-reads exactly the messages
-        whose effects were not stored."""
-        table: Any = p.states  # the concrete Table: TableT does not declare its serializers
+        """Write every changed customer once, the sweeps that changed them and how far
+        each input partition is applied; then wait until the broker has them (and the
+        warnings), ack and commit the messages they cover.
+
+        The local writes happen in one step with no pause in between, so a stop or
+        a rebalance (which cancel the batch at its next pause) never leaves some
+        customers stored past the sweep progress and others not; the changelog
+        sends, flush and commit that follow are shielded from the cancel. With
+        the read floors stored beside the states, a restart skips the messages
+        whose effects were stored even when their commit was lost."""
         if p.app.rebalancing:
             # The partitions may be another worker's by now: store nothing, ack
             # nothing; the revoke that follows forgets this batch and the next
             # owner reads it again.
             return
+        sends: list[tuple[Any, str, Any, int]] = []  # (table, key, value, partition)
+
+        def put(table: Any, key: str, value: Any, partition: int) -> None:
+            table.data[key] = value
+            sends.append((table, key, value, partition))
+
         for partition, message in last_of.items():
             block = blocks.get(partition)
             rows = dirty.get(partition, set())
@@ -313,23 +336,49 @@ def register(p: Pipeline) -> None:
                     if block is None:
                         break  # (rows are only marked in a loaded block)
                     customer_id = block.customer_ids[row]
-                    value = encode_state(CustomerState(block, row), partition)
-                    table.data[customer_id] = value
-                    # Straight to the producer: Faust's table buffer would hand
-                    # over these changes one by one, waiting on each.
-                    await table.changelog_topic.send(
-                        key=customer_id,
-                        value=value,
-                        partition=partition,
-                        key_serializer=table.key_serializer,
-                        value_serializer=table.value_serializer,
-                        callback=table._on_changelog_sent,  # records the offset the store holds
-                        force=True,
+                    put(
+                        p.states,
+                        customer_id,
+                        encode_state(CustomerState(block, row), partition),
+                        partition,
                     )
                 if partition in swept:
-                    p.sweep_progress[str(partition)] = swept.pop(partition)
+                    put(p.sweep_progress, str(partition), swept.pop(partition), partition)
             rows.clear()
         ackable = acks.ackable()
+        last_acked: dict[TP, Message] = {}  # the newest acked message of each topic partition
+        for message in ackable:
+            known = last_acked.get(message.tp)
+            if known is None or message.offset > known.offset:
+                last_acked[message.tp] = message
+        for tp, message in last_acked.items():
+            with storing_for(p.app, message):
+                put(
+                    p.sweep_progress,
+                    read_floor_key(tp.topic, tp.partition),
+                    float(message.offset + 1),
+                    tp.partition,
+                )
+        if not sends and not ackable:
+            return
+        task = asyncio.ensure_future(publish(sends, ackable))
+        publishing.add(task)
+        task.add_done_callback(publishing.discard)
+        await asyncio.shield(task)
+
+    async def publish(sends: list[tuple[Any, str, Any, int]], ackable: list[Message]) -> None:
+        for table, key, value, partition in sends:
+            # Straight to the producer: Faust's table buffer would hand over these
+            # changes one by one, and its flush gives up after 0.1 s.
+            await table.changelog_topic.send(
+                key=key,
+                value=value,
+                partition=partition,
+                key_serializer=table.key_serializer,
+                value_serializer=table.value_serializer,
+                callback=table._on_changelog_sent,  # records the offset the store holds
+                force=True,
+            )
         if not ackable:
             return
         await p.app.producer.flush()
@@ -348,28 +397,40 @@ def register(p: Pipeline) -> None:
         resume(partition)
         await run(partition, sequencer.advance(partition, now), received_at)
 
-    # Partitions whose reading start is known to the watermark.
+    # Partitions whose reading start is known (read floors loaded; in event-clock
+    # mode also told to the watermark).
     started: set[int] = set()
+    # How far each topic partition's messages are applied and stored (offset after
+    # the last one), as stored beside the states: a message below it is skipped.
+    floors: dict[tuple[str, int], int] = {}
 
     async def start_reading(partitions: set[int]) -> None:
-        """Tell the watermark where reading of these partitions starts: the committed
-        offsets (the events before them are applied and stored). Without it, a topic
+        """Load the read floors of these partitions and tell the watermark where
+        reading starts: the committed offsets, or the read floor where that is
+        further (the events before it are applied and stored). Without it, a topic
         with nothing new since a restart or a rebalance would hold the clock for good."""
-        tps = [TopicPartition(name, partition) for name in input_names for partition in partitions]
-        starts = await asyncio.to_thread(committed_offsets, settings, p.app.conf.id, tps)
-        for tp, offset in starts.items():
-            if offset is not None:
-                watermark.start(tp.topic, tp.partition, offset)
+        for partition in partitions:
+            for name in floor_topics:
+                floor = p.sweep_progress.get(read_floor_key(name, partition))
+                if floor:
+                    floors[(name, partition)] = int(floor)
+        if event_clock:
+            tps = [TopicPartition(name, part) for name in input_names for part in partitions]
+            starts = await asyncio.to_thread(committed_offsets, settings, p.app.conf.id, tps)
+            for tp, offset in starts.items():
+                floor = floors.get((tp.topic, tp.partition))
+                if offset is not None or floor is not None:
+                    start = max(offset or 0, floor or 0)
+                    watermark.start(tp.topic, tp.partition, start)
         started.update(partitions)
 
     async def process(batch: list[Message]) -> None:
         """Handle a batch of messages: apply, sweep, store, ack."""
         received_at = time.time()
         ends.clear()
-        if event_clock:
-            new = {message.partition for message in batch} - started
-            if new:
-                await start_reading(new)
+        new = {message.partition for message in batch} - started
+        if new:
+            await start_reading(new)
         consumed: Counter[str] = Counter()
         last_of: dict[int, Message] = {}
         for message in batch:
@@ -380,6 +441,14 @@ def register(p: Pipeline) -> None:
             consumed[logical.value if logical else "unknown"] += 1
             if message.timestamp:  # the producer's or broker's time (Faust gives seconds)
                 received_at = min(received_at, message.timestamp)
+            if message.offset < floors.get((message.topic, partition), 0):
+                # Applied and stored before a stop, a crash or a rebalance that cut
+                # off the commit: read again, skipped.
+                metrics.EVENTS_DUPLICATE.inc()
+                acks.finished(message)
+                if event_clock:
+                    watermark.observe(message.topic, partition, message.offset)
+                continue
             if logical is Topic.TICKS:
                 if not event_clock:
                     last = wall_last_sweep.get(partition, 0.0)

@@ -78,11 +78,6 @@ def test_a_worker_killed_mid_history_comes_back_with_the_same_warnings(broker, w
     assert_same_as_batch(settings, events)
 
 
-@pytest.mark.skip(
-    reason="open (issues 12/16): passes alone (8 of 8 runs), but failed 2 times in full-suite "
-    "runs (a fresh-clone CI run of a8cec29 among them): the restarted worker's episodes for "
-    "2-3 customers differed from the batch run's (same family as the takeover test below)"
-)
 def test_sigterm_mid_history_stops_the_worker_and_a_restart_carries_on(broker, worker, tmp_path):
     """SIGTERM (as systemd, Kubernetes or Ctrl-C stop it) while the worker drains a
     history: it exits cleanly within a few seconds, and a restart finishes the
