@@ -80,6 +80,10 @@ def _calibration(calibrator: Any) -> Callable[[Matrix], Matrix]:
     return calibrate
 
 
+#: The largest finite float: where present values end in a compiled tree.
+_LARGEST = float(np.finfo(np.float64).max)
+
+
 class CompiledBoosters:
     """The calibrated boosters of a churnwatch model, scored with a few numpy operations.
 
@@ -110,15 +114,19 @@ class CompiledBoosters:
         self._children = np.column_stack([left, right]).ravel()
         self._width = int(boosters[0][0].n_features_in_)
         # Each row is scored as two copies side by side, missing values read as
-        # -inf in the first and +inf in the second; a node whose missing values go
-        # right reads the second copy, so ``value > threshold`` sends a missing
-        # value its way without a test for it (thresholds are finite, checked).
+        # -inf in the first and +inf in the second, every other value within the
+        # finite range; a node whose missing values go right reads the second
+        # copy, so ``value > threshold`` sends a missing value its way without a
+        # test for it. A split of the present values from the missing ones has
+        # the threshold +inf in scikit-learn (every value goes left): here the
+        # largest finite number, which a present value never exceeds.
         missing_right = ~leaf & ~flat["missing_go_to_left"].astype(bool)
         feature = np.where(leaf, 0, flat["feature_idx"]).astype(np.intp)
         self._feature = feature + np.where(missing_right, self._width, 0)
-        self._threshold = np.where(leaf, 0.0, flat["num_threshold"]).astype(np.float64)
+        threshold = np.where(leaf, 0.0, flat["num_threshold"]).astype(np.float64)
+        self._threshold = np.where(threshold == np.inf, _LARGEST, threshold)
         if not np.isfinite(self._threshold).all():
-            raise ValueError("a split on an infinite threshold")
+            raise ValueError("a split on a threshold of -inf or NaN")
         self._value = flat["value"].astype(np.float64)
         self._depth = int(flat["depth"].max())
         self._boosters = []  # (first tree, end of its trees, baseline, calibrate)
@@ -162,9 +170,11 @@ class CompiledBoosters:
         n, width = rows.shape
         if width != self._width:
             raise ValueError(f"rows have {width} inputs; the model takes {self._width}")
-        missing = np.isnan(rows)
         values = np.hstack(
-            [np.where(missing, -np.inf, rows), np.where(missing, np.inf, rows)]
+            [
+                np.nan_to_num(rows, nan=-np.inf, posinf=_LARGEST, neginf=-_LARGEST),
+                np.nan_to_num(rows, nan=np.inf, posinf=_LARGEST, neginf=-_LARGEST),
+            ]
         ).ravel()
         base = (np.arange(n) * 2 * width)[:, np.newaxis]
         feature = self._feature
