@@ -309,12 +309,19 @@ def backtest(
     Every warning episode is scored against what the customer did next; see
     docs/features.md ("Backtest") for the definitions.
     """
+    from tqdm import tqdm
+
     from models.backtest import backtest as run_backtest
     from models.backtest import format_table
 
     settings = _settings(ctx)
     events = _load_export(events_path, mapping)
     click.echo(f"backtesting {len(events)} events ...")
+
+    def bar(items: list[CustomerEvent]) -> tqdm[CustomerEvent]:
+        # the time left is estimated from the events so far (retrainings included)
+        return tqdm(items, desc="history", unit="event", unit_scale=True, leave=False)
+
     try:
         summary = run_backtest(
             events,
@@ -324,7 +331,8 @@ def backtest(
             out,
             model_settings=None if no_model else settings.model,
             retrain_every_days=retrain_every_days,
-            progress=lambda message: click.echo(f"  {message}", err=True),
+            progress=lambda message: tqdm.write(f"  {message}", file=sys.stderr),
+            bar=bar,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

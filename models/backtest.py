@@ -37,7 +37,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -54,6 +54,9 @@ from pipeline.features import DAY, StateBlock, to_epoch
 from pipeline.processing import run_history
 from pipeline.rules import RULES
 from pipeline.scoring import ChurnModel, CompiledBoosters, probe_rows
+
+#: Iterates a history's events, e.g. with a progress bar (tqdm fits).
+Bar = Callable[[list[CustomerEvent]], Iterable[CustomerEvent]]
 
 #: Fewer training rows than this make a model that is mostly noise: the
 #: walk-forward waits until the history has that many.
@@ -227,6 +230,7 @@ class WalkForward:
         model_settings: ModelSettings,
         retrain_every_days: float,
         progress: Callable[[str], None] = lambda _message: None,
+        bar: Bar = iter,
     ) -> None:
         self.thresholds = thresholds
         self.settings = model_settings
@@ -245,7 +249,9 @@ class WalkForward:
         if any(to_epoch(c) % sweep_every_seconds for c in self.cutoffs):
             progress(f"building the training set ({len(self.cutoffs)} cutoffs)")
             self.frames = [
-                build_training_set(events, self.cutoffs, model_settings.horizon_days, thresholds)
+                build_training_set(
+                    events, self.cutoffs, model_settings.horizon_days, thresholds, progress=bar
+                )
             ]
             self.taken = len(self.cutoffs)
         elif self.cutoffs:
@@ -309,14 +315,16 @@ def walk_forward(
     model_settings: ModelSettings,
     retrain_every_days: float,
     progress: Callable[[str], None] = lambda _message: None,
+    bar: Bar = iter,
 ) -> tuple[list[WarningRecord], list[ServedModel]]:
-    """The warnings of ``events`` with a :class:`WalkForward` model serving, and its models."""
+    """The warnings of ``events`` with a :class:`WalkForward` model serving, and its models.
+    ``bar(events)`` iterates them (e.g. with a progress bar)."""
     walk = WalkForward(
-        events, thresholds, sweep_every_seconds, model_settings, retrain_every_days, progress
+        events, thresholds, sweep_every_seconds, model_settings, retrain_every_days, progress, bar
     )
     progress("running the rules and the model over the history")
     _, records = run_history(
-        events,
+        bar(events),
         thresholds,
         sweep_every_seconds,
         model_at=walk.model_at,
@@ -343,6 +351,7 @@ def backtest(
     model_settings: ModelSettings | None = None,
     retrain_every_days: float = 28,
     progress: Callable[[str], None] = lambda _message: None,
+    bar: Bar = iter,
 ) -> dict[str, Any]:
     """Run the rules over ``events`` (time-ordered); write warnings.csv and summary.json.
 
@@ -355,11 +364,17 @@ def backtest(
     served: list[ServedModel] = []
     if model_settings is not None:
         records, served = walk_forward(
-            events, thresholds, sweep_every_seconds, model_settings, retrain_every_days, progress
+            events,
+            thresholds,
+            sweep_every_seconds,
+            model_settings,
+            retrain_every_days,
+            progress,
+            bar,
         )
     else:
         progress("running the rules over the history")
-        _, records = run_history(events, thresholds, sweep_every_seconds)
+        _, records = run_history(bar(events), thresholds, sweep_every_seconds)
     orders = order_times(events)
     data_start = to_epoch(events[0].occurred_at)
     data_end = to_epoch(events[-1].occurred_at)
