@@ -142,13 +142,16 @@ def honest_score(
     horizon: float,
     base: float | None,
     unsteady: frozenset[float] = frozenset(),
+    unflagged_base: float | None = None,
 ) -> dict[str, Any]:
     """:func:`score` as a sales team would judge the warnings: today's figures, then
     ``lost_customer_notices`` (openings about customers already silent past the
     horizon, left out of the rest), and ``early``: the other openings, without
     those at the sweeps in ``unsteady`` (the first sweep of each new model, which
     opens a backlog at once), with recall and lead counted from the last order
-    on, and the precision's margin over the ``base`` rate."""
+    on, and the precision's margin over the ``base`` rate and over the
+    ``unflagged_base`` (the churn rate of customers the plain rule has not
+    flagged: those an early warning is about)."""
     lost = [(c, t) for c, t in opened if is_lost(orders.get(c, []), t, horizon)]
     steady = [
         (c, t)
@@ -157,9 +160,10 @@ def honest_score(
     ]
     early = score(steady, orders, churns, data_end, horizon, from_last_order=True)
     precision = early["precision"]
-    early["precision_over_base"] = (
-        round(precision - base, 3) if precision is not None and base is not None else None
-    )
+    for name, rate in (("precision_over_base", base), ("precision_over_unflagged", unflagged_base)):
+        early[name] = (
+            round(precision - rate, 3) if precision is not None and rate is not None else None
+        )
     return {
         **score(opened, orders, churns, data_end, horizon),
         "lost_customer_notices": len(lost),
@@ -173,12 +177,15 @@ def base_rate(
     data_end: float,
     horizon: float,
     since: float | None = None,
+    active_days: float = 365,
 ) -> float | None:
     """P(no order within the horizon) for an active customer on a random (weekly) day.
 
-    Days from a year into the data (when "ordered in the past year" means
-    what it says), or from the start if the data is too short for that;
-    ``since``: the days from then on instead (the period a model served).
+    Active: an order in the past ``active_days`` (with the horizon: customers the
+    plain rule has not flagged). Days from a year into the data (when "ordered
+    in the past year" means what it says), or from the start if the data is
+    too short for that; ``since``: the days from then on instead (the period a
+    model served).
     """
     hits = total = 0
     if since is not None:
@@ -190,7 +197,7 @@ def base_rate(
     while day + horizon <= data_end:
         for times in orders.values():
             i = bisect.bisect_right(times, day)
-            if i and day - times[i - 1] <= 365 * DAY:
+            if i and day - times[i - 1] <= active_days * DAY:
                 total += 1
                 hits += not (i < len(times) and times[i] <= day + horizon)
         day += 7 * DAY
@@ -385,26 +392,41 @@ def backtest(
         if record.status == "opened":
             opened[record.warning_type].append((record.customer_id, to_epoch(record.opened_at)))
     rate = base_rate(orders, data_start, data_end, horizon)
+    unflagged = base_rate(orders, data_start, data_end, horizon, active_days=horizon_days)
     rules: dict[str, dict[str, Any]] = {
-        r: honest_score(opened[r], orders, churns, data_end, horizon, rate) for r in RULES
+        r: honest_score(
+            opened[r], orders, churns, data_end, horizon, rate, unflagged_base=unflagged
+        )
+        for r in RULES
     }
     model_summary: dict[str, Any] | None = None
     if served:
         since = served[0].serving_from
         later = [c for c in churns if c.flagged_at >= since]
         rate_since = base_rate(orders, data_start, data_end, horizon, since)
+        unflagged_since = base_rate(
+            orders, data_start, data_end, horizon, since, active_days=horizon_days
+        )
         # The sweep each model served first: its backlog opens there at once.
         first_sweeps = frozenset(
             math.ceil(s.serving_from / sweep_every_seconds) * sweep_every_seconds for s in served
         )
         rules["churn_risk"] = honest_score(
-            opened["churn_risk"], orders, later, data_end, horizon, rate_since, first_sweeps
+            opened["churn_risk"],
+            orders,
+            later,
+            data_end,
+            horizon,
+            rate_since,
+            first_sweeps,
+            unflagged_since,
         )
         model_summary = {
             "retrain_every_days": retrain_every_days,
             "serving_from": _date(since),
             "churns_since": len(later),
             "base_rate_since": rate_since,
+            "unflagged_base_rate_since": unflagged_since,
             "versions": [
                 {
                     "version": s.model.version,
@@ -416,7 +438,7 @@ def backtest(
         }
     plain = [(c.customer_id, c.flagged_at) for c in churns]
     rules["plain_90_day" if horizon_days == 90 else f"plain_{horizon_days:g}_day"] = honest_score(
-        plain, orders, churns, data_end, horizon, rate
+        plain, orders, churns, data_end, horizon, rate, unflagged_base=unflagged
     )
     summary = {
         "horizon_days": horizon_days,
@@ -424,6 +446,7 @@ def backtest(
         "events": len(events),
         "churns": len(churns),
         "base_rate": rate,
+        "unflagged_base_rate": unflagged,
         "rules": rules,
         "model": model_summary,
     }
@@ -471,7 +494,8 @@ def write_warnings_csv(records: list[WarningRecord], path: Path) -> None:
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as Markdown tables: every episode, then the early warnings only."""
     lines = [
-        f"base rate {summary['base_rate']}, churns {summary['churns']}, "
+        f"base rate {summary['base_rate']} (customers not yet flagged: "
+        f"{summary['unflagged_base_rate']}), churns {summary['churns']}, "
         f"horizon {summary['horizon_days']:g} days",
         "",
         "Every episode, as opened:",
@@ -491,14 +515,15 @@ def format_table(summary: dict[str, Any]) -> str:
         "order on:",
         "",
         "| rule | lost-customer notices | early episodes | precision | over base rate "
-        "| recall | median lead (days) |",
-        "|---|---|---|---|---|---|---|",
+        "| over not yet flagged | recall | median lead (days) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in summary["rules"].items():
         e = r["early"]
         lines.append(
             f"| {name} | {r['lost_customer_notices']} | {e['episodes']} | {e['precision']} "
-            f"| {e['precision_over_base']} | {e['recall']} | {e['median_lead_days']} |"
+            f"| {e['precision_over_base']} | {e['precision_over_unflagged']} | {e['recall']} "
+            f"| {e['median_lead_days']} |"
         )
     model = summary.get("model")
     if model:
@@ -507,6 +532,7 @@ def format_table(summary: dict[str, Any]) -> str:
             f"churn_risk: {len(model['versions'])} walk-forward models, retrained every "
             f"{model['retrain_every_days']:g} days, serving from {model['serving_from']}; "
             f"scored on the {model['churns_since']} churns flagged since then "
-            f"(base rate {model['base_rate_since']} over that period)",
+            f"(base rate {model['base_rate_since']} over that period, "
+            f"{model['unflagged_base_rate_since']} for customers not yet flagged)",
         ]
     return "\n".join(lines)

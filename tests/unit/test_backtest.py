@@ -43,7 +43,9 @@ def test_warnings_about_customers_already_lost_are_not_early_warnings():
         ("C", 100 * DAY),  # C silent 100 days: lost too
         ("A", 60 * DAY),  # early, but on a new model's first day: not steady state
     ]
-    result = honest_score(opened, orders, churns, 300 * DAY, H, base=0.4, unsteady={60 * DAY})
+    result = honest_score(
+        opened, orders, churns, 300 * DAY, H, base=0.4, unsteady={60 * DAY}, unflagged_base=0.3
+    )
     # today's figures count every episode
     assert result["episodes"] == 5 and result["recall"] == 0.5  # A after day 10, B
     assert result["lost_customer_notices"] == 2
@@ -51,6 +53,7 @@ def test_warnings_about_customers_already_lost_are_not_early_warnings():
     assert early["episodes"] == 2  # A on day 40, B on day 20
     assert early["precision"] == 0.5  # A silent until day 200; B ordered on day 50
     assert early["precision_over_base"] == pytest.approx(0.1)
+    assert early["precision_over_unflagged"] == pytest.approx(0.2)
     # from the last order on, only A's churn after day 10 is caught, 60 days early
     assert early["recall"] == pytest.approx(1 / 4, abs=0.001)
     assert early["median_lead_days"] == 60.0
@@ -74,6 +77,9 @@ def test_the_base_rate_since_a_day_counts_from_that_day():
     # from day 100: B is active (ordered within the year) and silent until day 365
     assert since is not None and whole is not None and since > whole
     assert base_rate(orders, 0.0, 800 * DAY, H, since=750 * DAY) is None  # no horizon left
+    # customers not yet flagged (an order in the last 90 days): B drops out from day 91
+    unflagged = base_rate(orders, 0.0, 800 * DAY, H, since=100 * DAY, active_days=90)
+    assert unflagged is not None and unflagged < since
 
 
 def test_backtest_writes_summary_and_every_episode(tmp_path, settings):
