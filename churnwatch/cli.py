@@ -267,14 +267,16 @@ def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> Non
     "--events",
     "events_path",
     required=True,
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The export to backtest on (CSV or Parquet).",
+    help="The export to backtest on (CSV or Parquet); repeat it for several tables.",
 )
 @click.option(
     "--mapping",
     required=True,
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="YAML mapping, as for replay.",
+    help="YAML mapping, as for replay: one per --events, in the same order (or one for all).",
 )
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output dir."
@@ -297,8 +299,8 @@ def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> Non
 @click.pass_context
 def backtest(
     ctx: click.Context,
-    events_path: Path,
-    mapping: Path,
+    events_path: tuple[Path, ...],
+    mapping: tuple[Path, ...],
     out: Path,
     horizon_days: float,
     retrain_every_days: int,
@@ -340,27 +342,44 @@ def backtest(
     click.echo(f"wrote {out / 'warnings.csv'} and {out / 'summary.json'}")
 
 
-def _load_export(events_path: Path, mapping: Path) -> list[CustomerEvent]:
-    """Events from an export and its mapping; rejected rows are reported, bad mappings exit 2."""
-    from producers.mapping import MappingError, load_export
+def _load_export(paths: tuple[Path, ...], mappings: tuple[Path, ...]) -> list[CustomerEvent]:
+    """Events from exports and their mappings (one each, or one for all), merged in
+    event-time order; what each gave is reported, bad mappings exit 2."""
+    from producers.mapping import MappingError, load_exports
 
+    if len(mappings) not in (1, len(paths)):
+        raise click.UsageError(
+            f"{len(paths)} --events and {len(mappings)} --mapping: give one mapping per "
+            "export (in the same order), or one for all"
+        )
+    pairs = list(zip(paths, mappings * len(paths) if len(mappings) == 1 else mappings, strict=True))
     try:
-        loaded = load_export(events_path, mapping)
+        loaded = load_exports(pairs)
     except MappingError as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"{events_path.name}: {loaded.summary()}", err=True)
-    return loaded.events
+    for (path, _), part in zip(pairs, loaded, strict=True):
+        click.echo(f"{path.name}: {part.summary()}", err=True)
+    events = loaded[0].events if len(loaded) == 1 else _merged(loaded)
+    if len(loaded) > 1:
+        click.echo(f"together: {len(events):,} events", err=True)
+    return events
+
+
+def _merged(parts: list[Any]) -> list[CustomerEvent]:
+    """The events of several loaded exports in one event-time order."""
+    return sorted((e for part in parts for e in part.events), key=lambda e: e.occurred_at)
 
 
 def _load_history(
-    settings: Settings, events_path: Path | None, mapping: Path | None
+    settings: Settings, events_path: tuple[Path, ...], mapping: tuple[Path, ...]
 ) -> tuple[list[CustomerEvent], str]:
-    """Events from an export plus mapping, or from the archive; and where from."""
-    if (events_path is None) != (mapping is None):
+    """Events from exports plus mappings, or from the archive; and where from."""
+    if bool(events_path) != bool(mapping):
         raise click.UsageError("--events and --mapping go together")
-    if events_path is not None and mapping is not None:
+    if events_path:
         events = _load_export(events_path, mapping)
-        return events, f"{events_path.name} (mapping {mapping.name})"
+        names = ", ".join(p.name for p in events_path)
+        return events, f"{names} (mapping {', '.join(m.name for m in mapping)})"
     from consumers.archiver import read_archive
 
     events = read_archive(settings.archive.path)
@@ -387,13 +406,15 @@ _registry_option = click.option(
 @click.option(
     "--events",
     "events_path",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Train from this export (CSV or Parquet) instead of the archive.",
+    help="Train from this export (CSV or Parquet) instead of the archive; repeatable.",
 )
 @click.option(
     "--mapping",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="YAML mapping for --events, as for replay.",
+    help="YAML mapping for --events, as for replay: one per export, or one for all.",
 )
 @click.option(
     "--out",
@@ -405,8 +426,8 @@ _registry_option = click.option(
 @click.pass_context
 def train(
     ctx: click.Context,
-    events_path: Path | None,
-    mapping: Path | None,
+    events_path: tuple[Path, ...],
+    mapping: tuple[Path, ...],
     out: Path | None,
     promote: bool,
     quiet: bool,

@@ -162,9 +162,9 @@ class Contact(_Event):
     """A touch point between the customer and us."""
 
     type: Literal["contact"] = "contact"
-    channel: Literal["call", "email", "visit", "meeting", "login", "reply"] = Field(
-        description="How the contact happened."
-    )
+    channel: Literal[
+        "call", "email", "visit", "meeting", "login", "reply", "mailing", "campaign"
+    ] = Field(description="How the contact happened (mailing, campaign: a marketing send).")
     direction: Literal["inbound", "outbound"] = Field(
         description="inbound: the customer reached out (or replied); outbound: we did."
     )

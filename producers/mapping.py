@@ -441,6 +441,28 @@ def load_export(path: str | Path, mapping_path: str | Path) -> Loaded:
     return loaded
 
 
+def load_exports(pairs: list[tuple[Path, Path]]) -> list[Loaded]:
+    """:func:`load_export` of each (export, mapping); an event id made by an earlier
+    export is refused as a duplicate in the later one, as within one file."""
+    parts: list[Loaded] = []
+    made: dict[str, str] = {}
+    for path, mapping_path in pairs:
+        part = load_export(path, mapping_path)
+        kept = []
+        for event in part.events:
+            if event.event_id in made:
+                reason = f"duplicate event id {event.event_id!r} (made by {made[event.event_id]})"
+                part.rejected.append(Rejected(0, event.type, {}, reason))
+                part.reasons[_short(reason)] += 1
+                part.by_type[event.type] -= 1
+            else:
+                kept.append(event)
+        part.events = kept
+        made.update((e.event_id, Path(path).name) for e in kept)
+        parts.append(part)
+    return parts
+
+
 def load_events(
     path: str | Path, mapping_path: str | Path
 ) -> tuple[list[CustomerEvent], list[Rejected]]:

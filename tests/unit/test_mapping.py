@@ -240,3 +240,47 @@ def test_whitespace_separated_files_read_with_the_documented_option(tmp_path):
     )
     events, rejected = load_events(csv, write(tmp_path, "m.yaml", mapping))
     assert rejected == [] and events[0].amount == 3.5
+
+
+def test_several_exports_load_together_each_with_its_mapping(tmp_path):
+    """Orders from one table, marketing contacts from another, in one backtest."""
+    from click.testing import CliRunner
+
+    from churnwatch.cli import cli
+
+    orders = write(
+        tmp_path,
+        "orders.csv",
+        "cust,num,date,total,status\n"
+        + "".join(f"7,A{w},{1 + w % 28:02d}.{1 + w // 28:02d}.2025,10,ok\n" for w in range(40)),
+    )
+    contacts = write(
+        tmp_path,
+        "campaigns.csv",
+        "customer,sent,campaign\n7,2025-01-15,spring\n7,2025-02-20,summer\n8,2025-02-21,summer\n",
+    )
+    contact_mapping = write(
+        tmp_path,
+        "contacts.yaml",
+        """
+events:
+  - type: contact
+    fields:
+      event_id: {template: "mail-{campaign}-{customer}"}
+      customer_id: {column: customer}
+      occurred_at: {column: sent}
+      channel: {value: campaign}
+      direction: {value: outbound}
+""",
+    )
+    args = ["backtest", "--no-model", "--out", str(tmp_path / "out")]
+    args += ["--events", str(orders), "--mapping", str(write(tmp_path, "o.yaml", ORDERS_MAPPING))]
+    args += ["--events", str(contacts), "--mapping", str(contact_mapping)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "orders.csv: 40 rows read, 40 events made" in result.output
+    assert "campaigns.csv: 3 rows read, 3 events made for 2 customers" in result.output
+    assert "together: 43 events" in result.output
+    # a mapping for each export, or one for all; not two for three
+    bad = CliRunner().invoke(cli, [*args, "--events", str(orders)])
+    assert bad.exit_code == 2 and "give one mapping per export" in bad.output
