@@ -105,7 +105,8 @@ def test_sigterm_mid_history_stops_the_worker_and_a_restart_carries_on(broker, w
 
 @pytest.mark.skip(
     reason="open (issues 12/16): in 2 of 11 runs the survivor applied events after their "
-    "sweep (once stalling short of the end); see docs/performance.md, 'Restarts'"
+    "sweep (once stalling short of the end), and again in 1 of 2 runs after the whole-store "
+    "fix; see docs/performance.md, 'Restarts'"
 )
 def test_the_survivor_of_two_workers_takes_over_the_killed_ones_partitions(
     broker, worker, tmp_path
