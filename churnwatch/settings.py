@@ -283,6 +283,16 @@ class Settings(BaseSettings):
         """Full, versioned topic name, e.g. ``churn.orders.v1``."""
         return f"{self.kafka.topic_prefix}.{name}"
 
+    def kafka_group_options(self) -> dict[str, Any]:
+        """Group timing for the kafka-python consumer groups (archiver, dispatcher): the
+        worker's session and heartbeat, so a member killed without leaving is noticed
+        as soon as the worker's would be, not after kafka-python's defaults."""
+        w = self.worker
+        return {
+            "session_timeout_ms": int(w.broker_session_timeout * 1000),
+            "heartbeat_interval_ms": int(w.broker_heartbeat_interval * 1000),
+        }
+
     def kafka_client_options(self) -> dict[str, Any]:
         """Connection options for kafka-python clients (never logged: holds the password)."""
         k = self.kafka

@@ -126,6 +126,7 @@ def run_archiver(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         client_id="churnwatch-archiver",
+        **settings.kafka_group_options(),
         **settings.kafka_client_options(),
     )
     buffer: dict[str, list[CustomerEvent]] = defaultdict(list)

@@ -498,6 +498,7 @@ def run_dispatcher(settings: Settings, stop: threading.Event, dispatcher: Dispat
         group_id=settings.alerts.group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **settings.kafka_group_options(),
         **settings.kafka_client_options(),
     )
     try:
