@@ -67,3 +67,43 @@ def test_end_offsets_count_every_record_of_a_batch(broker, tmp_path):
     producer.close()
     tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
     assert end_offsets(settings, tps) == {tps[0]: 25, tps[1]: 0}
+
+
+def test_a_worker_whose_broker_lost_its_data_exits_saying_so(tmp_path):
+    """The embedded broker keeps nothing across a restart: a worker that finds its
+    changelog gone while its local store has state exits (never hangs) and says
+    what to do; with a broker of its own, so the session's broker stays up."""
+    import time
+
+    from churnwatch.broker import start_child, stop_child
+    from producers.produce import produce
+    from producers.simulator import iter_paced, parse_start, simulate
+    from tests.integration.conftest import (
+        isolated_settings,
+        settings_env,
+        wait_processed,
+    )
+
+    port = free_port()
+    broker = EmbeddedBroker("127.0.0.1", port, startup_timeout=30).start()
+    proc = None
+    try:
+        settings = isolated_settings(broker, tmp_path / "worker", store="rocksdb://")
+        events, _ = simulate(30, 5, parse_start("2024-10-07"), 120, 1, 0)
+        assert produce(settings, iter_paced(events, 0)).failed == 0
+        log = tmp_path / "worker.log"
+        env = dict(os.environ, **settings_env(settings))
+        proc = start_child([sys.executable, "-m", "churnwatch.cli", "worker"], env=env, log=log)
+        wait_processed(settings, len(events), proc, timeout=120)
+        broker.stop()
+        broker = EmbeddedBroker("127.0.0.1", port, startup_timeout=30).start()  # empty
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() not in (None, 0), "the worker should have exited with an error"
+        text = log.read_text(errors="replace")
+        assert "the broker lost its data" in text and str(tmp_path / "worker") in text
+    finally:
+        if proc is not None:
+            stop_child(proc)
+        broker.stop()
