@@ -152,11 +152,9 @@ def honest_score(
     on, and the precision's margin over the ``base`` rate and over the
     ``unflagged_base`` (the churn rate of customers the plain rule has not
     flagged: those an early warning is about)."""
-    lost = [(c, t) for c, t in opened if is_lost(orders.get(c, []), t, horizon)]
+    gone = [is_lost(orders.get(c, []), t, horizon) for c, t in opened]
     steady = [
-        (c, t)
-        for c, t in opened
-        if t not in unsteady and not is_lost(orders.get(c, []), t, horizon)
+        (c, t) for (c, t), lost in zip(opened, gone, strict=True) if not lost and t not in unsteady
     ]
     early = score(steady, orders, churns, data_end, horizon, from_last_order=True)
     precision = early["precision"]
@@ -166,7 +164,7 @@ def honest_score(
         )
     return {
         **score(opened, orders, churns, data_end, horizon),
-        "lost_customer_notices": len(lost),
+        "lost_customer_notices": sum(gone),
         "early": early,
     }
 

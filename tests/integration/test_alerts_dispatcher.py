@@ -12,18 +12,24 @@ from pipeline.events import CustomerUpdated, Topic, encode_event
 from tests.integration.conftest import produce_raw, settings_env, wait_for
 from tests.unit.test_alerts import record
 
+COMMAND = [sys.executable, "-m", "churnwatch.cli", "alerts", "run"]
+
+
+def dispatcher_env(settings, tmp_path, inbox: LocalInbox) -> dict[str, str]:
+    """`churnwatch alerts run` on these settings, its own ledger, mailing ``inbox``."""
+    return dict(
+        os.environ,
+        **settings_env(settings),
+        CHURNWATCH_ALERTS__LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
+        CHURNWATCH_ALERTS__SMTP__PORT=str(inbox.port),
+        CHURNWATCH_ALERTS__GROUP_ID=f"alerts-{settings.kafka.topic_prefix}",
+        CHURNWATCH_ALERTS__DIGEST_HOUR="23",
+    )
+
 
 def test_dispatcher_sends_each_warning_once_across_a_restart(stream_settings, tmp_path):
     inbox = LocalInbox().start()
-    env = dict(
-        os.environ,
-        **settings_env(stream_settings),
-        CHURNWATCH_ALERTS__LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
-        CHURNWATCH_ALERTS__SMTP__PORT=str(inbox.port),
-        CHURNWATCH_ALERTS__GROUP_ID=f"alerts-{stream_settings.kafka.topic_prefix}",
-        CHURNWATCH_ALERTS__DIGEST_HOUR="23",
-    )
-    command = [sys.executable, "-m", "churnwatch.cli", "alerts", "run"]
+    env = dispatcher_env(stream_settings, tmp_path, inbox)
     customer = CustomerUpdated(
         event_id="cu-1",
         customer_id="C9",
@@ -42,7 +48,7 @@ def test_dispatcher_sends_each_warning_once_across_a_restart(stream_settings, tm
     messages = [(Topic.WARNINGS, w.customer_id, encode_event(w)) for w in warnings]
     try:
         produce_raw(stream_settings, messages)
-        proc = start_child(command, env=env, log=tmp_path / "alerts.log")
+        proc = start_child(COMMAND, env=env, log=tmp_path / "alerts.log")
         # critical overdue debt also goes to the finance lead (configs/routing.yaml)
         wait_for(lambda: len(inbox.received()) == 4, "four emails")
         stop_child(proc)
@@ -52,7 +58,7 @@ def test_dispatcher_sends_each_warning_once_across_a_restart(stream_settings, tm
             stream_settings,
             [(Topic.WARNINGS, "C1", encode_event(record("w-1", status="resolved")))],
         )
-        proc = start_child(command, env=env, log=tmp_path / "alerts.log")
+        proc = start_child(COMMAND, env=env, log=tmp_path / "alerts.log")
         wait_for(lambda: len(inbox.received()) == 5, "the resolved email")
         time.sleep(3)  # anything duplicated would arrive by now
         stop_child(proc)
@@ -80,15 +86,7 @@ def test_a_dispatcher_killed_mid_stream_loses_no_notification(stream_settings, t
     import signal
 
     inbox = LocalInbox().start()
-    env = dict(
-        os.environ,
-        **settings_env(stream_settings),
-        CHURNWATCH_ALERTS__LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
-        CHURNWATCH_ALERTS__SMTP__PORT=str(inbox.port),
-        CHURNWATCH_ALERTS__GROUP_ID=f"alerts-{stream_settings.kafka.topic_prefix}",
-        CHURNWATCH_ALERTS__DIGEST_HOUR="23",
-    )
-    command = [sys.executable, "-m", "churnwatch.cli", "alerts", "run"]
+    env = dispatcher_env(stream_settings, tmp_path, inbox)
     # 12 reps with 10 customers each: under the daily cap, so every warning is mailed
     opened = [
         record(f"w-{i}", customer=f"C{i}", owner=f"rep{i % 12}@sales.example.com")
@@ -115,16 +113,16 @@ def test_a_dispatcher_killed_mid_stream_loses_no_notification(stream_settings, t
         produce_raw(
             stream_settings, [(Topic.WARNINGS, w.customer_id, encode_event(w)) for w in opened]
         )
-        proc = start_child(command, env=env, log=tmp_path / "alerts.log")
+        proc = start_child(COMMAND, env=env, log=tmp_path / "alerts.log")
         kill_when(20, proc)
-        proc = start_child(command, env=env, log=tmp_path / "alerts.log")
+        proc = start_child(COMMAND, env=env, log=tmp_path / "alerts.log")
         kill_when(70, proc)
-        proc = start_child(command, env=env, log=tmp_path / "alerts.log")
+        proc = start_child(COMMAND, env=env, log=tmp_path / "alerts.log")
         produce_raw(
             stream_settings, [(Topic.WARNINGS, w.customer_id, encode_event(w)) for w in resolved]
         )
         kill_when(130, proc)
-        proc = start_child(command, env=env, log=tmp_path / "alerts.log")
+        proc = start_child(COMMAND, env=env, log=tmp_path / "alerts.log")
         wait_for(
             lambda: len({(m["To"], m["Subject"]) for m in inbox.received()}) == 160,
             "every notification",
