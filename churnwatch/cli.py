@@ -20,6 +20,7 @@ from consumers.alerts.ledger import NOTIFICATION_KINDS
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays fast
     from pipeline.events import CustomerEvent
+    from producers.mapping import Loaded
     from producers.produce import ProduceStats
     from producers.simulator import SimEvent
 
@@ -378,13 +379,13 @@ def _load_export(paths: tuple[Path, ...], mappings: tuple[Path, ...]) -> list[Cu
         raise click.UsageError(str(exc)) from exc
     for (path, _), part in zip(pairs, loaded, strict=True):
         click.echo(f"{path.name}: {part.summary()}", err=True)
-    events = loaded[0].events if len(loaded) == 1 else _merged(loaded)
+    events = _merged(loaded)
     if len(loaded) > 1:
         click.echo(f"together: {len(events):,} events", err=True)
     return events
 
 
-def _merged(parts: list[Any]) -> list[CustomerEvent]:
+def _merged(parts: list[Loaded]) -> list[CustomerEvent]:
     """The events of several loaded exports in one event-time order."""
     return sorted((e for part in parts for e in part.events), key=lambda e: e.occurred_at)
 

@@ -346,11 +346,8 @@ def register(p: Pipeline) -> None:
                     put(p.sweep_progress, str(partition), swept.pop(partition), partition)
             rows.clear()
         ackable = acks.ackable()
-        last_acked: dict[TP, Message] = {}  # the newest acked message of each topic partition
-        for message in ackable:
-            known = last_acked.get(message.tp)
-            if known is None or message.offset > known.offset:
-                last_acked[message.tp] = message
+        # the newest acked message of each topic partition (ackable is in offset order)
+        last_acked = {message.tp: message for message in ackable}
         for tp, message in last_acked.items():
             with storing_for(p.app, message):
                 put(

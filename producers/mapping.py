@@ -411,20 +411,27 @@ def _short(reason: str) -> str:
     return re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "…", reason)[:120]
 
 
-def load_export(path: str | Path, mapping_path: str | Path) -> Loaded:
+def load_export(
+    path: str | Path, mapping_path: str | Path, made: dict[str, tuple[str, int]] | None = None
+) -> Loaded:
     """All events of an export, sorted by event time; rejected rows; a summary.
 
     An event whose id an earlier row already made is rejected as a duplicate:
     applied, it would be skipped as redelivered; kept, it would count twice.
+    ``made`` (event id -> file name, row) carries the ids of exports loaded
+    before, so a later export's copies are refused the same way.
     """
     mapping = load_mapping(mapping_path)
     frame = read_table(path, mapping.source)
     loaded = Loaded([], [], len(frame))
-    made: dict[str, int] = {}
+    made = {} if made is None else made
+    name = Path(path).name
     for number, item in map_rows(frame, mapping):
         if not isinstance(item, Rejected) and item.event_id in made:
+            file, row = made[item.event_id]
+            where = f"row {row}" if file == name else f"row {row} of {file}"
             reason = (
-                f"duplicate event id {item.event_id!r} (row {made[item.event_id]} made it): "
+                f"duplicate event id {item.event_id!r} ({where} made it): "
                 "one row per order line? group them (group_by), or make the ids distinct "
                 "(e.g. {_row})"
             )
@@ -433,7 +440,7 @@ def load_export(path: str | Path, mapping_path: str | Path) -> Loaded:
             loaded.rejected.append(item)
             loaded.reasons[_short(item.error)] += 1
             continue
-        made[item.event_id] = number
+        made[item.event_id] = (name, number)
         loaded.events.append(item)
         loaded.by_type[item.type] += 1
     loaded.events.sort(key=lambda e: e.occurred_at)
@@ -444,23 +451,8 @@ def load_export(path: str | Path, mapping_path: str | Path) -> Loaded:
 def load_exports(pairs: list[tuple[Path, Path]]) -> list[Loaded]:
     """:func:`load_export` of each (export, mapping); an event id made by an earlier
     export is refused as a duplicate in the later one, as within one file."""
-    parts: list[Loaded] = []
-    made: dict[str, str] = {}
-    for path, mapping_path in pairs:
-        part = load_export(path, mapping_path)
-        kept = []
-        for event in part.events:
-            if event.event_id in made:
-                reason = f"duplicate event id {event.event_id!r} (made by {made[event.event_id]})"
-                part.rejected.append(Rejected(0, event.type, {}, reason))
-                part.reasons[_short(reason)] += 1
-                part.by_type[event.type] -= 1
-            else:
-                kept.append(event)
-        part.events = kept
-        made.update((e.event_id, Path(path).name) for e in kept)
-        parts.append(part)
-    return parts
+    made: dict[str, tuple[str, int]] = {}
+    return [load_export(path, mapping_path, made) for path, mapping_path in pairs]
 
 
 def load_events(
