@@ -250,6 +250,26 @@ class SimulatorSettings(_Section):
     ground_truth_path: str = ".churnwatch/ground_truth.csv"
 
 
+class WebSettings(_Section):
+    """``churnwatch web``: the sales team's inbox."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    #: The address people open (links in notifications point here); "" = no links.
+    base_url: str = Field("", pattern=r"^(https?://[^\s]+)?$")
+    #: Signs the session cookies; set it (from the environment) so sessions survive a
+    #: restart and several web processes agree. Empty: a random one per process.
+    session_secret: SecretStr = SecretStr("")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    #: Cookies only over HTTPS (set behind a TLS-terminating proxy).
+    secure_cookies: bool = False
+    #: Single sign-on: trust this header's user name, only from ``trusted_proxies``.
+    user_header: str = ""
+    trusted_proxies: list[str] = []
+    #: Rows per inbox page.
+    page_size: int = Field(100, ge=10, le=1000)
+
+
 class Settings(BaseSettings):
     """Everything a churnwatch process needs; frozen once loaded."""
 
@@ -266,6 +286,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     alerts: AlertSettings = AlertSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    web: WebSettings = WebSettings()
 
     @classmethod
     def settings_customise_sources(

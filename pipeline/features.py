@@ -798,6 +798,20 @@ class _Weeks:
         return out
 
 
+def weekly_history(
+    state: CustomerState, as_of: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """The weeks the state holds, ending with ``as_of``'s week, oldest first: week
+    numbers (:func:`week_of`), orders and revenue in each (zero where none)."""
+    now_week = week_of(as_of)
+    weeks = _Weeks(np.array([state.week_head]), now_week, RING_WEEKS)
+    return (
+        np.arange(now_week - RING_WEEKS + 1, now_week + 1),
+        weeks.layout(state.order_counts[None, :])[0].astype(np.int64),
+        weeks.layout(state.order_amounts[None, :])[0].astype(np.float64),
+    )
+
+
 def _in_order(view: npt.NDArray[np.float64], start: int, end: int) -> npt.NDArray[np.float64]:
     """The amounts of weeks ``[start, end)`` of a :meth:`_Weeks.layout`, added oldest
     first as a loop would (float sums depend on the order)."""

@@ -36,7 +36,8 @@ from consumers.alerts.ledger import (
     Customer,
     Episode,
     Notification,
-    Snooze,
+    active_snoozes,
+    current_owner,
     open_ledger,
     short_id,
 )
@@ -188,8 +189,9 @@ class Dispatcher:
 
     def _recipients(self, session: Session, episode: Episode) -> list[tuple[str, Recipient]]:
         customer = session.get(Customer, episode.customer_id)
+        reported = episode.owner or (customer.owner if customer else "")
         names = self.routing.route(
-            episode.owner or (customer.owner if customer else ""),
+            current_owner(session, episode.customer_id, reported),
             episode.warning_type,  # type: ignore[arg-type]
             episode.severity,  # type: ignore[arg-type]
             episode.segment or (customer.segment if customer else ""),
@@ -198,12 +200,10 @@ class Dispatcher:
         return [(name, self.routing.recipient(name)) for name in names]
 
     def _snoozed(self, session: Session, episode: Episode, now: datetime) -> bool:
-        query = select(Snooze).where(
-            Snooze.customer_id == episode.customer_id,
-            Snooze.until > now,
-            Snooze.lifted_at.is_(None),
+        return any(
+            s.warning_type in (None, episode.warning_type)
+            for s in active_snoozes(session, episode.customer_id, now)
         )
-        return any(s.warning_type in (None, episode.warning_type) for s in session.scalars(query))
 
     def _open_of(self, session: Session, customer_id: str, types: Sequence[str]) -> list[Episode]:
         if not types:

@@ -142,6 +142,57 @@ class Feedback(Base):
     at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class User(Base):
+    """Someone who signs in to the web inbox (``churnwatch web users``)."""
+
+    __tablename__ = "users"
+    username: Mapped[str] = mapped_column(String(100), primary_key=True)
+    #: argon2 hash (never the password itself)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))  # one of ROLES
+    #: the customers topic's ``owner`` value of the customers this person owns
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    team: Mapped[str] = mapped_column(String(100), default="")
+    language: Mapped[str] = mapped_column(String(10), default="en")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: when the inbox was last shown to them (what is "new since the last visit")
+    inbox_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class Action(Base):
+    """What someone did about a customer or one of its warnings, from the web inbox."""
+
+    __tablename__ = "actions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(100), index=True)
+    warning_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # one of ACTION_KINDS
+    #: the outcome, the snooze's end, the new owner: what the kind needs
+    detail: Mapped[str] = mapped_column(String(200), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    by: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+#: Who may do what in the web inbox: a rep their own customers, a manager their team's
+#: (everyone's without a team), an admin everyone's and the users.
+ROLES = ("rep", "manager", "admin")
+ACTION_KINDS = ("acknowledged", "snoozed", "unsnoozed", "outcome", "handed_over")
+#: What came of a warning (``churnwatch alerts feedback``, the web inbox's outcome).
+VERDICTS = (
+    "contacted",
+    "saved",
+    "lost",
+    "false_alarm",
+    "acted",
+    "already_known",
+    "not_reachable",
+)
+#: The outcomes the web inbox offers.
+OUTCOMES = ("contacted", "saved", "lost", "false_alarm")
+#: The longest note or reason the ledger takes.
+NOTE_LIMIT = 2000
+
 #: Every kind of notification the ledger stores.
 NOTIFICATION_KINDS = ("opened", "escalated", "reminder", "resolved", "digest")
 
@@ -167,6 +218,77 @@ def short_id(session: Session, dedup_key: str) -> str:
 
 class LedgerError(RuntimeError):
     """The ledger cannot record something."""
+
+
+def add_snooze(
+    session: Session,
+    customer_id: str,
+    warning_type: str | None,
+    until: datetime,
+    reason: str,
+    now: datetime,
+) -> Snooze:
+    """Hold ``customer_id``'s notifications (of one type, or all) back until ``until``."""
+    if until <= now:
+        raise LedgerError("a snooze must end in the future")
+    snooze = Snooze(
+        customer_id=customer_id,
+        warning_type=warning_type,
+        until=until,
+        reason=reason,
+        created_at=now,
+    )
+    session.add(snooze)
+    return snooze
+
+
+def active_snoozes(session: Session, customer_id: str, now: datetime) -> list[Snooze]:
+    return list(
+        session.scalars(
+            select(Snooze).where(
+                Snooze.customer_id == customer_id,
+                Snooze.lifted_at.is_(None),
+                Snooze.until > now,
+            )
+        )
+    )
+
+
+def lift_snoozes(session: Session, customer_id: str, now: datetime) -> int:
+    """End every snooze of ``customer_id`` now; returns how many there were."""
+    active = active_snoozes(session, customer_id, now)
+    for snooze in active:
+        snooze.lifted_at = now
+    return len(active)
+
+
+def add_feedback(
+    session: Session,
+    short_id: str,
+    warning_id: str | None,
+    verdict: str,
+    note: str,
+    now: datetime,
+) -> Feedback:
+    """Record what came of a warning (``short_id``: the notification quoted, or "")."""
+    if verdict not in VERDICTS:
+        raise LedgerError(f"unknown outcome {verdict!r} (one of {', '.join(VERDICTS)})")
+    feedback = Feedback(
+        short_id=short_id, warning_id=warning_id, verdict=verdict, note=note, at=now
+    )
+    session.add(feedback)
+    return feedback
+
+
+def current_owner(session: Session, customer_id: str, reported: str) -> str:
+    """The customer's owner: the last hand-over's, else the one the pipeline reports."""
+    handed = session.scalar(
+        select(Action.detail)
+        .where(Action.customer_id == customer_id, Action.kind == "handed_over")
+        .order_by(Action.id.desc())
+        .limit(1)
+    )
+    return handed if handed is not None else reported
 
 
 def open_ledger(url: str) -> sessionmaker[Any]:

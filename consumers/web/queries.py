@@ -1,0 +1,322 @@
+"""What the web inbox reads from and writes to the alert ledger, and who may see what.
+
+A rep sees the customers they own (the owner the pipeline reports, unless the
+customer was handed over since); a manager those owned by their team's reps
+(everyone's without a team); an admin everyone's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consumers.alerts.ledger import (
+    Action,
+    Customer,
+    Episode,
+    Feedback,
+    Notification,
+    Snooze,
+    User,
+)
+from consumers.alerts.messages import expected_loss
+from consumers.web.live import LiveStates, Summary
+from pipeline.events import WARNING_TYPES
+from pipeline.features import SEVERITIES
+
+
+def owners_in_view(session: Session, user: User) -> set[str] | None:
+    """The owners whose customers ``user`` may see; None: everyone's."""
+    if user.role == "admin" or (user.role == "manager" and not user.team):
+        return None
+    if user.role == "manager":
+        mates = session.scalars(select(User.owner).where(User.team == user.team))
+        return {owner for owner in mates if owner} | ({user.owner} if user.owner else set())
+    return {user.owner} if user.owner else set()
+
+
+def handovers(session: Session, customer_ids: Iterable[str] | None = None) -> dict[str, str]:
+    """Each handed-over customer's new owner (the latest hand-over wins)."""
+    query = select(Action.customer_id, Action.detail).where(Action.kind == "handed_over")
+    if customer_ids is not None:
+        query = query.where(Action.customer_id.in_(list(customer_ids)))
+    return {cid: owner for cid, owner in session.execute(query.order_by(Action.id))}
+
+
+@dataclass
+class Row:
+    """One open warning in a list, with its customer's figures."""
+
+    episode: Episode
+    owner: str
+    region: str
+    segment: str
+    quadrant: str
+    loss: float  # this warning's expected loss
+    customer_loss: float  # the customer's highest, which orders the list
+    acknowledged: bool
+    new: bool
+
+
+@dataclass
+class Filters:
+    warning_type: str = ""
+    severity: str = ""
+    segment: str = ""
+    quadrant: str = ""
+    acknowledged: str = ""  # "", "yes", "no"
+    search: str = ""
+
+    def keeps(self, row: Row) -> bool:
+        e = row.episode
+        if self.warning_type and e.warning_type != self.warning_type:
+            return False
+        if self.severity and e.severity != self.severity:
+            return False
+        if self.segment and row.segment != self.segment:
+            return False
+        if self.quadrant and row.quadrant != self.quadrant:
+            return False
+        if self.acknowledged and row.acknowledged != (self.acknowledged == "yes"):
+            return False
+        needle = self.search.strip().lower()
+        return not needle or needle in e.customer_id.lower() or needle in e.customer_name.lower()
+
+
+@dataclass
+class Inbox:
+    rows: list[Row]
+    counts: Counter[str]  # open warnings per type, before the filters
+    segments: list[str]
+    quadrants: list[str]
+    customers: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def open_rows(
+    session: Session,
+    user: User,
+    live: LiveStates | None,
+    seen_before: datetime | None = None,
+) -> list[Row]:
+    """Every open warning ``user`` may see, highest expected loss first."""
+    allowed = owners_in_view(session, user)
+    episodes = list(session.scalars(select(Episode).where(Episode.status == "open")))
+    customers = {c.customer_id: c for c in session.scalars(select(Customer))}
+    moved = handovers(session)
+    acked = set(
+        session.scalars(
+            select(Action.warning_id).where(
+                Action.kind == "acknowledged", Action.warning_id.is_not(None)
+            )
+        )
+    )
+    visible: list[tuple[Episode, str, Customer | None]] = []
+    for e in episodes:
+        customer = customers.get(e.customer_id)
+        owner = moved.get(e.customer_id) or (customer.owner if customer else "") or e.owner
+        if allowed is None or owner in allowed:
+            visible.append((e, owner, customer))
+    summaries: dict[str, Summary] = (
+        live.summaries({e.customer_id for e, _, _ in visible}) if live else {}
+    )
+    losses = {e.warning_id: expected_loss(e) for e, _, _ in visible}
+    customer_loss: dict[str, float] = defaultdict(float)
+    for e, _, _ in visible:
+        customer_loss[e.customer_id] = max(customer_loss[e.customer_id], losses[e.warning_id])
+    rows = [
+        Row(
+            episode=e,
+            owner=owner,
+            region=customer.region if customer else "",
+            segment=e.segment or (customer.segment if customer else ""),
+            quadrant=summaries[e.customer_id].quadrant if e.customer_id in summaries else "",
+            loss=losses[e.warning_id],
+            customer_loss=customer_loss[e.customer_id],
+            acknowledged=e.warning_id in acked,
+            new=seen_before is None or e.received_at > seen_before,
+        )
+        for e, owner, customer in visible
+    ]
+    rows.sort(key=lambda r: (-r.customer_loss, r.episode.customer_id, -r.loss))
+    return rows
+
+
+def inbox(
+    session: Session,
+    user: User,
+    live: LiveStates | None,
+    filters: Filters,
+    seen_before: datetime | None,
+) -> Inbox:
+    rows = open_rows(session, user, live, seen_before)
+    kept = [r for r in rows if filters.keeps(r)]
+    return Inbox(
+        rows=kept,
+        counts=Counter(r.episode.warning_type for r in rows),
+        segments=sorted({r.segment for r in rows if r.segment}),
+        quadrants=sorted({r.quadrant for r in rows if r.quadrant}),
+        customers=len({r.episode.customer_id for r in kept}),
+    )
+
+
+def may_see(session: Session, user: User, customer_id: str) -> bool | None:
+    """Whether ``user`` may see the customer; None if the ledger has never heard of it."""
+    customer = session.get(Customer, customer_id)
+    episode = session.scalar(select(Episode).where(Episode.customer_id == customer_id).limit(1))
+    if customer is None and episode is None:
+        return None
+    reported = (customer.owner if customer else "") or (episode.owner if episode else "")
+    moved = handovers(session, [customer_id]).get(customer_id)
+    allowed = owners_in_view(session, user)
+    return allowed is None or (moved or reported) in allowed
+
+
+@dataclass
+class CustomerPage:
+    customer_id: str
+    name: str
+    owner: str
+    segment: str
+    region: str
+    episodes: list[Episode]
+    notifications: list[Notification]
+    actions: list[Action]
+    outcomes: dict[str, str]  # warning id -> latest outcome
+    snoozes: list[Snooze]
+
+
+def customer_page(session: Session, customer_id: str, now: datetime) -> CustomerPage:
+    customer = session.get(Customer, customer_id)
+    episodes = list(
+        session.scalars(
+            select(Episode)
+            .where(Episode.customer_id == customer_id)
+            .order_by(Episode.opened_at.desc())
+        )
+    )
+    latest = episodes[0] if episodes else None
+    reported = (customer.owner if customer else "") or (latest.owner if latest else "")
+    return CustomerPage(
+        customer_id=customer_id,
+        name=(customer.name if customer else "") or (latest.customer_name if latest else ""),
+        owner=handovers(session, [customer_id]).get(customer_id, reported),
+        segment=(customer.segment if customer else "") or (latest.segment if latest else ""),
+        region=customer.region if customer else "",
+        episodes=episodes,
+        notifications=list(
+            session.scalars(
+                select(Notification)
+                .where(Notification.customer_id == customer_id)
+                .order_by(Notification.created_at.desc())
+            )
+        ),
+        actions=list(
+            session.scalars(
+                select(Action).where(Action.customer_id == customer_id).order_by(Action.id.desc())
+            )
+        ),
+        outcomes=latest_outcomes(session, [e.warning_id for e in episodes]),
+        snoozes=[
+            s
+            for s in session.scalars(
+                select(Snooze).where(
+                    Snooze.customer_id == customer_id,
+                    Snooze.lifted_at.is_(None),
+                    Snooze.until > now,
+                )
+            )
+        ],
+    )
+
+
+def latest_outcomes(session: Session, warning_ids: Iterable[str] | None = None) -> dict[str, str]:
+    query = select(Feedback.warning_id, Feedback.verdict).where(Feedback.warning_id.is_not(None))
+    if warning_ids is not None:
+        query = query.where(Feedback.warning_id.in_(list(warning_ids)))
+    return {wid: verdict for wid, verdict in session.execute(query.order_by(Feedback.id)) if wid}
+
+
+@dataclass
+class Group:
+    name: str
+    warnings: int = 0
+    customers: set[str] = field(default_factory=set)
+    value_at_risk: float = 0.0
+
+
+@dataclass
+class TypeOutcomes:
+    warning_type: str
+    warnings: int = 0
+    acknowledged: int = 0
+    acted_on: int = 0
+    saved: int = 0
+    lost: int = 0
+    false_alarms: int = 0
+
+    @property
+    def precision(self) -> float | None:
+        judged = self.acted_on + self.false_alarms
+        return None if not judged else self.acted_on / judged
+
+
+@dataclass
+class Team:
+    by_owner: list[Group]
+    by_segment: list[Group]
+    by_region: list[Group]
+    outcomes: list[TypeOutcomes]
+    rows: list[Row]
+
+
+#: Outcomes that mean someone acted on a warning.
+ACTED = ("contacted", "saved", "lost", "acted", "already_known", "not_reachable")
+
+
+def team(session: Session, user: User, live: LiveStates | None) -> Team:
+    rows = open_rows(session, user, live)
+    groups: dict[str, dict[str, Group]] = {"owner": {}, "segment": {}, "region": {}}
+    counted: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for r in rows:
+        for dimension, name in (("owner", r.owner), ("segment", r.segment), ("region", r.region)):
+            group = groups[dimension].setdefault(name or "-", Group(name or "-"))
+            group.warnings += 1
+            # a customer's value counts once per group, at its highest expected loss
+            if (group.name, r.episode.customer_id) not in counted[dimension]:
+                counted[dimension].add((group.name, r.episode.customer_id))
+                group.customers.add(r.episode.customer_id)
+                group.value_at_risk += r.customer_loss
+
+    allowed = owners_in_view(session, user)
+    customers = {c.customer_id: c.owner for c in session.scalars(select(Customer))}
+    moved = handovers(session)
+    outcomes = latest_outcomes(session)
+    acked = set(session.scalars(select(Action.warning_id).where(Action.kind == "acknowledged")))
+    per_type: dict[str, TypeOutcomes] = {t: TypeOutcomes(t) for t in WARNING_TYPES}
+    for e in session.scalars(select(Episode)):
+        owner = moved.get(e.customer_id) or customers.get(e.customer_id) or e.owner
+        if allowed is not None and owner not in allowed:
+            continue
+        t = per_type.setdefault(e.warning_type, TypeOutcomes(e.warning_type))
+        t.warnings += 1
+        t.acknowledged += e.warning_id in acked
+        verdict = outcomes.get(e.warning_id)
+        t.acted_on += verdict in ACTED
+        t.saved += verdict == "saved"
+        t.lost += verdict == "lost"
+        t.false_alarms += verdict == "false_alarm"
+
+    def ranked(dimension: str) -> list[Group]:
+        return sorted(groups[dimension].values(), key=lambda g: -g.value_at_risk)
+
+    return Team(ranked("owner"), ranked("segment"), ranked("region"), list(per_type.values()), rows)
+
+
+def severity_rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
