@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test check docs clean prometheus-tools
+.PHONY: demo test check docs clean prometheus-tools browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)  ## set up and run the whole pipeline on this machine
 	$(BIN)/churnwatch demo $(DEMO_ARGS)
 
-test: $(TEST_STAMP) prometheus-tools  ## set up and run the full test suite
+test: $(TEST_STAMP) prometheus-tools browser  ## set up and run the full test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian's prometheus package brings promtool and the server the monitoring
@@ -36,6 +36,20 @@ prometheus-tools:
 	    || echo "could not install prometheus: the Prometheus tests will be skipped"; \
 	  else \
 	    echo "promtool not found and not root: the Prometheus tests will be skipped"; \
+	  fi; }
+
+# Debian's chromium and its driver (and a Chinese font) for the web inbox's browser
+# test; installed here when missing and we are root (as on CI).
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium and chromium-driver for the browser test"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+	      fonts-wqy-microhei >/dev/null; } \
+	    || echo "could not install chromium: the browser test will be skipped"; \
+	  else \
+	    echo "chromedriver not found and not root: the browser test will be skipped"; \
 	  fi; }
 
 check: $(TEST_STAMP)  ## lint, format check, types

@@ -817,6 +817,12 @@ def alerts_feedback(ctx: click.Context, short_id: str, verdict: str, note: str) 
 )
 @click.option("--quiet", is_flag=True, help="Do not print each warning, only progress.")
 @click.option("--no-model", is_flag=True, help="Skip training the demo's churn model: rules only.")
+@click.option(
+    "--no-web",
+    is_flag=True,
+    help="No web inbox (by default it starts, and keeps serving after the history "
+    "until Ctrl-C unless --duration or --summary is given).",
+)
 @click.pass_context
 def demo(
     ctx: click.Context,
@@ -826,8 +832,10 @@ def demo(
     days_per_second: float,
     quiet: bool,
     no_model: bool,
+    no_web: bool,
 ) -> None:
-    """Run everything on this machine: broker, worker, simulator and the warnings view."""
+    """Run everything on this machine: broker, worker, simulator, the warnings view and
+    the sales team's web inbox."""
     from churnwatch.broker import BrokerError
     from churnwatch.demo import run_demo
 
@@ -840,6 +848,8 @@ def demo(
             days_per_second=days_per_second,
             show_warnings=not quiet,
             with_model=not no_model,
+            web=not no_web,
+            keep_serving=not no_web and duration is None and summary is None,
         )
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc

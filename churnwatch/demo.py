@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
 from churnwatch.broker import EmbeddedBroker, free_port, port_is_free, start_child, stop_child
@@ -36,6 +38,8 @@ from churnwatch.topics import end_offsets, ensure_topics
 from consumers.alerts.inbox import LocalInbox
 from consumers.alerts.ledger import open_ledger
 from consumers.warnings_view import format_warning, tail_warnings
+from consumers.web.app import WebServer
+from consumers.web.users import add_user
 from models.train import TrainResult, beats_baselines
 from pipeline.events import Topic, WarningRecord, decode_event
 from producers.produce import ProduceStats, produce
@@ -240,6 +244,25 @@ def train_demo_model(settings: Settings, customers: int, registry: Path) -> Trai
     return result
 
 
+def start_web(settings: Settings, ledger_url: str, say: Any) -> WebServer:
+    """The inbox on the demo's ledger, with a rep and a manager made for the demo
+    (fresh passwords each run, printed here)."""
+    sessions = open_ledger(ledger_url)
+    logins = {
+        "rep1": ("rep", "rep1@sales.example.com", secrets.token_urlsafe(9)),
+        "manager": ("manager", "", secrets.token_urlsafe(9)),
+    }
+    with sessions.begin() as session:
+        for name, (role, owner, password) in logins.items():
+            add_user(session, name, password, role, owner)
+    server = WebServer(settings).start()
+    say(f"web inbox on {server.url}; demo logins:")
+    for name, (role, owner, password) in logins.items():
+        whose = f"customers of {owner}" if owner else "the whole team"
+        say(f"  {name} / {password}   ({role}: {whose})")
+    return server
+
+
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -252,8 +275,15 @@ def run_demo(
     days_per_second: float = 12.0,
     show_warnings: bool = True,
     with_model: bool = True,
+    web: bool = True,
+    keep_serving: bool = False,
 ) -> bool:
-    """Run the demo; True if it ran to the end (or the duration) without failing."""
+    """Run the demo; True if it ran to the end (or the duration) without failing.
+
+    With ``web`` the inbox serves the demo's ledger and live states, with a rep
+    and a manager made for the demo; with ``keep_serving`` it goes on serving
+    after the summary until Ctrl-C, so one can click through the warnings.
+    """
     say = functools.partial(print, flush=True)  # progress shows at once, even into a pipe
     signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()
@@ -310,6 +340,44 @@ def run_demo(
     interrupted = False
     failed = False
     processed = 0
+    web_server: WebServer | None = None
+    web_port = free_port(settings.web.host) if web else 0
+    if web and port_is_free(settings.web.host, settings.web.port):
+        web_port = settings.web.port
+    web_url = f"http://{settings.web.host}:{web_port}" if web else ""
+    settings = settings.model_copy(
+        update={
+            "alerts": settings.alerts.model_copy(update={"ledger_url": ledger_url}),
+            "web": settings.web.model_copy(
+                update={
+                    "port": web_port,
+                    "base_url": web_url,
+                    "session_secret": SecretStr(secrets.token_urlsafe(32)),
+                }
+            ),
+        }
+    )
+    summary: dict[str, Any] | None = None
+
+    def summarised() -> dict[str, Any]:
+        dead = 0
+        if broker.proc is not None:
+            try:
+                dead = dead_letter_count(settings)
+            except Exception as exc:  # the summary is still worth writing
+                say(f"could not count dead letters: {exc}")
+        out = summarise(truth, tally, stats, processed, dead)
+        out.update(model_info)
+        if dispatcher is not None:
+            out.update(notification_summary(inbox, ledger or open_ledger(ledger_url)))
+        out["seconds"] = round(time.monotonic() - started, 1)
+        say(json.dumps({k: v for k, v in out.items() if k != "by_profile"}, indent=2))
+        if summary_path is not None:
+            summary_path.parent.mkdir(parents=True, exist_ok=True)
+            summary_path.write_text(json.dumps(out, indent=2), encoding="utf-8")
+            say(f"summary written to {summary_path}")
+        return out
+
     try:
         broker.start()
         broker_pid = broker.proc.pid if broker.proc else "?"
@@ -332,6 +400,7 @@ def run_demo(
         inbox.start()
         alerts_env = dict(
             env,
+            CHURNWATCH_WEB__BASE_URL=web_url,
             CHURNWATCH_ALERTS__LEDGER_URL=ledger_url,
             CHURNWATCH_ALERTS__SMTP__HOST=inbox.host,
             CHURNWATCH_ALERTS__SMTP__PORT=str(inbox.port),
@@ -347,6 +416,8 @@ def run_demo(
             f"alert dispatcher started (pid {dispatcher.pid}, log {dispatcher_log}); "
             f"owners' mail goes to a local inbox on {inbox.host}:{inbox.port}"
         )
+        if web:
+            web_server = start_web(settings, ledger_url, say)
 
         def on_warning(w: WarningRecord) -> None:
             tally.add(w)
@@ -411,36 +482,33 @@ def run_demo(
             if duration is not None and elapsed >= duration:
                 say(f"--duration {duration:g}s reached")
                 break
+        if keep_serving and web_server is not None and not failed:
+            summary = summarised()
+            say(
+                f"\nthe web inbox keeps serving on {web_server.url} with the demo's warnings "
+                "(logins above); Ctrl-C stops everything"
+            )
+            while worker.poll() is None and dispatcher.poll() is None:
+                time.sleep(1)
+            failed = True  # a child stopped while serving
     except KeyboardInterrupt:
-        interrupted = True
-        say("\ninterrupted: stopping")
+        interrupted = summary is None  # Ctrl-C while serving after the summary is the way out
+        say("\ninterrupted: stopping" if interrupted else "\nstopping")
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=35)
-        dead = 0
-        if broker.proc is not None:
-            try:
-                dead = dead_letter_count(settings)
-            except Exception as exc:  # the summary is still worth writing
-                say(f"could not count dead letters: {exc}")
+        if summary is None:
+            summary = summarised()
+        if web_server is not None:
+            web_server.stop()
         if dispatcher is not None:
             stop_child(dispatcher, timeout=20)
         if worker is not None:
             stop_child(worker, timeout=20)
         broker.stop()
-        summary = summarise(truth, tally, stats, processed, dead)
-        summary.update(model_info)
-        if dispatcher is not None:
-            summary.update(notification_summary(inbox, ledger or open_ledger(ledger_url)))
         inbox.stop()
-        summary["seconds"] = round(time.monotonic() - started, 1)
         shutil.rmtree(workdir, ignore_errors=True)
-    say(json.dumps({k: v for k, v in summary.items() if k != "by_profile"}, indent=2))
-    if summary_path is not None:
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        say(f"summary written to {summary_path}")
     if interrupted:
         raise SystemExit(130)
     return not failed

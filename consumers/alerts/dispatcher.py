@@ -41,7 +41,7 @@ from consumers.alerts.ledger import (
     open_ledger,
     short_id,
 )
-from consumers.alerts.messages import Message, digest_message, episode_message
+from consumers.alerts.messages import Message, digest_message, episode_message, page_link
 from consumers.alerts.routing import Channel, Recipient, Routing, RoutingError, load_routing
 from pipeline import metrics
 from pipeline.events import CustomerUpdated, Topic, WarningRecord, decode_message
@@ -85,8 +85,10 @@ class Dispatcher:
         sessions: sessionmaker[Session],
         send: Sender = apprise_send,
         clock: Clock = lambda: datetime.now(UTC),
+        base_url: str = "",
     ) -> None:
         self.settings = settings
+        self.base_url = base_url  # the web inbox: messages link to the customer's page
         self.routing = routing
         self.sessions = sessions
         self.send = send
@@ -285,7 +287,14 @@ class Dispatcher:
         held: list[Episode],
     ) -> None:
         sid = short_id(session, key)
-        message = episode_message(episode, kind.split("-")[0], recipient.language, sid, held)
+        message = episode_message(
+            episode,
+            kind.split("-")[0],
+            recipient.language,
+            sid,
+            held,
+            page_link(self.base_url, episode.customer_id),
+        )
         status = self._status(session, episode, kind, name, recipient, now)
         session.add(
             Notification(
@@ -386,7 +395,9 @@ class Dispatcher:
                     if session.scalar(select(Notification.id).where(Notification.dedup_key == key)):
                         continue
                     sid = short_id(session, key)
-                    message = digest_message(episodes, recipient.language, sid)
+                    message = digest_message(
+                        episodes, recipient.language, sid, page_link(self.base_url)
+                    )
                     session.add(
                         Notification(
                             short_id=sid,
@@ -482,6 +493,7 @@ def make_dispatcher(settings: Settings, **kwargs: Any) -> Dispatcher:
         settings.alerts,
         load_routing(settings.alerts.routing),
         open_ledger(settings.alerts.ledger_url),
+        base_url=settings.web.base_url,
         **kwargs,
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from consumers.alerts.ledger import Episode
 from pipeline.texts import Language
@@ -46,12 +47,13 @@ WORDS: dict[Language, dict[str, str]] = {
         "action": "Recommended action",
         "held": "Also open for this customer (held back, see above)",
         "ref": "Reference {short_id}: reply with `churnwatch alerts feedback {short_id} "
-        "acted|false_alarm|already_known|not_reachable`",
+        "contacted|saved|lost|false_alarm`",
         "resolved_body": "The {title} warning for {customer} has cleared: {summary}",
         "digest": "Your open warnings ({count}), by expected loss",
         "digest_line": "{rank}. {customer} - {title} ({severity}), {loss_label} {loss:,.0f}: "
         "{summary}",
         "digest_empty": "No open warnings.",
+        "link": "Open in churnwatch",
     },
     "zh-CN": {
         "opened": "{title}（{severity}）：{customer}",
@@ -66,13 +68,14 @@ WORDS: dict[Language, dict[str, str]] = {
         "action": "建议行动",
         "held": "该客户同时存在（已合并在本消息中）",
         "ref": "编号 {short_id}：反馈请用 `churnwatch alerts feedback {short_id} "
-        "acted|false_alarm|already_known|not_reachable`",
+        "contacted|saved|lost|false_alarm`",
         "resolved_body": "{customer} 的{title}已解除：{summary}",
         "digest": "您的未解决预警（{count} 条），按预期损失排序",
         "digest_line": (
             "{rank}. {customer} - {title}（{severity}），{loss_label} {loss:,.0f}：{summary}"
         ),
         "digest_empty": "没有未解决的预警。",
+        "link": "在 churnwatch 中查看",
     },
 }
 
@@ -107,10 +110,41 @@ def _customer(e: Episode) -> str:
     return f"{e.customer_name} ({e.customer_id})" if e.customer_name else e.customer_id
 
 
+def page_link(base_url: str, customer_id: str = "") -> str:
+    """The web inbox's page of a customer (or the inbox); "" without a ``web.base_url``."""
+    if not base_url:
+        return ""
+    base = base_url.rstrip("/")
+    return f"{base}/customers/{quote(customer_id, safe='')}" if customer_id else f"{base}/inbox"
+
+
+def _with_link(message: Message, link: str, language: Language) -> Message:
+    if not link:
+        return message
+    label = WORDS[language]["link"]
+    return Message(
+        message.subject,
+        f"{message.text}\n{label}: {link}\n",
+        f"{message.markdown}\n[{_md(label)}]({link})\n",
+    )
+
+
 def episode_message(
+    episode: Episode,
+    kind: str,
+    language: Language,
+    short_id: str,
+    held: list[Episode],
+    link: str = "",
+) -> Message:
+    """An ``opened``, ``escalated``, ``reminder`` or ``resolved`` message about ``episode``
+    (with ``link``: where to open the customer's page)."""
+    return _with_link(_episode_message(episode, kind, language, short_id, held), link, language)
+
+
+def _episode_message(
     episode: Episode, kind: str, language: Language, short_id: str, held: list[Episode]
 ) -> Message:
-    """An ``opened``, ``escalated``, ``reminder`` or ``resolved`` message about ``episode``."""
     w = WORDS[language]
     title = TITLES[language][episode.warning_type]
     customer = _customer(episode)
@@ -142,8 +176,14 @@ def episode_message(
     )
 
 
-def digest_message(episodes: list[Episode], language: Language, short_id: str) -> Message:
+def digest_message(
+    episodes: list[Episode], language: Language, short_id: str, link: str = ""
+) -> Message:
     """The recipient's open warnings, highest expected loss first."""
+    return _with_link(_digest_message(episodes, language, short_id), link, language)
+
+
+def _digest_message(episodes: list[Episode], language: Language, short_id: str) -> Message:
     w = WORDS[language]
     ranked = sorted(episodes, key=expected_loss, reverse=True)
     subject = f"[churnwatch {short_id}] " + w["digest"].format(count=len(ranked))

@@ -34,6 +34,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from churnwatch.broker import free_port
 from churnwatch.settings import Settings
 from consumers.alerts.ledger import (
     NOTE_LIMIT,
@@ -517,14 +518,23 @@ def create_web_app(
 class WebServer:
     """The inbox served by uvicorn in a thread (the demo and the tests run it so)."""
 
-    def __init__(self, settings: Settings, host: str | None = None, port: int | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        host: str | None = None,
+        port: int | None = None,
+        live: bool = True,
+    ) -> None:
         self.settings = settings
-        self.live = LiveStates(settings)
+        #: the workers' states (None: pages show the ledger's figures only)
+        self.live = LiveStates(settings) if live else None
         app = create_web_app(settings, open_ledger(settings.alerts.ledger_url), self.live)
+        host = host or settings.web.host
+        port = settings.web.port if port is None else port
         self.config = uvicorn.Config(
             app,
-            host=host or settings.web.host,
-            port=settings.web.port if port is None else port,
+            host=host,
+            port=port or free_port(host),  # 0: any free port
             log_level="warning",
             access_log=False,
         )
@@ -536,7 +546,8 @@ class WebServer:
         return f"http://{self.config.host}:{self.config.port}"
 
     def start(self) -> WebServer:
-        self.live.start()
+        if self.live is not None:
+            self.live.start()
         self.thread = threading.Thread(target=self.server.run, name="web", daemon=True)
         self.thread.start()
         while not self.server.started:
@@ -549,12 +560,14 @@ class WebServer:
         self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=10)
-        self.live.stop()
+        if self.live is not None:
+            self.live.stop()
 
     def run(self) -> None:
         """Serve in this thread until interrupted."""
-        self.live.start()
+        self.start()
         try:
-            self.server.run()
+            while self.thread is not None and self.thread.is_alive():
+                self.thread.join(timeout=0.5)
         finally:
-            self.live.stop()
+            self.stop()

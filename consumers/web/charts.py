@@ -31,7 +31,7 @@ def weekly_chart(
     if not n:
         return ""
     top = max([*revenue, baseline_per_week, 1.0]) * 1.1
-    most_orders = max([*orders, 1])
+    most_orders = max([*orders, 1]) * 1.1
     inner_w, inner_h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
     step = inner_w / n
 
@@ -48,6 +48,8 @@ def weekly_chart(
         'stroke="#888"/>',
         f'<text x="{PAD - 4}" y="{PAD + 4}" text-anchor="end" class="axis">{_money(top)}</text>',
         f'<text x="{PAD - 4}" y="{PAD + inner_h}" text-anchor="end" class="axis">0</text>',
+        f'<text x="{WIDTH - PAD + 4}" y="{PAD + 4}" class="axis orders-axis">'
+        f"{most_orders:.1f}</text>",
     ]
     for i, amount in enumerate(revenue):
         if amount > 0:

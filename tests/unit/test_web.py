@@ -1,0 +1,436 @@
+"""The web inbox over a real HTTP server (uvicorn) and a real SQLite ledger; no broker.
+
+The browser test against a running pipeline is tests/integration/test_web.py.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from churnwatch.settings import Settings, load_settings
+from consumers.alerts.dispatcher import Dispatcher
+from consumers.alerts.ledger import (
+    Action,
+    Customer,
+    Episode,
+    Feedback,
+    Notification,
+    Snooze,
+    User,
+    open_ledger,
+)
+from consumers.alerts.messages import TITLES, episode_message, page_link
+from consumers.alerts.routing import load_routing
+from consumers.web import charts
+from consumers.web.app import WebServer
+from consumers.web.texts import TEXTS
+from consumers.web.users import UserError, add_user, authenticate
+from pipeline.events import WARNING_TYPES
+
+NOW = datetime.now(UTC)
+
+
+def test_both_languages_have_every_text_and_warning_title():
+    assert set(TEXTS["en"]) == set(TEXTS["zh-CN"])
+    for language in TEXTS:
+        assert set(WARNING_TYPES) <= set(TITLES[language])
+
+
+def test_passwords_are_hashed_and_checked(tmp_path):
+    sessions = open_ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    with sessions.begin() as session:
+        user = add_user(session, "ann", "correct horse", "rep", "rep1@x.example")
+        assert (
+            user.password_hash.startswith("$argon2") and "correct horse" not in user.password_hash
+        )
+        with pytest.raises(UserError, match="at least 8"):
+            add_user(session, "bob", "short", "rep", "rep2@x.example")
+        with pytest.raises(UserError, match="needs --owner"):
+            add_user(session, "bob", "long enough", "rep")
+        with pytest.raises(UserError, match="unknown role"):
+            add_user(session, "bob", "long enough", "boss")
+        with pytest.raises(UserError, match="exists already"):
+            add_user(session, "ann", "long enough", "manager")
+    with sessions.begin() as session:
+        assert authenticate(session, "ann", "correct horse") is not None
+        assert authenticate(session, "ann", "wrong horse") is None
+        assert authenticate(session, "nobody", "correct horse") is None
+
+
+def test_charts_escape_what_they_draw_and_mark_each_opening():
+    weeks = [NOW - timedelta(weeks=10 - i) for i in range(10)]
+    svg = charts.weekly_chart(
+        weeks,
+        [1, 0, 2, 0, 1, 0, 0, 0, 0, 0],
+        [100.0, 0, 250.0, 0, 80.0, 0, 0, 0, 0, 0],
+        60.0,
+        [(weeks[6], "<script>alert(1)</script>")],
+        {"title": "t", "revenue": "r", "orders": "o", "baseline": "b", "opening": "x"},
+    )
+    assert svg.count('<rect class="revenue" ') == 3
+    assert svg.count('class="opening" x1') == 1
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    assert charts.aging_chart([("1-30 <b>", 10.0)]).count("&lt;b&gt;") == 1
+
+
+def test_notifications_link_to_the_customers_page():
+    episode = Episode(
+        warning_id="w1",
+        customer_id="C1",
+        customer_name="Shop",
+        owner="",
+        warning_type="sales_drop",
+        severity="high",
+        summary="s",
+        evidence={},
+        action="a",
+        churn_probability=None,
+    )
+    link = page_link("https://churn.example.com/", "C1")
+    assert link == "https://churn.example.com/customers/C1"
+    message = episode_message(episode, "opened", "en", "N1", [], link)
+    assert f"Open in churnwatch: {link}" in message.text
+    assert f"]({link})" in message.markdown
+    assert "http" not in episode_message(episode, "opened", "en", "N1", []).text
+    assert page_link("") == ""
+
+
+# --- the server ------------------------------------------------------------------------
+
+OWNERS = {"ann": "rep1@sales.example.com", "bob": "rep2@sales.example.com"}
+
+
+def _episode(i: int, owner: str, **changes: Any) -> Episode:
+    values: dict[str, Any] = dict(
+        warning_id=f"w{i}",
+        customer_id=f"C{i}",
+        customer_name=f"Shop {i}",
+        owner=owner,
+        segment="smb" if i % 2 else "key_account",
+        warning_type=WARNING_TYPES[i % len(WARNING_TYPES)],
+        severity=("low", "medium", "high", "critical")[i % 4],
+        status="open",
+        opened_at=NOW - timedelta(days=i),
+        summary=f"summary {i}",
+        evidence={"revenue_52w": 1000.0 * (i + 1)},
+        action="call them",
+        churn_probability=None,
+        received_at=NOW - timedelta(hours=1),
+    )
+    values.update(changes)
+    return Episode(**values)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[str, Any, Settings]]:
+    """A running inbox on a ledger with 12 warnings: ann owns the even customers,
+    bob the odd ones; meg manages their team, sam manages another, root is admin."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    settings = load_settings(alerts={"ledger_url": url}, web={"trusted_proxies": ["127.0.0.1"]})
+    sessions = open_ledger(url)
+    with sessions.begin() as session:
+        add_user(session, "ann", "ann-password", "rep", OWNERS["ann"], "north")
+        add_user(session, "bob", "bob-password", "rep", OWNERS["bob"], "north")
+        add_user(session, "meg", "meg-password", "manager", "", "north")
+        add_user(session, "sam", "sam-password", "manager", "", "south")
+        add_user(session, "root", "root-password", "admin")
+        for i in range(12):
+            owner = OWNERS["ann"] if i % 2 == 0 else OWNERS["bob"]
+            name = "=HYPERLINK(1)" if i == 4 else f"Shop {i}"
+            session.add(Customer(customer_id=f"C{i}", name=name, owner=owner, region="EU"))
+            session.add(_episode(i, owner, customer_name=name))
+    server = WebServer(settings, port=0, live=False).start()
+    yield server.url, sessions, settings
+    server.stop()
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no CSRF token in the page"
+    return found.group(1)
+
+
+def _login(base: str, user: str, password: str | None = None) -> requests.Session:
+    browser = requests.Session()
+    token = _csrf(browser.get(f"{base}/login").text)
+    answer = browser.post(
+        f"{base}/login",
+        data={"csrf": token, "username": user, "password": password or f"{user}-password"},
+    )
+    assert answer.status_code == 200 and answer.url.endswith("/inbox"), answer.text[:300]
+    return browser
+
+
+def _customers(html: str) -> set[str]:
+    return set(re.findall(r'<tr class="warning[^"]*" data-customer="([^"]+)"', html))
+
+
+def test_every_page_needs_a_login_and_a_wrong_password_gets_nothing(site):
+    base, _, _ = site
+    for path in ("/inbox", "/customers/C0", "/team", "/team.csv", "/users"):
+        answer = requests.get(base + path, allow_redirects=False, timeout=10)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+    browser = requests.Session()
+    token = _csrf(browser.get(f"{base}/login").text)
+    wrong = browser.post(
+        f"{base}/login", data={"csrf": token, "username": "ann", "password": "guess-guess"}
+    )
+    assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+    assert browser.get(f"{base}/inbox", allow_redirects=False).status_code == 303
+    ok = _login(base, "ann")
+    cookie = next(c for c in ok.cookies if c.name == "churnwatch_session")
+    assert cookie.has_nonstandard_attr("httponly")  # (the cookie jar keeps it lowercase)
+    assert cookie.get_nonstandard_attr("samesite") == "lax"
+    # after a login, "next" may only lead to one of our own pages
+    browser = requests.Session()
+    token = _csrf(browser.get(f"{base}/login").text)
+    away = browser.post(
+        f"{base}/login?next=//evil.example/x",
+        data={"csrf": token, "username": "ann", "password": "ann-password"},
+        allow_redirects=False,
+    )
+    assert away.headers["location"] == "/inbox"
+
+
+def test_a_rep_sees_only_their_customers_and_gets_403_for_others(site):
+    base, _, _ = site
+    ann = _login(base, "ann")
+    inbox = ann.get(f"{base}/inbox").text
+    assert _customers(inbox) == {f"C{i}" for i in range(0, 12, 2)}
+    # highest expected loss first: C10 has the largest revenue of ann's customers
+    assert re.findall(r'data-customer="([^"]+)"', inbox)[0] == "C10"
+    assert ann.get(f"{base}/customers/C2").status_code == 200
+    refused = ann.get(f"{base}/customers/C3")
+    assert refused.status_code == 403 and "Shop 3" not in refused.text
+    assert ann.get(f"{base}/customers/NOPE").status_code == 404
+    assert ann.get(f"{base}/team").status_code == 403
+    assert ann.get(f"{base}/users").status_code == 403
+    # filters and search
+    assert _customers(ann.get(f"{base}/inbox", params={"q": "shop 8"}).text) == {"C8"}
+    segment = ann.get(f"{base}/inbox", params={"segment": "key_account"}).text
+    assert _customers(segment) == {f"C{i}" for i in range(0, 12, 2)}  # all even are key
+    severity = ann.get(f"{base}/inbox", params={"severity": "high"}).text
+    assert _customers(severity) == {"C2", "C6", "C10"}
+
+
+def test_managers_see_their_team_and_admins_everyone(site):
+    base, _, _ = site
+    assert _customers(_login(base, "meg").get(f"{base}/inbox").text) == {f"C{i}" for i in range(12)}
+    assert _customers(_login(base, "sam").get(f"{base}/inbox").text) == set()
+    assert len(_customers(_login(base, "root").get(f"{base}/inbox").text)) == 12
+
+
+def test_actions_write_the_ledger_and_the_dispatcher_honours_a_snooze(site):
+    base, sessions, settings = site
+    ann = _login(base, "ann")
+    token = _csrf(ann.get(f"{base}/customers/C2").text)
+    until = (NOW + timedelta(days=10)).date().isoformat()
+    done = ann.post(
+        f"{base}/customers/C2/snoozed",
+        data={"csrf": token, "until": until, "reason": "on holiday"},
+    )
+    assert done.status_code == 200 and "Snoozed until" in done.text
+    ann.post(f"{base}/customers/C2/acknowledged", data={"csrf": token, "warning_id": "w2"})
+    ann.post(
+        f"{base}/customers/C2/outcome",
+        data={"csrf": token, "warning_id": "w2", "outcome": "saved", "note": "won back"},
+    )
+    with sessions() as session:
+        kinds = session.scalars(select(Action.kind).where(Action.customer_id == "C2")).all()
+        assert sorted(kinds) == ["acknowledged", "outcome", "snoozed"]
+        feedback = session.scalars(select(Feedback)).one()
+        assert (feedback.warning_id, feedback.verdict, feedback.note) == ("w2", "saved", "won back")
+    # the dispatcher, on the same ledger, records C2's next notification as snoozed
+    dispatcher = Dispatcher(settings.alerts, load_routing(settings.alerts.routing), sessions)
+    from tests.unit.test_alerts import record
+
+    dispatcher.on_warning(record("w-new", customer="C2", owner=OWNERS["ann"]))
+    with sessions() as session:
+        note = session.scalars(select(Notification).where(Notification.customer_id == "C2")).one()
+        assert note.status == "snoozed"
+    # acknowledged shows in the inbox's filter; the outcome in the manager's team view
+    acked = ann.get(f"{base}/inbox", params={"ack": "yes"}).text
+    assert _customers(acked) == {"C2"}
+    team = _login(base, "meg").get(f"{base}/team").text
+    w2_type = WARNING_TYPES[2 % len(WARNING_TYPES)]
+    row = re.search(rf'<tr data-type="{w2_type}">(.*?)</tr>', team, re.S)
+    assert row and '<td class="num saved">1</td>' in row.group(1)
+    # lifting the snooze
+    ann.post(f"{base}/customers/C2/unsnoozed", data={"csrf": token})
+    with sessions() as session:
+        assert session.scalars(select(Snooze)).one().lifted_at is not None
+
+
+def test_a_hand_over_moves_the_customer_to_the_colleague(site):
+    base, sessions, _ = site
+    ann = _login(base, "ann")
+    token = _csrf(ann.get(f"{base}/customers/C4").text)
+    ann.post(
+        f"{base}/customers/C4/handed_over",
+        data={"csrf": token, "to": "bob", "note": "bob knows them"},
+    )
+    assert ann.get(f"{base}/customers/C4").status_code == 403
+    bob = _login(base, "bob")
+    assert "C4" in _customers(bob.get(f"{base}/inbox").text)
+
+
+@pytest.mark.parametrize(
+    ("action", "form", "why"),
+    [
+        ("snoozed", {"until": "next week", "reason": "x"}, "YYYY-MM-DD"),
+        ("snoozed", {"until": "2020-01-01", "reason": "x"}, "in the future"),
+        ("snoozed", {"until": "2999-01-01", "reason": "x"}, "within 366 days"),
+        ("snoozed", {"until": "{soon}", "reason": ""}, "'reason' is required"),
+        ("snoozed", {"until": "{soon}", "reason": "x" * 2001}, "longer than 2000"),
+        ("outcome", {"warning_id": "w3", "outcome": "saved"}, "not this customer's"),
+        ("outcome", {"warning_id": "w2", "outcome": "great"}, "unknown outcome"),
+        ("acknowledged", {"warning_id": "nope"}, "not this customer's"),
+        ("handed_over", {"to": "nobody"}, "who owns customers"),
+    ],
+)
+def test_bad_forms_get_a_clear_4xx_and_write_nothing(site, action, form, why):
+    base, sessions, _ = site
+    ann = _login(base, "ann")
+    token = _csrf(ann.get(f"{base}/customers/C2").text)
+    soon = (NOW + timedelta(days=3)).date().isoformat()
+    data = {k: v.replace("{soon}", soon) for k, v in form.items()}
+    answer = ann.post(f"{base}/customers/C2/{action}", data={"csrf": token, **data})
+    assert 400 <= answer.status_code < 500 and why in html.unescape(answer.text)
+    _nothing_written(sessions)
+
+
+def test_a_missing_or_forged_csrf_token_is_refused(site):
+    base, sessions, _ = site
+    ann = _login(base, "ann")
+    soon = (NOW + timedelta(days=3)).date().isoformat()
+    for token in (None, "forged"):
+        data = {"until": soon, "reason": "x"} | ({"csrf": token} if token else {})
+        answer = ann.post(f"{base}/customers/C2/snoozed", data=data)
+        assert answer.status_code == 403 and "security token" in answer.text
+    # another person's valid token does not work in this session either
+    bob_token = _csrf(_login(base, "bob").get(f"{base}/inbox").text)
+    answer = ann.post(
+        f"{base}/customers/C2/snoozed", data={"csrf": bob_token, "until": soon, "reason": "x"}
+    )
+    assert answer.status_code == 403
+    # nor may a rep act on someone else's customer
+    token = _csrf(ann.get(f"{base}/inbox").text)
+    answer = ann.post(
+        f"{base}/customers/C3/snoozed", data={"csrf": token, "until": soon, "reason": "x"}
+    )
+    assert answer.status_code == 403
+    _nothing_written(sessions)
+
+
+def _nothing_written(sessions: Any) -> None:
+    with sessions() as session:
+        for table in (Action, Snooze, Feedback):
+            assert session.scalar(select(func.count()).select_from(table)) == 0
+
+
+def test_team_csv_lists_the_open_warnings_safely(site):
+    base, _, _ = site
+    text = _login(base, "meg").get(f"{base}/team.csv").text
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("customer_id,customer_name,owner")
+    assert len(lines) == 13
+    assert "'=HYPERLINK(1)" in text  # a spreadsheet shows it, does not run it
+
+
+def test_the_language_follows_the_user(site):
+    base, _, _ = site
+    ann = _login(base, "ann")
+    token = _csrf(ann.get(f"{base}/inbox").text)
+    page = ann.post(f"{base}/language", data={"csrf": token, "language": "zh-CN", "back": "/inbox"})
+    assert "未关闭的预警" in page.text and "Open warnings" not in page.text
+    # kept for the next login
+    assert "未关闭的预警" in _login(base, "ann").get(f"{base}/inbox").text
+
+
+def test_single_sign_on_header_is_trusted_only_from_the_configured_proxies(site, tmp_path):
+    base, _, settings = site
+    # the fixture trusts 127.0.0.1 with no header name: the header means nothing
+    assert (
+        requests.get(
+            f"{base}/inbox", headers={"X-User": "ann"}, allow_redirects=False, timeout=10
+        ).status_code
+        == 303
+    )
+    for trusted, expected in ((["127.0.0.1"], 200), (["10.0.0.1"], 303)):
+        s = settings.model_copy(
+            update={
+                "web": settings.web.model_copy(
+                    update={"user_header": "X-User", "trusted_proxies": trusted}
+                )
+            }
+        )
+        server = WebServer(s, port=0, live=False).start()
+        try:
+            answer = requests.get(
+                f"{server.url}/inbox", headers={"X-User": "ann"}, allow_redirects=False, timeout=10
+            )
+        finally:
+            server.stop()
+        assert answer.status_code == expected
+
+
+def test_new_warnings_are_marked_until_the_next_visit(site):
+    base, sessions, _ = site
+    first = _login(base, "ann").get(f"{base}/inbox").text
+    assert first.count('<span class="badge">new</span>') == 6
+    with sessions.begin() as session:
+        session.add(
+            _episode(20, OWNERS["ann"], received_at=datetime.now(UTC) + timedelta(seconds=1))
+        )
+        session.add(Customer(customer_id="C20", name="Shop 20", owner=OWNERS["ann"]))
+    again = _login(base, "ann").get(f"{base}/inbox").text
+    assert again.count('<span class="badge">new</span>') == 1
+    assert re.search(r'class="warning[^"]* new" data-customer="C20"', again)
+
+
+def test_users_are_managed_from_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from churnwatch.cli import cli
+
+    runner = CliRunner()
+    env = {"CHURNWATCH_ALERTS__LEDGER_URL": f"sqlite:///{tmp_path / 'l.db'}"}
+    added = runner.invoke(
+        cli,
+        ["web", "users", "add", "ann", "--owner", "rep1@x.example", "--password-stdin"],
+        input="a-long-password\n",
+        env=env,
+    )
+    assert added.exit_code == 0, added.output
+    short = runner.invoke(
+        cli,
+        ["web", "users", "add", "bob", "--owner", "b", "--password-stdin"],
+        input="x\n",
+        env=env,
+    )
+    assert short.exit_code == 1 and "at least 8" in short.output
+    listed = runner.invoke(cli, ["web", "users", "list"], env=env)
+    assert "ann" in listed.output and "rep1@x.example" in listed.output
+    assert "a-long-password" not in listed.output
+    changed = runner.invoke(
+        cli,
+        ["web", "users", "passwd", "ann", "--password-stdin"],
+        input="another-password\n",
+        env=env,
+    )
+    assert changed.exit_code == 0
+    sessions = open_ledger(env["CHURNWATCH_ALERTS__LEDGER_URL"])
+    with sessions.begin() as session:
+        assert authenticate(session, "ann", "another-password") is not None
+    assert runner.invoke(cli, ["web", "users", "remove", "ann"], env=env).exit_code == 0
+    with sessions() as session:
+        assert session.get(User, "ann") is None
