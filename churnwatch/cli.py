@@ -904,6 +904,12 @@ def demo(
     is_flag=True,
     help="Time a backtest of the simulated history instead (batch, no broker).",
 )
+@click.option(
+    "--web",
+    is_flag=True,
+    help="Time the web inbox's pages instead: one open warning of every type for each "
+    "simulated customer (--customers 2000: 10,000 warnings), over HTTP.",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -917,12 +923,33 @@ def bench(
     no_faust_floor: bool,
     json_path: Path | None,
     backtest: bool,
+    web: bool,
 ) -> None:
     """Measure the worker against a bare consume loop on its own embedded broker."""
     import json
 
-    from churnwatch.bench import format_result, run_backtest_bench, run_bench, to_json
+    from churnwatch.bench import (
+        format_result,
+        run_backtest_bench,
+        run_bench,
+        run_web_bench,
+        to_json,
+    )
     from churnwatch.broker import BrokerError
+
+    if web:
+        figures = run_web_bench(
+            _settings(ctx), customers, days, say=lambda line: click.echo(line, err=True)
+        )
+        click.echo(
+            f"web inbox, {figures['open_warnings']:,} open warnings, on {figures['machine']}"
+        )
+        for page, ms in figures["median_ms"].items():
+            click.echo(f"  {page:<55} {ms:>8.1f} ms (median of {figures['rounds']})")
+        if json_path is not None:
+            json_path.write_text(json.dumps(figures, indent=2) + "\n")
+            click.echo(f"figures written to {json_path}")
+        return
 
     if backtest:
         figures = run_backtest_bench(

@@ -87,12 +87,14 @@ class Message:
     markdown: str
 
 
-def expected_loss(episode: Episode) -> float:
+def loss(value: float, churn_probability: float | None) -> float:
     """Value at stake x churn risk when a model scored the customer, else the value at stake."""
-    value = float(episode.evidence.get("revenue_52w", 0.0))
-    if episode.churn_probability is not None:
-        return value * episode.churn_probability
-    return value
+    return value if churn_probability is None else value * churn_probability
+
+
+def expected_loss(episode: Episode) -> float:
+    """:func:`loss` of an episode (its 52-week revenue is in its evidence)."""
+    return loss(float(episode.evidence.get("revenue_52w", 0.0)), episode.churn_probability)
 
 
 #: What makes a link or markup in Markdown (with ``<`` and ``&``, escaped as HTML).

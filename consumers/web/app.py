@@ -523,11 +523,13 @@ class WebServer:
         settings: Settings,
         host: str | None = None,
         port: int | None = None,
-        live: bool = True,
+        live: bool | LiveStates = True,
     ) -> None:
+        """``live``: follow the workers' changelog (True), show the ledger's figures
+        only (False), or serve these states as they are (a benchmark fills them)."""
         self.settings = settings
-        #: the workers' states (None: pages show the ledger's figures only)
-        self.live = LiveStates(settings) if live else None
+        self.follow = live is True
+        self.live = LiveStates(settings) if live is True else (live or None)
         app = create_web_app(settings, open_ledger(settings.alerts.ledger_url), self.live)
         host = host or settings.web.host
         port = settings.web.port if port is None else port
@@ -546,7 +548,7 @@ class WebServer:
         return f"http://{self.config.host}:{self.config.port}"
 
     def start(self) -> WebServer:
-        if self.live is not None:
+        if self.live is not None and self.follow:
             self.live.start()
         self.thread = threading.Thread(target=self.server.run, name="web", daemon=True)
         self.thread.start()
@@ -560,7 +562,7 @@ class WebServer:
         self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=10)
-        if self.live is not None:
+        if self.live is not None and self.follow:
             self.live.stop()
 
     def run(self) -> None:
