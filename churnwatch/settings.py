@@ -268,6 +268,9 @@ class WebSettings(_Section):
     trusted_proxies: list[str] = []
     #: Rows per inbox page.
     page_size: int = Field(100, ge=10, le=1000)
+    #: A `churnwatch backtest --out` folder's summary.json: the team view shows each
+    #: type's backtest precision next to the team's own ("" = none).
+    backtest_summary: str = ""
 
 
 class Settings(BaseSettings):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import secrets
@@ -39,6 +40,7 @@ from churnwatch.settings import Settings
 from consumers.alerts.ledger import (
     NOTE_LIMIT,
     OUTCOMES,
+    ROLES,
     Action,
     Episode,
     LedgerError,
@@ -52,7 +54,7 @@ from consumers.alerts.ledger import (
 from consumers.web import charts, queries
 from consumers.web.live import LiveStates
 from consumers.web.texts import LANGUAGE_NAMES, LANGUAGES, translator
-from consumers.web.users import authenticate, list_users
+from consumers.web.users import UserError, add_user, authenticate, list_users, remove_user
 from pipeline.events import WARNING_TYPES
 from pipeline.features import SEVERITIES
 from pipeline.texts import Language
@@ -308,9 +310,12 @@ async def _customer(request: Request, session: Session, user: User) -> Response:
                 (t("days_over_90"), f.overdue_over_90),
             ]
         )
-    churn = next(
-        (e for e in page.episodes if e.churn_probability is not None), None
-    )  # the newest scored warning
+    # the newest churn-risk warning (its summary holds the model's version and reasons),
+    # else the newest warning the model scored
+    scored = [e for e in page.episodes if e.churn_probability is not None]
+    churn = next((e for e in scored if e.warning_type == "churn_risk"), None) or next(
+        iter(scored), None
+    )
     colleagues = [u for u in list_users(session) if u.owner and u.owner != page.owner]
     return _page(
         request,
@@ -412,7 +417,24 @@ def _manager(user: User) -> None:
 async def _team(request: Request, session: Session, user: User) -> Response:
     _manager(user)
     view = queries.team(session, user, request.app.state.live)
-    return _page(request, user, "team.html", {"view": view})
+    backtest = _backtest_precision(request.app.state.settings.web.backtest_summary)
+    return _page(request, user, "team.html", {"view": view, "backtest": backtest})
+
+
+def _backtest_precision(path: str) -> dict[str, float]:
+    """Each warning type's precision in a backtest's summary.json (none if unreadable)."""
+    if not path:
+        return {}
+    try:
+        rules = json.loads(Path(path).read_text(encoding="utf-8"))["rules"]
+        return {
+            name: float(figures["precision"])
+            for name, figures in rules.items()
+            if isinstance(figures, dict) and figures.get("precision") is not None
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("cannot read web.backtest_summary %s: %s", path, exc)
+        return {}
 
 
 async def _team_csv(request: Request, session: Session, user: User) -> Response:
@@ -467,7 +489,27 @@ def _cell(text: str) -> str:
 async def _users(request: Request, session: Session, user: User) -> Response:
     if user.role != "admin":
         raise Refused(403, "forbidden")
-    return _page(request, user, "users.html", {"users": list_users(session)})
+    if request.method == "POST":
+        form = await _form(request)
+        try:
+            if form.get("remove"):
+                if form.get("remove") == user.username:
+                    raise UserError("you cannot remove yourself")
+                remove_user(session, str(form.get("remove")))
+            else:
+                add_user(
+                    session,
+                    str(form.get("username", "")),
+                    str(form.get("password", "")),
+                    str(form.get("role", "")),
+                    str(form.get("owner", "")).strip()[:200],
+                    str(form.get("team", "")).strip()[:100],
+                    next((lang for lang in LANGUAGES if lang == form.get("language")), "en"),
+                )
+        except UserError as exc:
+            raise Refused(400, "bad_request", reason=str(exc)) from None
+        return RedirectResponse("/users", status_code=303)
+    return _page(request, user, "users.html", {"users": list_users(session), "roles": ROLES})
 
 
 async def _root(request: Request, session: Session, user: User) -> Response:
@@ -495,7 +537,7 @@ def create_web_app(
             Route("/customers/{customer_id}/{action}", signed_in(_act), methods=["POST"]),
             Route("/team", signed_in(_team)),
             Route("/team.csv", signed_in(_team_csv)),
-            Route("/users", signed_in(_users)),
+            Route("/users", signed_in(_users), methods=["GET", "POST"]),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         middleware=[

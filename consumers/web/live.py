@@ -18,7 +18,6 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,8 +46,8 @@ class LiveCustomer:
     weeks: list[datetime]  # the first day of each stored week, oldest first
     orders: list[int]
     revenue: list[float]
-    open_invoices: list[list[Any]]  # [invoice id, outstanding, due, issued]
-    open_complaints: list[list[Any]]  # [complaint id, opened, severity, category]
+    open_invoices: list[tuple[str, float, datetime]]  # invoice id, outstanding, due
+    open_complaints: list[tuple[str, datetime, int, str]]  # id, opened, severity, category
 
 
 @dataclass(frozen=True)
@@ -171,8 +170,14 @@ class LiveStates:
                 weeks=[datetime.fromtimestamp(int(w) * 7 * 86400, UTC) for w in weeks],
                 orders=[int(v) for v in orders],
                 revenue=[float(v) for v in revenue],
-                open_invoices=[list(i) for i in state.open_invoices],
-                open_complaints=[list(c) for c in state.open_complaints],
+                open_invoices=[
+                    (str(i[0]), float(i[1]), datetime.fromtimestamp(i[2], UTC))
+                    for i in state.open_invoices
+                ],
+                open_complaints=[
+                    (str(c[0]), datetime.fromtimestamp(c[1], UTC), int(c[2]), str(c[3]))
+                    for c in state.open_complaints
+                ],
             )
 
     def summaries(self, customer_ids: Iterable[str]) -> dict[str, Summary]:

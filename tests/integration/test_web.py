@@ -17,7 +17,7 @@ from sqlalchemy import select
 from churnwatch.broker import free_port, start_child, stop_child
 from consumers.alerts.inbox import LocalInbox
 from consumers.alerts.ledger import Customer, Episode, Notification, open_ledger
-from pipeline.events import Topic, encode_event
+from pipeline.events import Topic, WarningRecord, encode_event
 from producers.produce import produce
 from producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (
@@ -94,22 +94,31 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
         procs.append(start_child([*CLI, "web"], env=web_env, log=tmp_path / "web.log"))
         wait_processed(settings, len(events), worker, timeout=180)
         sessions = open_ledger(env["CHURNWATCH_ALERTS__LEDGER_URL"])
-        raised = {r for r in read_topic(settings, Topic.WARNINGS)}
+        raised = {
+            WarningRecord.model_validate_json(r).warning_id
+            for r in read_topic(settings, Topic.WARNINGS)
+        }
         assert raised, "the worker raised no warning to look at"
 
         def ledger_open() -> dict[str, str]:
             """Open warnings' customers -> owner, once the dispatcher has every record."""
             with sessions() as session:
-                if session.scalar(select(Episode.warning_id).limit(1)) is None:
-                    return {}
                 owners = {c.customer_id: c.owner for c in session.scalars(select(Customer))}
                 return {
-                    e.customer_id: owners.get(e.customer_id, e.owner)
+                    e.customer_id: owners.get(e.customer_id) or e.owner
                     for e in session.scalars(select(Episode).where(Episode.status == "open"))
                 }
 
-        wait_for(lambda: ledger_open(), "the dispatcher's ledger", timeout=60)
-        time.sleep(3)  # the last records
+        def settled() -> bool:
+            """Every warning in the ledger, and its open ones unchanged for a while."""
+            with sessions() as session:
+                if set(session.scalars(select(Episode.warning_id))) != raised:
+                    return False
+            before = ledger_open()
+            time.sleep(2)
+            return ledger_open() == before
+
+        wait_for(settled, "the dispatcher's ledger to hold every warning", timeout=60)
         expected = {c for c, owner in ledger_open().items() if owner == REP1}
         others = {c for c, owner in ledger_open().items() if owner == REP2}
         assert expected and others, "the test needs open warnings for both reps"
@@ -125,7 +134,8 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
             browser.find_element(By.ID, "username").send_keys(user)
             browser.find_element(By.ID, "password").send_keys(PASSWORDS[user])
             browser.find_element(By.ID, "login").click()
-            wait.until(seen.url_contains("/inbox"))
+            # (the login page's own address holds "/inbox" in its ?next=)
+            wait.until(seen.presence_of_element_located((By.ID, "logout")))
 
         # the rep's inbox lists exactly the rep's customers at risk
         login("rep1")
@@ -137,6 +147,7 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
         # a customer page with the worker's live figures and the weekly chart
         customer = rows[0].get_attribute("data-customer")
         rows[0].find_element(By.TAG_NAME, "a").click()
+        wait.until(seen.staleness_of(rows[0]))
 
         def live_page(_: object) -> bool:
             if browser.find_elements(By.ID, "live"):
@@ -156,7 +167,9 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
             "document.getElementById('snooze-until').value = arguments[0]", until
         )
         browser.find_element(By.ID, "snooze-reason").send_keys("on holiday until next week")
-        browser.find_element(By.ID, "snooze").click()
+        button = browser.find_element(By.ID, "snooze")
+        button.click()
+        wait.until(seen.staleness_of(button))
         wait.until(seen.presence_of_element_located((By.ID, "snoozed")))
         produce_raw(
             settings,
@@ -179,6 +192,7 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
         form.find_element(By.CSS_SELECTOR, "select[name=outcome] option[value=saved]").click()
         form.find_element(By.NAME, "note").send_keys("new contract signed")
         form.find_element(By.CSS_SELECTOR, "button.record-outcome").click()
+        wait.until(seen.staleness_of(form))  # the page before had "saved" too (the snooze)
         wait.until(seen.presence_of_element_located((By.ID, "saved")))
 
         # another rep's customer by URL: refused, nothing of it shown
@@ -189,13 +203,17 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
 
         # the manager sees the outcome in the team view, then switches to Chinese
         login("boss")
-        browser.find_element(By.ID, "nav-team").click()
+        team_link = browser.find_element(By.ID, "nav-team")
+        team_link.click()
+        wait.until(seen.staleness_of(team_link))
         row = browser.find_element(By.CSS_SELECTOR, f"#outcomes tr[data-type={warning_type}]")
         assert row.find_element(By.CSS_SELECTOR, "td.saved").text == "1"
         browser.find_element(By.ID, "lang-zh-CN").click()
         wait.until(seen.text_to_be_present_in_element((By.TAG_NAME, "h1"), "团队的风险客户"))
     finally:
         if browser is not None:
+            # what the browser showed last, for whoever reads a failure
+            (tmp_path / "last_page.html").write_text(browser.page_source)
             browser.quit()
         for proc in procs:
             stop_child(proc)

@@ -434,3 +434,55 @@ def test_users_are_managed_from_the_cli(tmp_path):
     assert runner.invoke(cli, ["web", "users", "remove", "ann"], env=env).exit_code == 0
     with sessions() as session:
         assert session.get(User, "ann") is None
+
+
+def test_an_admin_manages_users_in_the_page_and_others_may_not(site):
+    base, sessions, _ = site
+    root = _login(base, "root")
+    token = _csrf(root.get(f"{base}/users").text)
+    added = root.post(
+        f"{base}/users",
+        data={
+            "csrf": token,
+            "username": "cai",
+            "password": "cai-password",
+            "role": "rep",
+            "owner": "rep3@sales.example.com",
+            "language": "zh-CN",
+        },
+    )
+    assert added.status_code == 200 and 'data-user="cai"' in added.text
+    assert "未关闭的预警" in _login(base, "cai").get(f"{base}/inbox").text
+    weak = root.post(
+        f"{base}/users",
+        data={"csrf": token, "username": "dan", "password": "short", "role": "rep", "owner": "x"},
+    )
+    assert weak.status_code == 400 and "at least 8" in weak.text
+    assert root.post(f"{base}/users", data={"csrf": token, "remove": "cai"}).status_code == 200
+    assert root.post(f"{base}/users", data={"csrf": token, "remove": "root"}).status_code == 400
+    meg = _login(base, "meg")
+    refused = meg.post(
+        f"{base}/users",
+        data={"csrf": _csrf(meg.get(f"{base}/inbox").text), "remove": "ann"},
+    )
+    assert refused.status_code == 403
+    with sessions() as session:
+        assert session.get(User, "cai") is None and session.get(User, "ann") is not None
+
+
+def test_the_team_view_shows_the_backtest_precision_beside_the_teams(site, tmp_path):
+    import json
+
+    base, sessions, settings = site
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"rules": {"sales_drop": {"precision": 0.42}}}))
+    s = settings.model_copy(
+        update={"web": settings.web.model_copy(update={"backtest_summary": str(summary)})}
+    )
+    server = WebServer(s, port=0, live=False).start()
+    try:
+        team = _login(server.url, "meg").get(f"{server.url}/team").text
+    finally:
+        server.stop()
+    row = re.search(r'<tr data-type="sales_drop">(.*?)</tr>', team, re.S)
+    assert row and '<td class="num backtest">42%</td>' in row.group(1)
