@@ -136,6 +136,14 @@ TEXTS: dict[Language, dict[str, str]] = {
         "add_user": "Add a user",
         "remove": "Remove",
         "back": "Back",
+        "sev_low": "low",
+        "sev_medium": "medium",
+        "sev_high": "high",
+        "sev_critical": "critical",
+        "q_protect": "protect (high value, loyal)",
+        "q_at_risk": "at risk (high value, wavering)",
+        "q_grow": "grow (loyal, smaller)",
+        "q_let_go": "low priority",
     },
     "zh-CN": {
         "app": "churnwatch 客户流失预警",
@@ -255,6 +263,14 @@ TEXTS: dict[Language, dict[str, str]] = {
         "add_user": "添加用户",
         "remove": "删除",
         "back": "返回",
+        "sev_low": "低",
+        "sev_medium": "中",
+        "sev_high": "高",
+        "sev_critical": "严重",
+        "q_protect": "重点保持（高价值、高忠诚）",
+        "q_at_risk": "重点挽留（高价值、忠诚度下降）",
+        "q_grow": "发展（忠诚、价值较低）",
+        "q_let_go": "低优先级",
     },
 }
 
@@ -267,6 +283,8 @@ def translator(language: Language) -> Callable[..., str]:
     def t(key: str, **values: object) -> str:
         if key.startswith("wt_"):
             return titles.get(key[3:], key[3:])
+        if key.startswith(("sev_", "q_")) and key not in words:
+            return key.split("_", 1)[1]  # a value this release has no name for: as it is
         text = words[key]
         return text.format(**values) if values else text
 

@@ -352,6 +352,7 @@ def test_the_language_follows_the_user(site):
     token = _csrf(ann.get(f"{base}/inbox").text)
     page = ann.post(f"{base}/language", data={"csrf": token, "language": "zh-CN", "back": "/inbox"})
     assert "未关闭的预警" in page.text and "Open warnings" not in page.text
+    assert '<span class="sev">高</span>' in page.text  # severities in the language too
     # kept for the next login
     assert "未关闭的预警" in _login(base, "ann").get(f"{base}/inbox").text
 
