@@ -99,11 +99,21 @@ def _csrf(request: Request) -> str:
     return str(token)
 
 
+def _token_ok(request: Request, form: FormData) -> bool:
+    """Whether the form carries this session's CSRF token."""
+    sent = str(form.get("csrf", ""))
+    return bool(sent) and secrets.compare_digest(sent, request.session.get("csrf", ""))
+
+
+def _local(target: str) -> str:
+    """``target`` if it is one of our own pages, else the inbox (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") else "/inbox"
+
+
 async def _form(request: Request) -> FormData:
     """The posted form, once its CSRF token matches the session's."""
     form = await request.form()
-    sent = str(form.get("csrf", ""))
-    if not sent or not secrets.compare_digest(sent, request.session.get("csrf", "")):
+    if not _token_ok(request, form):
         raise Refused(403, "bad_request", reason="the form's security token is missing or stale")
     return form
 
@@ -174,14 +184,11 @@ def _page(
 
 
 async def login(request: Request) -> Response:
-    target = request.query_params.get("next", "/inbox")
-    if not target.startswith("/") or target.startswith("//"):
-        target = "/inbox"  # only our own pages: no open redirect
+    target = _local(request.query_params.get("next", "/inbox"))
     failed = False
     if request.method == "POST":
         form = await request.form()
-        sent = str(form.get("csrf", ""))
-        if sent and secrets.compare_digest(sent, request.session.get("csrf", "")):
+        if _token_ok(request, form):
             with request.app.state.sessions.begin() as session:
                 user = authenticate(
                     session, str(form.get("username", ""))[:100], str(form.get("password", ""))
@@ -205,9 +212,7 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    form = await request.form()
-    sent = str(form.get("csrf", ""))
-    if sent and secrets.compare_digest(sent, request.session.get("csrf", "")):
+    if _token_ok(request, await request.form()):
         request.session.clear()  # (a forged logout form changes nothing)
     return RedirectResponse("/login", status_code=303)
 
@@ -217,10 +222,7 @@ async def _language_switch(request: Request, session: Session, user: User) -> Re
     lang = str(form.get("language", ""))
     if lang in LANGUAGES:
         user.language = lang
-    back = str(form.get("back", "/inbox"))
-    if not back.startswith("/") or back.startswith("//"):
-        back = "/inbox"  # only our own pages: no open redirect
-    return RedirectResponse(back, status_code=303)
+    return RedirectResponse(_local(str(form.get("back", "/inbox"))), status_code=303)
 
 
 # --- inbox -----------------------------------------------------------------------------

@@ -24,11 +24,12 @@ from consumers.alerts.ledger import (
     Notification,
     Snooze,
     User,
+    active_snoozes,
+    current_owner,
 )
 from consumers.alerts.messages import loss
 from consumers.web.live import LiveStates, Summary
 from pipeline.events import WARNING_TYPES
-from pipeline.features import SEVERITIES
 
 
 def owners_in_view(session: Session, user: User) -> set[str] | None:
@@ -41,12 +42,17 @@ def owners_in_view(session: Session, user: User) -> set[str] | None:
     return {user.owner} if user.owner else set()
 
 
-def handovers(session: Session, customer_ids: Iterable[str] | None = None) -> dict[str, str]:
-    """Each handed-over customer's new owner (the latest hand-over wins)."""
+def handovers(session: Session) -> dict[str, str]:
+    """Each handed-over customer's new owner (the latest hand-over wins): for lists,
+    what :func:`~consumers.alerts.ledger.current_owner` is for one customer."""
     query = select(Action.customer_id, Action.detail).where(Action.kind == "handed_over")
-    if customer_ids is not None:
-        query = query.where(Action.customer_id.in_(list(customer_ids)))
     return {cid: owner for cid, owner in session.execute(query.order_by(Action.id))}
+
+
+def owner_of(moved: dict[str, str], customer_id: str, *reported: str) -> str:
+    """The customer's owner: the last hand-over's, else the first owner reported
+    (the customers topic's, then the warning's)."""
+    return moved.get(customer_id) or next((owner for owner in reported if owner), "")
 
 
 #: The columns of an episode a list shows (read as plain rows: fast for thousands).
@@ -114,7 +120,39 @@ class Inbox:
     segments: list[str]
     quadrants: list[str]
     customers: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Book:
+    """What every list needs about the customers, read once per request."""
+
+    allowed: set[str] | None  # the owners in view (None: everyone's)
+    customers: dict[str, Any]  # id -> (customer_id, owner, segment, region)
+    moved: dict[str, str]  # hand-overs
+    acked: set[str]  # acknowledged warning ids
+
+    @classmethod
+    def read(cls, session: Session, user: User) -> Book:
+        columns = (Customer.customer_id, Customer.owner, Customer.segment, Customer.region)
+        return cls(
+            allowed=owners_in_view(session, user),
+            customers={c.customer_id: c for c in session.execute(select(*columns))},
+            moved=handovers(session),
+            acked=set(
+                session.scalars(
+                    select(Action.warning_id).where(
+                        Action.kind == "acknowledged", Action.warning_id.is_not(None)
+                    )
+                )
+            ),
+        )
+
+    def owner(self, customer_id: str, reported: str) -> str:
+        customer = self.customers.get(customer_id)
+        return owner_of(self.moved, customer_id, customer.owner if customer else "", reported)
+
+    def sees(self, owner: str) -> bool:
+        return self.allowed is None or owner in self.allowed
 
 
 def open_rows(
@@ -122,30 +160,16 @@ def open_rows(
     user: User,
     live: LiveStates | None,
     seen_before: datetime | None = None,
+    book: Book | None = None,
 ) -> list[Row]:
     """Every open warning ``user`` may see, highest expected loss first."""
-    allowed = owners_in_view(session, user)
+    book = book or Book.read(session, user)
     episodes = session.execute(select(*LISTED).where(Episode.status == "open")).all()
-    customers = {
-        c.customer_id: c
-        for c in session.execute(
-            select(Customer.customer_id, Customer.owner, Customer.segment, Customer.region)
-        )
-    }
-    moved = handovers(session)
-    acked = set(
-        session.scalars(
-            select(Action.warning_id).where(
-                Action.kind == "acknowledged", Action.warning_id.is_not(None)
-            )
-        )
-    )
     visible: list[tuple[Any, str, Any]] = []
     for e in episodes:
-        customer = customers.get(e.customer_id)
-        owner = moved.get(e.customer_id) or (customer.owner if customer else "") or e.owner
-        if allowed is None or owner in allowed:
-            visible.append((e, owner, customer))
+        owner = book.owner(e.customer_id, e.owner)
+        if book.sees(owner):
+            visible.append((e, owner, book.customers.get(e.customer_id)))
     summaries: dict[str, Summary] = (
         live.summaries({e.customer_id for e, _, _ in visible}) if live else {}
     )
@@ -162,7 +186,7 @@ def open_rows(
             quadrant=summaries[e.customer_id].quadrant if e.customer_id in summaries else "",
             loss=losses[e.warning_id],
             customer_loss=customer_loss[e.customer_id],
-            acknowledged=e.warning_id in acked,
+            acknowledged=e.warning_id in book.acked,
             new=seen_before is None or e.received_at > seen_before,
         )
         for e, owner, customer in visible
@@ -196,9 +220,8 @@ def may_see(session: Session, user: User, customer_id: str) -> bool | None:
     if customer is None and episode is None:
         return None
     reported = (customer.owner if customer else "") or (episode.owner if episode else "")
-    moved = handovers(session, [customer_id]).get(customer_id)
     allowed = owners_in_view(session, user)
-    return allowed is None or (moved or reported) in allowed
+    return allowed is None or current_owner(session, customer_id, reported) in allowed
 
 
 @dataclass
@@ -229,7 +252,7 @@ def customer_page(session: Session, customer_id: str, now: datetime) -> Customer
     return CustomerPage(
         customer_id=customer_id,
         name=(customer.name if customer else "") or (latest.customer_name if latest else ""),
-        owner=handovers(session, [customer_id]).get(customer_id, reported),
+        owner=current_owner(session, customer_id, reported),
         segment=(customer.segment if customer else "") or (latest.segment if latest else ""),
         region=customer.region if customer else "",
         episodes=episodes,
@@ -246,16 +269,7 @@ def customer_page(session: Session, customer_id: str, now: datetime) -> Customer
             )
         ),
         outcomes=latest_outcomes(session, [e.warning_id for e in episodes]),
-        snoozes=[
-            s
-            for s in session.scalars(
-                select(Snooze).where(
-                    Snooze.customer_id == customer_id,
-                    Snooze.lifted_at.is_(None),
-                    Snooze.until > now,
-                )
-            )
-        ],
+        snoozes=active_snoozes(session, customer_id, now),
     )
 
 
@@ -304,37 +318,29 @@ ACTED = ("contacted", "saved", "lost", "acted", "already_known", "not_reachable"
 
 
 def team(session: Session, user: User, live: LiveStates | None) -> Team:
-    rows = open_rows(session, user, live)
+    book = Book.read(session, user)
+    rows = open_rows(session, user, live, book=book)
     groups: dict[str, dict[str, Group]] = {"owner": {}, "segment": {}, "region": {}}
-    counted: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for r in rows:
         for dimension, name in (("owner", r.owner), ("segment", r.segment), ("region", r.region)):
             group = groups[dimension].setdefault(name or "-", Group(name or "-"))
             group.warnings += 1
             # a customer's value counts once per group, at its highest expected loss
-            if (group.name, r.episode.customer_id) not in counted[dimension]:
-                counted[dimension].add((group.name, r.episode.customer_id))
+            if r.episode.customer_id not in group.customers:
                 group.customers.add(r.episode.customer_id)
                 group.value_at_risk += r.customer_loss
 
-    allowed = owners_in_view(session, user)
-    customers = {
-        cid: owner for cid, owner in session.execute(select(Customer.customer_id, Customer.owner))
-    }
-    moved = handovers(session)
     outcomes = latest_outcomes(session)
-    acked = set(session.scalars(select(Action.warning_id).where(Action.kind == "acknowledged")))
     per_type: dict[str, TypeOutcomes] = {t: TypeOutcomes(t) for t in WARNING_TYPES}
     everything = select(
         Episode.warning_id, Episode.customer_id, Episode.owner, Episode.warning_type
     )
     for e in session.execute(everything):
-        owner = moved.get(e.customer_id) or customers.get(e.customer_id) or e.owner
-        if allowed is not None and owner not in allowed:
+        if not book.sees(book.owner(e.customer_id, e.owner)):
             continue
         t = per_type.setdefault(e.warning_type, TypeOutcomes(e.warning_type))
         t.warnings += 1
-        t.acknowledged += e.warning_id in acked
+        t.acknowledged += e.warning_id in book.acked
         verdict = outcomes.get(e.warning_id)
         t.acted_on += verdict in ACTED
         t.saved += verdict == "saved"
@@ -345,7 +351,3 @@ def team(session: Session, user: User, live: LiveStates | None) -> Team:
         return sorted(groups[dimension].values(), key=lambda g: -g.value_at_risk)
 
     return Team(ranked("owner"), ranked("segment"), ranked("region"), list(per_type.values()), rows)
-
-
-def severity_rank(severity: str) -> int:
-    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
