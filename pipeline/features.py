@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.events import (
+    EVENT_TOPICS,
     WARNING_TYPES,
     ComplaintOpened,
     ComplaintResolved,
@@ -74,12 +75,12 @@ MAX_WEEKLY_COUNT = 65_535
 
 #: Version of the stored record; bump it when :data:`STATE_DTYPE` changes and
 #: keep the old dtype in :data:`STATE_DTYPES` so old records migrate by name.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _EPISODES = len(WARNING_TYPES)
 EPISODE_INDEX: dict[str, int] = {warning_type: i for i, warning_type in enumerate(WARNING_TYPES)}
 
 #: The fixed-size part of a customer's state (format version 1).
-STATE_DTYPE = np.dtype(
+_FIELDS_V1 = np.dtype(
     [
         ("week_head", "<i4"),  # newest week in the rings, -1 before any activity
         ("order_counts", "<u2", (RING_WEEKS,)),
@@ -116,8 +117,22 @@ STATE_DTYPE = np.dtype(
         ("episode_severity", "<i1", (_EPISODES,)),  # index into SEVERITIES, -1: none open
     ]
 )
+#: Where the worker's stream stood when it last stored the customer, so that a
+#: record is self-sufficient after a crash whatever else of its batch reached the
+#: changelog: the partition's last sweep boundary, its event clock (every event
+#: read at or before it was applied) and, per input topic (EVENT_TOPICS order),
+#: the highest offset read. The batch path leaves them 0. Format version 2.
+STREAM_FIELDS = ("stream_sweep", "stream_clock", "stream_offsets")
+STATE_DTYPE = np.dtype(
+    [
+        *_FIELDS_V1.descr,
+        ("stream_sweep", "<f8"),
+        ("stream_clock", "<f8"),
+        ("stream_offsets", "<i8", (len(EVENT_TOPICS),)),
+    ]
+)
 #: Every stored format's fixed part, by version: decoding migrates by field name.
-STATE_DTYPES: dict[int, np.dtype[Any]] = {1: STATE_DTYPE}
+STATE_DTYPES: dict[int, np.dtype[Any]] = {1: _FIELDS_V1, 2: STATE_DTYPE}
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
 
 _RINGS = ("order_counts", "order_amounts", "inbound_contacts", "longest_gaps")
@@ -386,7 +401,7 @@ def _ring(name: str) -> property:
 
 
 for _field in STATE_DTYPE.names or ():
-    if _field.startswith(("episode_", "event_ids", "segment_code")) or hasattr(
+    if _field.startswith(("episode_", "event_ids", "segment_code", "stream_")) or hasattr(
         CustomerState, _field
     ):
         continue

@@ -108,9 +108,10 @@ def sweep(
     batch_size: int = 512,
     top_reasons: int = 3,
     observe: Callable[[Matrix, Matrix], None] | None = None,
+    skip: npt.NDArray[np.bool_] | None = None,
 ) -> list[tuple[CustomerState, list[WarningRecord]]]:
-    """Re-evaluate every customer of ``block`` at ``as_of``; returns only those whose
-    episodes changed, in the block's order.
+    """Re-evaluate every customer of ``block`` at ``as_of`` (but the rows where
+    ``skip`` is true); returns only those whose episodes changed, in the block's order.
 
     Features are read for all customers at once (per segment, whose
     thresholds they use); the rules decide in the same vectorised pass which
@@ -123,8 +124,13 @@ def sweep(
     if not len(block):
         return []
     data = block.used()
-    # (positions in an arange of the block's rows are the rows)
-    groups = list(by_segment(block, np.arange(len(block)), as_of, thresholds))
+    candidates = np.arange(len(block)) if skip is None else np.flatnonzero(~skip)
+    if not len(candidates):
+        return []
+    groups = [
+        (candidates[positions], t, columns)
+        for positions, t, columns in by_segment(block, candidates, as_of, thresholds)
+    ]
     matrices: list[Matrix] = []
     scores: list[Matrix] = []
     if model is not None:
@@ -213,6 +219,19 @@ class Watermark:
         partition with nothing new since does not hold the watermark back."""
         key = (topic, partition)
         self.offset[key] = max(self.offset.get(key, -1), next_offset - 1)
+
+    def describe(self, partition: int, highwater: Callable[[str, int], int | None]) -> str:
+        """Where each topic of the partition stands (for a log line when the clock waits)."""
+        parts = []
+        for topic in self.topics:
+            key = (topic, partition)
+            latest = self.latest.get(key)
+            seen = "nothing" if latest is None else f"{latest:.0f}"
+            parts.append(
+                f"{topic}[{partition}] read to {self.offset.get(key, -1)} of end "
+                f"{highwater(topic, partition)}, newest event time {seen}"
+            )
+        return "; ".join(parts)
 
     def advance(self, partition: int, highwater: Callable[[str, int], int | None]) -> float:
         """Recompute the partition's watermark.
@@ -344,6 +363,10 @@ class Sequencer(Generic[T]):
         """Everything still held (end of a batch run)."""
         return [Apply(item) for item in self.buffer.release(partition, math.inf)]
 
+    def holding(self) -> list[int]:
+        """The partitions with events waiting."""
+        return self.buffer.partitions()
+
     def clear(self) -> None:
         self.buffer.clear()
         self.last_sweep.clear()
@@ -375,6 +398,12 @@ class ReorderBuffer(Generic[T]):
         while heap and (heap[0][0] < before or (inclusive and heap[0][0] == before)):
             out.append(heapq.heappop(heap)[2])
         return out
+
+    def held(self, partition: int) -> int:
+        return len(self._heaps.get(partition, ()))
+
+    def partitions(self) -> list[int]:
+        return [partition for partition, heap in self._heaps.items() if heap]
 
     def clear(self) -> None:
         self._heaps.clear()

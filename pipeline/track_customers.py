@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 REVENUE = INPUT_FEATURES.index("revenue_52w")
 #: How often the feature-drift gauges are recomputed from the last sweeps' rows.
 DRIFT_EVERY_SECONDS = 10.0
+#: How long a partition's events may wait, unchanged, in a quiet stream before a
+#: warning says what the event clock waits for.
+WAITING_REPORT_SECONDS = 30.0
 
 #: An event waiting to be applied: decoded, and the message to ack after.
 Held = tuple[CustomerEvent, Message]
@@ -88,9 +91,11 @@ def register(p: Pipeline) -> None:
     event_clock = settings.clock.mode == "event"
     topic_names = {settings.topic(t): t for t in Topic}
     input_names = [settings.topic(t) for t in EVENT_TOPICS]
+    input_index = {name: i for i, name in enumerate(input_names)}
+    lateness = settings.clock.allowed_lateness_hours * 3600
     floor_topics = [*input_names, settings.topic(Topic.TICKS)]
     watermark = Watermark(input_names)
-    sequencer: Sequencer[Held] = Sequencer(every, settings.clock.allowed_lateness_hours * 3600)
+    sequencer: Sequencer[Held] = Sequencer(every, lateness)
     wall_last_sweep: dict[int, float] = {}
     models = ModelHolder(Path(settings.model.registry))
 
@@ -166,6 +171,12 @@ def register(p: Pipeline) -> None:
     acks = InOrderAcks()
     # The last sweep boundary each partition ran since the table was last written.
     swept: dict[int, float] = {}
+    # Each partition's event clock (watermark minus lateness: every event read at
+    # or before it has been applied), the highest offset read of each topic
+    # partition, and the newest message of each partition (to file its writes).
+    clocks: dict[int, float] = {}
+    read_to: dict[tuple[str, int], int] = {}
+    last_message: dict[int, Message] = {}
 
     def partition_block(partition: int) -> StateBlock:
         block = blocks.get(partition)
@@ -204,11 +215,45 @@ def register(p: Pipeline) -> None:
         wall_last_sweep.clear()
         watermark.reset()
         sequencer.clear()
+        waiting_since.clear()
+        clocks.clear()
+        read_to.clear()
+        last_message.clear()
 
     newest = [0.0]  # event time of the newest event applied
 
-    def apply(partition: int, decoded: CustomerEvent, late: bool = False) -> None:
+    def stored_already(block: StateBlock, decoded: CustomerEvent, message: Message) -> bool:
+        """Whether the customer's stored record holds this event already: it was
+        read (offset at or below the highest read when the record was stored)
+        and not waiting (at or before the clock then). After a crash a record
+        can be newer than its partition's read floors and commits."""
+        row = block.rows.get(decoded.customer_id)
+        topic = input_index.get(message.topic)
+        if row is None or topic is None:
+            return False
+        data = block.data
+        return bool(
+            decoded.epoch <= data["stream_clock"][row]
+            and message.offset <= data["stream_offsets"][row, topic]
+        )
+
+    def stamp(block: StateBlock, rows: set[int], partition: int) -> None:
+        """Record in each row where the stream stands (see ``stored_already``)."""
+        at = np.fromiter(rows, np.intp, len(rows))
+        data = block.data
+        data["stream_sweep"][at] = np.maximum(
+            data["stream_sweep"][at], sequencer.last_sweep.get(partition, 0.0)
+        )
+        clock = clocks.get(partition, 0.0) if event_clock else np.inf
+        data["stream_clock"][at] = np.maximum(data["stream_clock"][at], clock)
+        offsets = np.array([read_to.get((name, partition), -1) for name in input_names])
+        data["stream_offsets"][at] = np.maximum(data["stream_offsets"][at], offsets)
+
+    def apply(partition: int, decoded: CustomerEvent, message: Message, late: bool = False) -> None:
         block = partition_block(partition)
+        if stored_already(block, decoded, message):
+            metrics.EVENTS_DUPLICATE.inc()
+            return
         known = len(block)
         state = block.state(decoded.customer_id)
         if len(block) > known:
@@ -250,6 +295,8 @@ def register(p: Pipeline) -> None:
             settings.model.batch_size,
             settings.model.top_reasons,
             observe,
+            # customers stored after this sweep (a crash cut off the rest of their batch)
+            skip=block.used()["stream_sweep"] >= boundary,
         )
         rows = dirty.setdefault(partition, set())
         for state, records in changed:
@@ -288,7 +335,7 @@ def register(p: Pipeline) -> None:
                 continue
             decoded, held = step.item
             try:
-                apply(partition, decoded, late=step.late)
+                apply(partition, decoded, held, late=step.late)
             except Exception as exc:  # an agent must never die on one message
                 log.exception("could not apply %s", decoded.event_id)
                 await dead_letter(held, f"processing error: {exc!r}", "processing_error")
@@ -329,19 +376,18 @@ def register(p: Pipeline) -> None:
             sends.append((table, key, value, partition))
 
         for partition, message in last_of.items():
-            block = blocks.get(partition)
             rows = dirty.get(partition, set())
+            block = blocks.get(partition) if rows else None  # (rows mark a loaded block)
             with storing_for(p.app, message):  # keys filed under this partition
-                for row in rows:
-                    if block is None:
-                        break  # (rows are only marked in a loaded block)
-                    customer_id = block.customer_ids[row]
-                    put(
-                        p.states,
-                        customer_id,
-                        encode_state(CustomerState(block, row), partition),
-                        partition,
-                    )
+                if block is not None:
+                    stamp(block, rows, partition)
+                    for row in rows:
+                        put(
+                            p.states,
+                            block.customer_ids[row],
+                            encode_state(CustomerState(block, row), partition),
+                            partition,
+                        )
                 if partition in swept:
                     put(p.sweep_progress, str(partition), swept.pop(partition), partition)
             rows.clear()
@@ -364,21 +410,35 @@ def register(p: Pipeline) -> None:
         await asyncio.shield(task)
 
     async def publish(sends: list[tuple[Any, str, Any, int]], ackable: list[Message]) -> None:
-        for table, key, value, partition in sends:
-            # Straight to the producer: Faust's table buffer would hand over these
-            # changes one by one, and its flush gives up after 0.1 s.
-            await table.changelog_topic.send(
-                key=key,
-                value=value,
-                partition=partition,
-                key_serializer=table.key_serializer,
-                value_serializer=table.value_serializer,
-                callback=table._on_changelog_sent,  # records the offset the store holds
-                force=True,
-            )
+        """On the broker in this order, each step waiting for the one before: the
+        batch's warnings and dead letters, the customers' states, the partitions'
+        sweep progress and read floors; then the acks and the commit. Without
+        transactions a crash can cut this anywhere, so nothing lands ahead of
+        what it vouches for: a stored episode's warning was sent, and a sweep
+        progress or read floor never runs ahead of the states it covers (a state
+        ahead of them is recognised by its own ``stream_*`` fields)."""
+        producer = p.app.producer
+        await producer.flush()
+        for step in (
+            [send for send in sends if send[0] is p.states],
+            [send for send in sends if send[0] is not p.states],
+        ):
+            for table, key, value, partition in step:
+                # Straight to the producer: Faust's table buffer would hand over these
+                # changes one by one, and its flush gives up after 0.1 s.
+                await table.changelog_topic.send(
+                    key=key,
+                    value=value,
+                    partition=partition,
+                    key_serializer=table.key_serializer,
+                    value_serializer=table.value_serializer,
+                    callback=table._on_changelog_sent,  # records the offset the store holds
+                    force=True,
+                )
+            if step:
+                await producer.flush()
         if not ackable:
             return
-        await p.app.producer.flush()
         ack = p.app.consumer.ack
         for message in ackable:
             ack(message)
@@ -392,7 +452,58 @@ def register(p: Pipeline) -> None:
         """
         now = watermark.advance(partition, highwater)
         resume(partition)
-        await run(partition, sequencer.advance(partition, now), received_at)
+        steps = sequencer.advance(partition, now)
+        clocks[partition] = max(clocks.get(partition, 0.0), now - lateness)
+        await run(partition, steps, received_at)
+
+    async def advance_waiting(last_of: dict[int, Message], received_at: float) -> None:
+        """Advance the partitions with events waiting that the batch did not touch:
+        a topic partition's end may have become known since (the last fetch of a
+        taken-over partition can come before its other topics' ends are)."""
+        for partition in sequencer.holding():
+            if partition not in last_of and partition in started and partition in last_message:
+                await advance(partition, received_at)
+                last_of[partition] = last_message[partition]
+
+    # Since when each partition's waiting events have not moved (for the log).
+    waiting_since: dict[int, tuple[int, float]] = {}
+
+    async def idle() -> None:
+        """A fetch found nothing new: events may still wait for a clock that can move."""
+        if not event_clock:
+            return
+        async with busy:
+            ends.clear()
+            last_of: dict[int, Message] = {}
+            await advance_waiting(last_of, time.time())
+            if last_of:
+                await store(last_of)
+            report_waiting()
+
+    def report_waiting() -> None:
+        """Say so when a partition's events wait with no input coming: the clock
+        waits for a topic partition that is not being read."""
+        now = time.monotonic()
+        for partition in list(waiting_since):
+            if partition not in sequencer.holding():
+                del waiting_since[partition]
+        for partition in sequencer.holding():
+            count = sequencer.buffer.held(partition)
+            held, since = waiting_since.get(partition, (-1, now))
+            if held != count:
+                waiting_since[partition] = (count, now)
+            elif now - since >= WAITING_REPORT_SECONDS:
+                waiting_since[partition] = (count, now)
+                log.warning(
+                    "partition %s: %s events waiting for %.0f s with no input coming; "
+                    "last sweep %s, clock %s; %s",
+                    partition,
+                    count,
+                    now - since,
+                    sequencer.last_sweep.get(partition),
+                    clocks.get(partition),
+                    watermark.describe(partition, highwater),
+                )
 
     # Partitions whose reading start is known (read floors loaded; in event-clock
     # mode also told to the watermark).
@@ -430,10 +541,19 @@ def register(p: Pipeline) -> None:
             await start_reading(new)
         consumed: Counter[str] = Counter()
         last_of: dict[int, Message] = {}
+        read_here: set[tuple[str, int]] = set()
         for message in batch:
-            acks.received(message)
             partition = message.partition
-            last_of[partition] = message
+            key = (message.topic, partition)
+            if message.offset <= read_to.get(key, -1):
+                # Delivered again without a rebalance (Faust seeks back to the
+                # committed offsets when a table recovery ends): the first copy
+                # is in hand, held or finished.
+                continue
+            read_to[key] = message.offset
+            read_here.add(key)
+            acks.received(message)
+            last_of[partition] = last_message[partition] = message
             logical = topic_names.get(message.topic)
             consumed[logical.value if logical else "unknown"] += 1
             if message.timestamp:  # the producer's or broker's time (Faust gives seconds)
@@ -471,7 +591,7 @@ def register(p: Pipeline) -> None:
                 acks.finished(message)
                 continue
             if not event_clock:
-                apply(partition, decoded)
+                apply(partition, decoded, message)
                 acks.finished(message)
                 continue
             event_ts = decoded.epoch
@@ -480,15 +600,17 @@ def register(p: Pipeline) -> None:
             late = sequencer.offer(partition, event_ts, (decoded, message))
             await run(partition, late, received_at)
             await advance(partition, received_at)
+        if event_clock:
+            await advance_waiting(last_of, received_at)
         await store(last_of)
 
         for topic, count in consumed.items():
             metrics.EVENTS_CONSUMED.labels(topic).inc(count)
-        for partition, message in last_of.items():
-            end = highwater(message.topic, partition)
+        for topic, partition in read_here:
+            end = highwater(topic, partition)
             if end is not None:
-                metrics.CONSUMER_LAG.labels(message.topic, str(partition)).set(
-                    max(0, end - message.offset - 1)
+                metrics.CONSUMER_LAG.labels(topic, str(partition)).set(
+                    max(0, end - read_to[(topic, partition)] - 1)
                 )
         if newest[0]:
             metrics.PROCESSING_LAG.set(max(0.0, time.time() - newest[0]))
@@ -505,4 +627,4 @@ def register(p: Pipeline) -> None:
         async with busy:
             await process(batch)
 
-    on_batches(p.app, p.inputs, handle)
+    on_batches(p.app, p.inputs, handle, idle)

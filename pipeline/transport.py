@@ -103,7 +103,11 @@ class _Consumer(driver.Consumer):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 records, active = await self._wait_next_records(1.0)
                 await self.sleep(0)
-                if not records or self.should_stop:
+                if self.should_stop:
+                    continue
+                if not records:
+                    if transport.idle_handler is not None and self.flow_active:
+                        await self.wait_first(transport.idle_handler(), self.suspend_flow.wait())
                     continue
                 if not self.flow_active:
                     # A rebalance began during the fetch: what was fetched is
@@ -136,8 +140,11 @@ class _Consumer(driver.Consumer):
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     last[tp] = offset
-                if batch and self.app.consumer_generation_id == generation:
-                    await self.wait_first(handler(batch), self.suspend_flow.wait())
+                if self.app.consumer_generation_id == generation:
+                    if batch:
+                        await self.wait_first(handler(batch), self.suspend_flow.wait())
+                    elif transport.idle_handler is not None:  # only other topics' messages
+                        await self.wait_first(transport.idle_handler(), self.suspend_flow.wait())
                 # Unless a rebalance sought back meanwhile: then the messages
                 # not acked are read again from there.
                 read_offset.update(
@@ -164,9 +171,15 @@ class Transport(driver.Transport):
     Consumer = _Consumer
     batch_topics: frozenset[str] = frozenset()
     batch_handler: BatchHandler | None = None
+    idle_handler: Callable[[], Awaitable[None]] | None = None
 
 
-def on_batches(app: faust.App, topic: TopicT, handler: BatchHandler) -> None:
+def on_batches(
+    app: faust.App,
+    topic: TopicT,
+    handler: BatchHandler,
+    idle: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Subscribe ``app`` to ``topic`` and give ``handler`` its messages a fetch at a time.
 
     The handler gets the messages of one fetch (at most ``broker_max_poll_records``),
@@ -174,12 +187,15 @@ def on_batches(app: faust.App, topic: TopicT, handler: BatchHandler) -> None:
     (``app.consumer.ack``) once its effects are stored; unacked messages are
     read again after a restart or a rebalance. While it runs, the next fetch
     waits. A rebalance cancels it; the messages it had are delivered again.
+    ``idle()``, if given, is called instead after a fetch that found none of
+    them (about once a second while the input is quiet), in the same way.
     """
     transport = app.transport
     if not isinstance(transport, Transport):
         raise TypeError(f"batch delivery needs pipeline.transport.Transport, not {transport!r}")
     transport.batch_topics = frozenset(topic.topics)
     transport.batch_handler = handler
+    transport.idle_handler = idle
     app.topics.add(topic)
 
 

@@ -39,6 +39,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CHURNWATCH_WORKER__METRICS_PORT": str(settings.worker.metrics_port),
         "CHURNWATCH_CLOCK__MODE": settings.clock.mode,
         "CHURNWATCH_CLOCK__WALL_TICK_SECONDS": str(settings.clock.wall_tick_seconds),
+        "CHURNWATCH_CLOCK__ALLOWED_LATENESS_HOURS": str(settings.clock.allowed_lateness_hours),
         "CHURNWATCH_MODEL__REGISTRY": settings.model.registry,
         "CHURNWATCH_MODEL__RELOAD_SECONDS": str(settings.model.reload_seconds),
     }

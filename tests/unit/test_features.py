@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import zlib
 from datetime import timedelta
 
 from pipeline.features import (
@@ -127,14 +128,42 @@ def test_an_older_stored_format_is_migrated_by_field_name(event_factory, monkeyp
     layout = [(n, *(old.fields[n][0].subdtype or (old.fields[n][0],))) for n in old.names]
     reordered = [("loyalty_points", "<f8"), *reversed(layout)]  # a new field, a new order
     newer = np.dtype(reordered)
+    version = features.FORMAT_VERSION + 1
     monkeypatch.setattr(features, "STATE_DTYPE", newer)
-    monkeypatch.setattr(features, "FORMAT_VERSION", 2)
-    monkeypatch.setattr(features, "STATE_DTYPES", {1: old, 2: newer})
+    monkeypatch.setattr(features, "FORMAT_VERSION", version)
+    monkeypatch.setattr(features, "STATE_DTYPES", {**features.STATE_DTYPES, version: newer})
     block = StateBlock()
     restored, _ = decode_state(stored, block)
     assert block.data.dtype == newer
     assert restored.orders_total == 1 and restored.last_order_at == state.last_order_at
     assert block.data["loyalty_points"][restored.row] == 0.0
+
+
+def test_a_version_1_state_reads_with_no_stream_position(event_factory):
+    """Records stored before format 2 say nothing of where the stream stood: a
+    restarted worker applies every event it reads for them (their ids still
+    catch repeats)."""
+    import numpy as np
+
+    from pipeline import features
+
+    state = feed(new_state("C1"), [event_factory("order", amount=120.0)])
+    v1 = features.STATE_DTYPES[1]
+    record = np.zeros(1, v1)
+    for name in v1.names:
+        record[name] = state.block.data[name][state.row]
+    stored = encode_state(state)
+    payload = zlib.decompress(stored[5:])
+    old = (
+        stored[:2]
+        + bytes([1])
+        + stored[3:5]
+        + zlib.compress(record.tobytes() + payload[features.STATE_DTYPE.itemsize :])
+    )
+    restored, _ = decode_state(old, StateBlock())
+    assert restored.orders_total == 1 and restored.last_order_at == state.last_order_at
+    for name in features.STREAM_FIELDS:
+        assert not restored.block.data[name][restored.row].any()
 
 
 def test_a_state_from_a_newer_release_is_refused_with_a_clear_error(event_factory):
