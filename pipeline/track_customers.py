@@ -197,9 +197,15 @@ def register(p: Pipeline) -> None:
         # After a rebalance Faust re-seeks to the committed offsets, so events
         # still held in the buffer (never acked) are delivered again.
         async with busy:
-            if publishing:  # a store cut off by the rebalance: let it finish first
+            if publishing:  # the last store's sends: let them finish first
                 await asyncio.gather(*publishing, return_exceptions=True)
             forget()
+
+    @p.app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust stub too narrow
+    async def finish_publishing(_app: Any, **kwargs: Any) -> None:
+        # A stop: the last batch's sends, acks and commit go out before the producer closes.
+        if publishing:
+            await asyncio.gather(*publishing, return_exceptions=True)
 
     def forget() -> None:
         blocks.clear()
@@ -355,8 +361,8 @@ def register(p: Pipeline) -> None:
 
     async def store(last_of: dict[int, Message]) -> None:
         """Write every changed customer once, the sweeps that changed them and how far
-        each input partition is applied; then wait until the broker has them (and the
-        warnings), ack and commit the messages they cover.
+        each input partition is applied; then send them (after the warnings), ack and
+        commit the messages they cover, in a task the next store waits for.
 
         The local writes happen in one step with no pause in between, so a stop or
         a rebalance (which cancel the batch at its next pause) never leaves some
@@ -364,6 +370,10 @@ def register(p: Pipeline) -> None:
         sends, flush and commit that follow are shielded from the cancel. With
         the read floors stored beside the states, a restart skips the messages
         whose effects were stored even when their commit was lost."""
+        if publishing:
+            # The previous batch's sends still on their way (they overlap this
+            # batch's work): this batch's local writes and sends come after them.
+            await asyncio.shield(asyncio.gather(*publishing))
         if p.app.rebalancing:
             # The partitions may be another worker's by now: store nothing, ack
             # nothing; the revoke that follows forgets this batch and the next
@@ -404,10 +414,16 @@ def register(p: Pipeline) -> None:
                 )
         if not sends and not ackable:
             return
+        # Not awaited here: the next fetch is taken and worked on while these go
+        # out (the next store waits for them first, a revoke and a stop too).
         task = asyncio.ensure_future(publish(sends, ackable))
         publishing.add(task)
-        task.add_done_callback(publishing.discard)
-        await asyncio.shield(task)
+        task.add_done_callback(sent)
+
+    def sent(task: asyncio.Future[None]) -> None:
+        publishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not send a batch's changes: %r", task.exception())
 
     async def publish(sends: list[tuple[Any, str, Any, int]], ackable: list[Message]) -> None:
         """On the broker in this order, each step waiting for the one before: the
@@ -542,6 +558,7 @@ def register(p: Pipeline) -> None:
         consumed: Counter[str] = Counter()
         last_of: dict[int, Message] = {}
         read_here: set[tuple[str, int]] = set()
+        moved: dict[int, None] = {}  # partitions whose watermark may move, in order
         for message in batch:
             partition = message.partition
             key = (message.topic, partition)
@@ -599,6 +616,15 @@ def register(p: Pipeline) -> None:
             resume(partition)
             late = sequencer.offer(partition, event_ts, (decoded, message))
             await run(partition, late, received_at)
+            if sequencer.last_sweep.get(partition, 0.0) > 0:
+                moved.setdefault(partition)
+            else:  # the first sweep: at the first boundary the clock passes, as in a batch run
+                await advance(partition, received_at)
+        # Each partition's clock once the whole fetch is in hand: the watermark is
+        # the same as after its last message, and the sweeps it lets run see
+        # every event of the fetch before their boundary (due_sweeps gives every
+        # boundary since the last sweep).
+        for partition in moved:
             await advance(partition, received_at)
         if event_clock:
             await advance_waiting(last_of, received_at)
