@@ -162,26 +162,7 @@ def worker(ctx: click.Context) -> None:
     # (aiokafka logs each message it sends: 2-3% of a worker's time in a profile).
     runner.spinner = None
     fewer_gc_passes()
-    try:
-        runner.execute_from_commandline()
-    except SystemExit:
-        _explain_crash(pipeline.app.crash_reason, settings)
-        raise
-
-
-def _explain_crash(reason: BaseException | None, settings: Settings) -> None:
-    """After Faust's traceback, what an operator can do about a crash we know."""
-    from faust.exceptions import ConsistencyError
-
-    if isinstance(reason, ConsistencyError):
-        click.echo(
-            f"churnwatch worker: the local store ({settings.worker.data_dir}) holds state "
-            "the broker's changelog topics do not have: the broker lost its data (the "
-            "embedded broker keeps nothing across a restart) or the topics were deleted. "
-            f"Restore the topics, or delete {settings.worker.data_dir} and replay the "
-            "history (churnwatch replay) to start again from empty state.",
-            err=True,
-        )
+    runner.execute_from_commandline()
 
 
 @cli.command()

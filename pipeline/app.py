@@ -18,6 +18,7 @@ from faust.types import TableT, TopicT
 
 from churnwatch.settings import Settings
 from pipeline.events import EVENT_TOPICS, Topic
+from pipeline.recovery import TableManager
 from pipeline.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ def faust_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         web_enabled=False,
         autodiscover=False,
+        # A partition whose local store is ahead of its changelog is rebuilt
+        # from the changelog instead of refusing to start (pipeline.recovery).
+        TableManager=TableManager,
     )
     app.transport = Transport(app.conf.broker_consumer, app)
     return app

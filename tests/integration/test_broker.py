@@ -69,17 +69,20 @@ def test_end_offsets_count_every_record_of_a_batch(broker, tmp_path):
     assert end_offsets(settings, tps) == {tps[0]: 25, tps[1]: 0}
 
 
-def test_a_worker_whose_broker_lost_its_data_exits_saying_so(tmp_path):
+def test_a_worker_whose_broker_lost_its_data_rebuilds_from_the_changelog(tmp_path):
     """The embedded broker keeps nothing across a restart: a worker that finds its
-    changelog gone while its local store has state exits (never hangs) and says
-    what to do; with a broker of its own, so the session's broker stays up."""
+    changelog behind its local store says so, drops the local copy, rebuilds from
+    the changelog (empty here) and goes on with what comes next, instead of
+    refusing to start; with a broker of its own, so the session's broker stays up."""
     import time
 
     from churnwatch.broker import start_child, stop_child
+    from churnwatch.topics import ensure_topics
     from producers.produce import produce
     from producers.simulator import iter_paced, parse_start, simulate
     from tests.integration.conftest import (
         isolated_settings,
+        samples,
         settings_env,
         wait_processed,
     )
@@ -98,11 +101,23 @@ def test_a_worker_whose_broker_lost_its_data_exits_saying_so(tmp_path):
         broker.stop()
         broker = EmbeddedBroker("127.0.0.1", port, startup_timeout=30).start()  # empty
         deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
+        while "rebuilding the partition from the changelog" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, (
+                "the worker died: " + log.read_text(errors="replace")[-3000:]
+            )
+            assert time.monotonic() < deadline, (
+                "no rebuild: " + log.read_text(errors="replace")[-3000:]
+            )
             time.sleep(0.5)
-        assert proc.poll() not in (None, 0), "the worker should have exited with an error"
-        text = log.read_text(errors="replace")
-        assert "the broker lost its data" in text and str(tmp_path / "worker") in text
+
+        # It goes on: the same history sent again is applied to the rebuilt (empty) state.
+        ensure_topics(settings)
+        assert produce(settings, iter_paced(events, 0)).failed == 0
+        wait_processed(settings, 2 * len(events), proc, timeout=120)
+        tracked = sum(
+            v for _, v in samples(settings.worker.metrics_port, "churnwatch_customers_tracked")
+        )
+        assert tracked == 30
     finally:
         if proc is not None:
             stop_child(proc)
