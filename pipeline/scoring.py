@@ -165,6 +165,14 @@ class CompiledBoosters:
             return None
         return compiled
 
+    def split_thresholds(self) -> list[Matrix]:
+        """Each input's distinct split thresholds over all trees, sorted: between two
+        of them the input does not change any tree's path."""
+        nodes = np.arange(len(self._feature))
+        split = self._children[2 * nodes] != nodes  # (a leaf is its own child)
+        inputs = self._feature % self._width
+        return [np.unique(self._threshold[split & (inputs == j)]) for j in range(self._width)]
+
     def probabilities(self, rows: Matrix) -> Matrix:
         rows = np.asarray(rows, dtype=np.float64)
         n, width = rows.shape

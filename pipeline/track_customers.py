@@ -26,11 +26,12 @@ the topics interleave; a held event is acked only once applied and stored.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from faust.exceptions import ConsumerNotStarted
@@ -81,6 +82,12 @@ Held = tuple[CustomerEvent, Message]
 def read_floor_key(topic: str, partition: int) -> str:
     """The key in the ``sweep_progress`` table of a topic partition's read floor."""
     return f"read:{topic}:{partition}"
+
+
+def unsent_key(partition: int) -> str:
+    """The local-only key (never on the changelog) in the ``sweep_progress`` table of
+    the customers of a partition whose changes were being sent when last stored."""
+    return f"unsent:{partition}"
 
 
 def register(p: Pipeline) -> None:
@@ -385,6 +392,8 @@ def register(p: Pipeline) -> None:
             table.data[key] = value
             sends.append((table, key, value, partition))
 
+        local: Any = p.sweep_progress.data
+
         for partition, message in last_of.items():
             rows = dirty.get(partition, set())
             block = blocks.get(partition) if rows else None  # (rows mark a loaded block)
@@ -398,9 +407,21 @@ def register(p: Pipeline) -> None:
                             encode_state(CustomerState(block, row), partition),
                             partition,
                         )
+                    # Local only: a kill -9 before these reach the changelog leaves
+                    # them in the local store alone, so a restart sends them again.
+                    local[unsent_key(partition)] = json.dumps(
+                        [block.customer_ids[row] for row in rows]
+                    )
                 if partition in swept:
                     put(p.sweep_progress, str(partition), swept.pop(partition), partition)
             rows.clear()
+        for partition in resend_floors & set(last_of):
+            resend_floors.discard(partition)
+            with storing_for(p.app, last_of[partition]):
+                for name in floor_topics:
+                    if (name, partition) in floors:
+                        key = read_floor_key(name, partition)
+                        put(p.sweep_progress, key, float(floors[(name, partition)]), partition)
         ackable = acks.ackable()
         # the newest acked message of each topic partition (ackable is in offset order)
         last_acked = {message.tp: message for message in ackable}
@@ -528,6 +549,26 @@ def register(p: Pipeline) -> None:
     # the last one), as stored beside the states: a message below it is skipped.
     floors: dict[tuple[str, int], int] = {}
 
+    # Partitions whose read floors are sent again with the next store (see below).
+    resend_floors: set[int] = set()
+
+    def resend_unsent(partition: int) -> None:
+        """The customers whose changes were on their way to the changelog when the
+        worker last stored them (a kill -9 can cut that off; a stop or a rebalance
+        waits for it): their states, the partition's sweep progress and read floors
+        go to the changelog again with the next store, so it holds everything the
+        local store does. Identical records sent twice change nothing."""
+        unsent = cast(Any, p.sweep_progress.data).get(unsent_key(partition))
+        if not unsent:
+            return
+        block = partition_block(partition)
+        rows = dirty.setdefault(partition, set())
+        rows.update(block.rows[c] for c in json.loads(unsent) if c in block.rows)
+        progress = p.sweep_progress.get(str(partition))
+        if progress:
+            swept[partition] = max(swept.get(partition, 0.0), progress)
+        resend_floors.add(partition)
+
     async def start_reading(partitions: set[int]) -> None:
         """Load the read floors of these partitions and tell the watermark where
         reading starts: the committed offsets, or the read floor where that is
@@ -538,6 +579,7 @@ def register(p: Pipeline) -> None:
                 floor = p.sweep_progress.get(read_floor_key(name, partition))
                 if floor:
                     floors[(name, partition)] = int(floor)
+            resend_unsent(partition)
         if event_clock:
             tps = [TopicPartition(name, part) for name in input_names for part in partitions]
             starts = await asyncio.to_thread(committed_offsets, settings, p.app.conf.id, tps)

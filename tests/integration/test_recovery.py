@@ -60,10 +60,12 @@ def kill_at(settings: Settings, proc, count: int) -> None:
     proc.wait(timeout=10)
 
 
-def test_a_worker_killed_mid_history_comes_back_with_the_same_warnings(broker, worker, tmp_path):
-    """With the default RocksDB store. (memory://, which rebuilds the state from the
-    changelog on every start, still fails this now and then: see docs/performance.md.)"""
-    store = "rocksdb://"
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_a_worker_killed_mid_history_comes_back_with_the_same_warnings(
+    broker, worker, tmp_path, store
+):
+    """With the default RocksDB store, and with memory:// (the state rebuilt from
+    the changelog on every start)."""
     settings = isolated_settings(broker, tmp_path / "worker", store=store)
     events, _ = simulate(200, 11, parse_start("2024-10-07"), 400, 3, 0)
     assert produce(settings, iter_paced(events, 0)).failed == 0
