@@ -204,13 +204,16 @@ def register(p: Pipeline) -> None:
         # After a rebalance Faust re-seeks to the committed offsets, so events
         # still held in the buffer (never acked) are delivered again.
         async with busy:
-            if publishing:  # the last store's sends: let them finish first
-                await asyncio.gather(*publishing, return_exceptions=True)
+            await sends_done()  # the last store's sends: let them finish first
             forget()
 
     @p.app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust stub too narrow
     async def finish_publishing(_app: Any, **kwargs: Any) -> None:
         # A stop: the last batch's sends, acks and commit go out before the producer closes.
+        await sends_done()
+
+    async def sends_done() -> None:
+        """Until the stores' sends on their way are done (their errors are logged)."""
         if publishing:
             await asyncio.gather(*publishing, return_exceptions=True)
 
@@ -484,8 +487,10 @@ def register(p: Pipeline) -> None:
     async def advance(partition: int, received_at: float) -> None:
         """Move the partition's clock to its watermark: release events, run due sweeps.
 
-        After every message, as a batch run does after every event: the first
-        sweep of a worker starting on old data is the boundary just passed.
+        Once per fetch (every boundary since the last sweep is due then), but
+        after every message until the partition's first sweep, as a batch run
+        does after every event: the first sweep of a worker starting on old data
+        is the boundary just passed.
         """
         now = watermark.advance(partition, highwater)
         resume(partition)
