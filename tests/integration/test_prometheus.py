@@ -22,11 +22,12 @@ from churnwatch.settings import PROJECT_ROOT
 from consumers.alerts.inbox import LocalInbox
 from models.registry import promote
 from models.train import train
-from pipeline.events import decode_event
+from pipeline.events import Topic, decode_event
 from producers.produce import produce
 from producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (
     isolated_settings,
+    read_topic,
     samples,
     settings_env,
     wait_for,
@@ -44,6 +45,35 @@ def api(port: int, path: str, **params: str) -> dict:
         url += "?" + urllib.parse.urlencode(params)
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
         return json.loads(response.read())
+
+
+def why_no_notification(settings, dispatcher, alerts_port: int, alerts_log) -> str:
+    """What each part of the path from the worker to the inbox did (a failure's message)."""
+
+    def figures(port: int, name: str) -> object:
+        try:
+            return {tuple(sorted(labels.items())): value for labels, value in samples(port, name)}
+        except OSError as exc:
+            return f"no answer ({exc})"
+
+    emitted = figures(settings.worker.metrics_port, "churnwatch_warnings_total")
+    if isinstance(emitted, dict):
+        emitted = sum(emitted.values())
+    return "\n".join(
+        [
+            "no notification reached the inbox within 60 s",
+            f"dispatcher exit code: {dispatcher.poll()}",
+            f"warnings on the topic: {len(read_topic(settings, Topic.WARNINGS))}",
+            f"worker warnings_total: {emitted}",
+            "dispatcher notifications_total: "
+            f"{figures(alerts_port, 'churnwatch_notifications_total')}",
+            "dispatcher notifications_failed_total: "
+            f"{figures(alerts_port, 'churnwatch_notifications_failed_total')}",
+            f"dispatcher outbox_depth: {figures(alerts_port, 'churnwatch_outbox_depth')}",
+            "dispatcher log (tail):",
+            alerts_log.read_text(errors="replace")[-3000:],
+        ]
+    )
 
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus missing (`make test` installs it)")
@@ -77,7 +107,12 @@ def test_every_dashboard_query_returns_data_from_a_running_pipeline(broker, work
         events, _ = simulate(60, 5, parse_start("2024-10-07"), 540, 3, 2)
         produce(settings, iter_paced(events, 0))
         wait_processed(settings, len(events), proc)
-        wait_for(lambda: len(inbox.received()) > 0, "a notification", timeout=60)
+        try:
+            wait_for(lambda: len(inbox.received()) > 0, "a notification", timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(
+                why_no_notification(settings, dispatcher, alerts_port, tmp_path / "alerts.log")
+            ) from exc
         # Each process exports what it owns (and its process figures), nothing else.
         own = {
             settings.worker.metrics_port: "churnwatch_customers_tracked",
