@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
+from itertools import chain, compress
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ from pipeline.events import (
     PaymentReceived,
     Severity,
 )
+from pipeline.kernels import window_max, window_sums
 
 DAY = 86_400
 WEEK = 7 * DAY
@@ -791,8 +793,7 @@ FeatureColumns = dict[str, Any]
 
 
 class _Weeks:
-    """Which slots of a ring hold which of the weeks ending with ``now_week``, for
-    every customer at once (worked out once per ring size, shared by its rings)."""
+    """Which slots of a ring hold which of the weeks ending with ``now_week``."""
 
     def __init__(self, head: npt.NDArray[Any], now_week: int, size: int) -> None:
         weeks = np.arange(now_week - size + 1, now_week + 1)
@@ -803,14 +804,6 @@ class _Weeks:
         """Each customer's ring laid out as the weeks ending with ``now_week``, oldest
         first; weeks the ring does not hold (yet, or any more) read as zero."""
         return np.where(self.held, ring[:, self.slots], 0)
-
-    def windows(self, ring: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-        """Cumulative sums of a count ring's :meth:`layout`, with a leading zero
-        column: the count of weeks ``[a, b)`` is ``c[:, b] - c[:, a]`` (exact)."""
-        view = self.layout(ring).astype(np.int64)
-        out = np.zeros((len(view), ring.shape[1] + 1), np.int64)
-        np.cumsum(view, axis=1, out=out[:, 1:])
-        return out
 
 
 def weekly_history(
@@ -825,15 +818,6 @@ def weekly_history(
         weeks.layout(state.order_counts[None, :])[0].astype(np.int64),
         weeks.layout(state.order_amounts[None, :])[0].astype(np.float64),
     )
-
-
-def _in_order(view: npt.NDArray[np.float64], start: int, end: int) -> npt.NDArray[np.float64]:
-    """The amounts of weeks ``[start, end)`` of a :meth:`_Weeks.layout`, added oldest
-    first as a loop would (float sums depend on the order)."""
-    total = np.zeros(len(view))
-    for week in range(start, end):
-        total += view[:, week]
-    return total
 
 
 def _when(condition: Any, value: Any) -> Any:
@@ -869,62 +853,69 @@ def _read_many(
     high_value_revenue: float,
 ) -> FeatureColumns:
     now_week = week_of(now)
-    d = block.data[rows]
-    head = d["week_head"]
+    col = block.col
     n = len(rows)
     last = RING_WEEKS
     short = SHORT_RING_WEEKS
-    first_seen = d["first_seen_at"]
+    first_seen = col["first_seen_at"][rows]
     seen = first_seen != 0
     history_weeks = np.where(seen, (now - first_seen) / WEEK, 0.0)
 
-    weeks = _Weeks(head, now_week, RING_WEEKS)
-    short_weeks = _Weeks(head, now_week, SHORT_RING_WEEKS)
-    counts = weeks.windows(d["order_counts"])
-    amounts = weeks.layout(d["order_amounts"])
-    inbound = weeks.windows(d["inbound_contacts"])
-    complaints = short_weeks.windows(d["complaint_counts"])
-    returns = short_weeks.layout(d["return_amounts"])
-    outbound = short_weeks.windows(d["outbound_contacts"])
-
-    def total(c: npt.NDArray[np.int64], start: int, end: int) -> npt.NDArray[np.int64]:
-        return c[:, end] - c[:, start]
-
+    # Every window of every ring, laid out as the weeks ending with now_week
+    # (positions 0 .. size - 1, oldest first), summed in one compiled pass.
     r0, b0 = last - recent_weeks, last - recent_weeks - baseline_weeks
-    amount_recent = _in_order(amounts, r0, last)
-    amount_baseline = _in_order(amounts, b0, r0) / baseline_weeks
-
     # Last year's level around the same weeks (a week either side, scaled to
     # the recent window) smooths out the odd early or late order.
     ly_weeks = recent_weeks + 2 * SEASON_MARGIN_WEEKS
     ly_end = last - 52 + SEASON_MARGIN_WEEKS
+    head = col["week_head"]
+
+    def sums(ring: str, *windows: tuple[int, int]) -> list[npt.NDArray[np.float64]]:
+        starts = np.array([a for a, _ in windows], np.intp)
+        ends = np.array([b for _, b in windows], np.intp)
+        out = window_sums(col[ring], head, rows, now_week, starts, ends)
+        return list(out.T)
+
+    orders_recent, orders_baseline, orders_4w, orders_13w = sums(
+        "order_counts", (r0, last), (b0, r0), (last - 4, last), (last - 13, last)
+    )
+    amount_recent, amount_baseline_total, amount_ly, amount_13w, revenue_52w = sums(
+        "order_amounts",
+        (r0, last),
+        (b0, r0),
+        (ly_end - ly_weeks, ly_end),
+        (last - 13, last),
+        (last - 52, last),
+    )
+    inbound_recent, inbound_baseline = sums("inbound_contacts", (r0, last), (b0, r0))
+    complaints_4w, complaints_13w = sums(
+        "complaint_counts", (short - 4, short), (short - 13, short)
+    )
+    (returns_13w,) = sums("return_amounts", (short - 13, short))
+    (outbound_recent,) = sums("outbound_contacts", (short - recent_weeks, short))
+    amount_baseline = amount_baseline_total / baseline_weeks
+
     ly_first_week = now_week - 52 + SEASON_MARGIN_WEEKS - ly_weeks + 1
     last_year_covered = seen & ((first_seen // WEEK) <= ly_first_week)
-    same_weeks_last_year = _when(
-        last_year_covered, _in_order(amounts, ly_end - ly_weeks, ly_end) * recent_weeks / ly_weeks
-    )
+    same_weeks_last_year = _when(last_year_covered, amount_ly * recent_weeks / ly_weeks)
 
-    last_order = d["last_order_at"]
+    last_order = col["last_order_at"][rows]
     days_since_last_order = _when(last_order != 0, (now - last_order) / DAY)
-    gap = d["mean_order_gap_days"]
-    orders_total = d["orders_total"]
-    amount_13w = _in_order(amounts, last - 13, last)
-    revenue_52w = _in_order(amounts, last - 52, last)
-    returns_13w = _in_order(returns, short - 13, short)
-    complaints_4w = total(complaints, short - 4, short).astype(float)
-    inbound_recent = total(inbound, r0, last).astype(float)
-    outbound_recent = total(outbound, short - recent_weeks, short).astype(float)
-    regularity = _when((gap > 0) & (orders_total >= 4), np.sqrt(d["order_gap_var"]) / gap)
+    gap = col["mean_order_gap_days"][rows]
+    orders_total = col["orders_total"][rows]
+    regularity = _when((gap > 0) & (orders_total >= 4), np.sqrt(col["order_gap_var"][rows]) / gap)
     tenure_days = np.where(seen, (now - first_seen) / DAY, 0.0)
     loyal = (tenure_days >= 365) & (regularity <= 1.0)
-    settled = d["invoices_settled"]
-    last_inbound = d["last_inbound_at"]
-    last_contact = d["last_contact_at"]
+    settled = col["invoices_settled"][rows]
+    last_inbound = col["last_inbound_at"][rows]
+    last_contact = col["last_contact_at"][rows]
+    days_late_recent = col["days_late_recent"][rows]
+    days_late_usual = col["days_late_usual"][rows]
     interactions = inbound_recent + outbound_recent
 
     payments = _payment_features(block, rows, now)
     open_balance = payments["open_balance"]
-    credit_limit = d["credit_limit"]
+    credit_limit = col["credit_limit"][rows]
     high_value = revenue_52w >= high_value_revenue
     quadrant = np.array([QUADRANTS[(True, True)]] * n, dtype=object)
     quadrant[high_value & ~loyal] = QUADRANTS[(True, False)]
@@ -933,40 +924,39 @@ def _read_many(
     columns: FeatureColumns = {
         "as_of": np.full(n, now),
         "history_weeks": history_weeks,
-        "orders_recent": total(counts, r0, last).astype(float),
+        "orders_recent": orders_recent,
         "amount_recent": amount_recent,
-        "orders_baseline_per_week": total(counts, b0, r0) / baseline_weeks,
+        "orders_baseline_per_week": orders_baseline / baseline_weeks,
         "amount_baseline_per_week": amount_baseline,
         "amount_same_weeks_last_year": same_weeks_last_year,
-        "orders_4w": total(counts, last - 4, last).astype(float),
-        "orders_13w": total(counts, last - 13, last).astype(float),
+        "orders_4w": orders_4w,
+        "orders_13w": orders_13w,
         "amount_13w": amount_13w,
         "orders_total": orders_total.astype(np.int64),
         "days_since_last_order": days_since_last_order,
         "mean_order_gap_days": gap,
         "silence_vs_usual_gap": _when(gap > 0, days_since_last_order / gap),
-        "longest_gap_past_year_days": (
-            weeks.layout(d["longest_gaps"])[:, last - PAST_YEAR_WEEKS :].max(axis=1)
+        "longest_gap_past_year_days": window_max(
+            col["longest_gaps"], head, rows, now_week, last - PAST_YEAR_WEEKS
         ),
         "amount_trend": _when(
             amount_baseline > 0, amount_recent / (amount_baseline * recent_weeks) - 1
         ),
         **payments,
-        "share_paid_late": _when(settled > 0, d["invoices_paid_late"] / settled),
-        "days_late_recent": d["days_late_recent"],
-        "days_late_usual": d["days_late_usual"],
-        "payment_delays_growing": (settled >= 4)
-        & (d["days_late_recent"] > d["days_late_usual"] + 5),
+        "share_paid_late": _when(settled > 0, col["invoices_paid_late"][rows] / settled),
+        "days_late_recent": days_late_recent,
+        "days_late_usual": days_late_usual,
+        "payment_delays_growing": (settled >= 4) & (days_late_recent > days_late_usual + 5),
         "credit_used": _when(credit_limit > 0, open_balance / credit_limit),
         "complaints_4w": complaints_4w,
-        "complaints_13w": total(complaints, short - 13, short).astype(float),
+        "complaints_13w": complaints_13w,
         "complaints_usual_4w": (
-            4 * (d["complaints_total"] - complaints_4w) / np.maximum(history_weeks - 4, 4)
+            4 * (col["complaints_total"][rows] - complaints_4w) / np.maximum(history_weeks - 4, 4)
         ),
         "returns_13w": returns_13w,
         "returns_share_13w": _when(amount_13w > 0, returns_13w / amount_13w),
         "inbound_recent": inbound_recent,
-        "inbound_baseline_per_week": total(inbound, b0, r0) / baseline_weeks,
+        "inbound_baseline_per_week": inbound_baseline / baseline_weeks,
         "days_since_last_inbound": _when(last_inbound != 0, (now - last_inbound) / DAY),
         "days_since_last_contact": _when(last_contact != 0, (now - last_contact) / DAY),
         "outbound_recent": outbound_recent,
@@ -1035,15 +1025,12 @@ def _flat(
 ) -> tuple[npt.NDArray[np.int64], list[list[Any]]]:
     """The entries of the customers ``position`` picks, each customer's in list
     order (the order a loop over them would add in), and each one's position."""
-    where_of = position.tolist()
-    owners: list[int] = []
-    entries: list[list[Any]] = []
-    for row, listed in table.items():
-        where = where_of[row]
-        if where >= 0:
-            owners += [where] * len(listed)
-            entries += listed
-    return np.array(owners, dtype=np.int64), entries
+    count = len(table)
+    where = position[np.fromiter(table, dtype=np.int64, count=count)]
+    lengths = np.fromiter(map(len, table.values()), dtype=np.int64, count=count)
+    picked = where >= 0
+    entries = list(chain.from_iterable(compress(table.values(), picked.tolist())))
+    return np.repeat(where[picked], lengths[picked]), entries
 
 
 def _column(entries: list[list[Any]], index: int) -> npt.NDArray[np.float64]:

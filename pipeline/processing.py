@@ -62,27 +62,28 @@ def by_segment(
     check all read features through this, so a segment override means the same
     everywhere."""
     codes = block.used()["segment_code"][rows]
-    # Segments with the same windows share one read (it costs per call, not per row).
-    readings: dict[tuple[int, int, float], list[tuple[int, WarningThresholds]]] = {}
+    # Segments with the same windows share one read, and segments with the same
+    # thresholds one group: reads and rules cost per call, not per row.
+    readings: dict[tuple[int, int, float], list[tuple[WarningThresholds, list[int]]]] = {}
     for code in np.unique(codes).tolist():
         t = thresholds.for_segment(block.segment_names[code])
-        readings.setdefault((t.recent_weeks, t.baseline_weeks, t.high_value_revenue), []).append(
-            (code, t)
-        )
-    for (recent, baseline, high_value), segments in readings.items():
-        if len(segments) == 1:
-            code, t = segments[0]
-            positions = np.flatnonzero(codes == code)
-            yield (
-                positions,
-                t,
-                read_many(block, rows[positions], as_of, recent, baseline, high_value),
-            )
-            continue
-        shared = np.flatnonzero(np.isin(codes, [code for code, _ in segments]))
+        groups = readings.setdefault((t.recent_weeks, t.baseline_weeks, t.high_value_revenue), [])
+        same = next((codes_of for known, codes_of in groups if known is t or known == t), None)
+        if same is None:
+            groups.append((t, [code]))
+        else:
+            same.append(code)
+    for (recent, baseline, high_value), groups in readings.items():
+        if len(readings) == 1:
+            shared = np.arange(len(rows))
+        else:
+            shared = np.flatnonzero(np.isin(codes, [c for _, of in groups for c in of]))
         columns = read_many(block, rows[shared], as_of, recent, baseline, high_value)
-        for code, t in segments:
-            picked = np.flatnonzero(codes[shared] == code)
+        if len(groups) == 1:
+            yield shared, groups[0][0], columns
+            continue
+        for t, codes_of in groups:
+            picked = np.flatnonzero(np.isin(codes[shared], codes_of))
             yield shared[picked], t, {name: values[picked] for name, values in columns.items()}
 
 

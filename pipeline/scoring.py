@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from models.registry import CARD_FILE, MODEL_FILE, RegistryError, promoted_version
 from pipeline.features import QUADRANTS, FeatureColumns, Features
+from pipeline.kernels import LARGEST, tree_sums
 from pipeline.texts import FEATURE_LABELS, Language, text
 
 log = logging.getLogger(__name__)
@@ -80,27 +81,22 @@ def _calibration(calibrator: Any) -> Callable[[Matrix], Matrix]:
     return calibrate
 
 
-#: The largest finite float: where present values end in a compiled tree.
-_LARGEST = float(np.finfo(np.float64).max)
-
-
 class CompiledBoosters:
     """The calibrated boosters of a churnwatch model, scored with a few numpy operations.
 
     scikit-learn walks each of the 3 x 60 trees in its own call, which costs
     far more than the arithmetic for a partition's few hundred customers in
-    every sweep. Here every tree of a booster is walked for every row at once,
-    level by level, and the leaf values are added in scikit-learn's order, so
-    the probabilities are the same numbers. :meth:`compile` checks that on
+    every sweep. Here one compiled loop (:func:`pipeline.kernels.tree_sums`)
+    walks every tree for every row and adds the leaf values in scikit-learn's
+    order, so the probabilities are the same numbers. :meth:`compile` checks that on
     probe rows and gives None when it cannot promise it (another model shape,
     another scikit-learn): the model then scores through scikit-learn.
     """
 
     def __init__(self, boosters: list[tuple[Any, Any]]) -> None:
-        # Every tree of every booster in one node array, walked together. A
-        # node's children sit at 2 * node (left) and 2 * node + 1 (right) of
-        # ``children``; a leaf is its own child, so a walk as deep as the
-        # deepest tree ends every row of every tree on its leaf.
+        # Every tree of every booster in one node array. A node's children sit
+        # at 2 * node (left) and 2 * node + 1 (right) of ``children``; a leaf is
+        # its own child (so a walk may also go as deep as the deepest tree).
         nodes = [tree.nodes for booster, _ in boosters for (tree,) in booster._predictors]  # noqa: SLF001
         sizes = [len(n) for n in nodes]
         offsets = np.cumsum([0, *sizes[:-1]])
@@ -124,19 +120,20 @@ class CompiledBoosters:
         feature = np.where(leaf, 0, flat["feature_idx"]).astype(np.intp)
         self._feature = feature + np.where(missing_right, self._width, 0)
         threshold = np.where(leaf, 0.0, flat["num_threshold"]).astype(np.float64)
-        self._threshold = np.where(threshold == np.inf, _LARGEST, threshold)
+        self._threshold = np.where(threshold == np.inf, LARGEST, threshold)
         if not np.isfinite(self._threshold).all():
             raise ValueError("a split on a threshold of -inf or NaN")
         self._value = flat["value"].astype(np.float64)
         self._depth = int(flat["depth"].max())
-        self._boosters = []  # (first tree, end of its trees, baseline, calibrate)
-        first = 0
-        for booster, calibrator in boosters:
-            count = len(booster._predictors)  # noqa: SLF001
-            # (a 1 x 1 array for a binary booster)
-            baseline = float(np.ravel(booster._baseline_prediction)[0])  # noqa: SLF001
-            self._boosters.append((first, first + count, baseline, _calibration(calibrator)))
-            first += count
+        # Booster b's trees are firsts[b] to ends[b]; its raw score starts at its
+        # baseline (a 1 x 1 array for a binary booster).
+        counts = [len(booster._predictors) for booster, _ in boosters]  # noqa: SLF001
+        self._ends = np.cumsum(counts).astype(np.intp)
+        self._firsts = (self._ends - np.array(counts)).astype(np.intp)
+        self._baselines = np.array(
+            [float(np.ravel(booster._baseline_prediction)[0]) for booster, _ in boosters]  # noqa: SLF001
+        )
+        self._calibrate = [_calibration(calibrator) for _, calibrator in boosters]
 
     @classmethod
     def compile(cls, estimator: Any, probes: Matrix) -> CompiledBoosters | None:
@@ -174,32 +171,29 @@ class CompiledBoosters:
         return [np.unique(self._threshold[split & (inputs == j)]) for j in range(self._width)]
 
     def probabilities(self, rows: Matrix) -> Matrix:
-        rows = np.asarray(rows, dtype=np.float64)
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
         n, width = rows.shape
         if width != self._width:
             raise ValueError(f"rows have {width} inputs; the model takes {self._width}")
-        values = np.hstack(
-            [
-                np.nan_to_num(rows, nan=-np.inf, posinf=_LARGEST, neginf=-_LARGEST),
-                np.nan_to_num(rows, nan=np.inf, posinf=_LARGEST, neginf=-_LARGEST),
-            ]
-        ).ravel()
-        base = (np.arange(n) * 2 * width)[:, np.newaxis]
-        feature = self._feature
-        node = np.broadcast_to(self._roots, (n, len(self._roots))).copy()
-        for _ in range(self._depth):
-            go_right = values[base + feature[node]] > self._threshold[node]
-            node = self._children[2 * node + go_right]
-        leaves = self._value[node]
+        raws = tree_sums(
+            rows,
+            self._feature,
+            self._threshold,
+            self._children,
+            self._depth,
+            self._value,
+            self._roots,
+            self._firsts,
+            self._ends,
+            self._baselines,
+        )
         mean = np.zeros(n)
-        for first, end, baseline, calibrate in self._boosters:
-            # The baseline, then each tree's value in turn, as scikit-learn adds them.
-            start = np.full((n, 1), baseline)
-            raw = np.cumsum(np.hstack([start, leaves[:, first:end]]), axis=1)[:, -1]
+        for b, calibrate in enumerate(self._calibrate):
+            raw = raws[:, b]
             calibrated = np.asarray(calibrate(raw), dtype=np.float64)
             calibrated[(1.0 < calibrated) & (calibrated <= 1.0 + 1e-5)] = 1.0  # as sklearn
             mean += calibrated
-        mean /= len(self._boosters)
+        mean /= len(self._calibrate)
         return mean
 
 
