@@ -12,7 +12,9 @@ topics:
 - ``churnwatch worker`` (model serving on unless ``--no-model``) draining the
   same history, from its first processed batch to its last, with its RSS and
   the bytes of state it stores per customer (the changelog's last record per
-  customer, and the store folder);
+  customer, and the store folder), and the cores it and the broker kept busy
+  (CPU time over the drain's wall time: on a machine with few cores, whether
+  a second worker can add anything);
 - with ``--workers 2``, two workers in one consumer group;
 - then the last ``--live-days`` of the history produced live at
   ``--live-rate`` events/s, for the event-to-warning latency (from the
@@ -54,6 +56,9 @@ from producers.produce import produce
 from producers.simulator import SimEvent, iter_paced, parse_start, simulate
 
 POLL_SECONDS = 0.5
+#: How often a drain reads the workers' event counters: a drain's end is known
+#: to within this (0.5 s put about 8% on a 12 s drain).
+DRAIN_POLL_SECONDS = 0.1
 
 
 @dataclass
@@ -76,6 +81,10 @@ class Run:
     latency_p50_seconds: float | None = None
     latency_p99_seconds: float | None = None
     live_events: int = 0
+    #: CPU time over the drain's wall time: how many of the machine's cores the
+    #: workers (together) and the broker kept busy while draining.
+    worker_cores: float | None = None
+    broker_cores: float | None = None
 
 
 @dataclass
@@ -113,6 +122,27 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process has used so far (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # after the command: state is field 3, utime 14 and stime 15 (man 5 proc)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cores(pids: list[int], before: list[float | None], seconds: float) -> float | None:
+    after = [cpu_seconds(pid) for pid in pids]
+    used = 0.0
+    for start, end in zip(before, after, strict=True):
+        if start is None or end is None:
+            return None
+        used += end - start
+    return round(used / seconds, 2) if seconds >= 1 else None  # shorter: ticks, not figures
 
 
 def _metrics(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -324,7 +354,16 @@ def run_bench(
                     floor = result.faust_floor_events_per_second
                     say(f"do-nothing Faust agent: {floor:,.0f} events/s")
             run = _drain(
-                run_settings, n, len(history), live, live_rate, registry, store, workdir, say
+                run_settings,
+                n,
+                len(history),
+                live,
+                live_rate,
+                registry,
+                store,
+                workdir,
+                say,
+                broker.proc.pid if broker.proc else None,
             )
             run.ratio_to_bare_loop = run.events_per_second / result.bare_loop_events_per_second
             if result.faust_floor_events_per_second:
@@ -412,6 +451,7 @@ def _drain(
     store: str,
     workdir: Path,
     say: Callable[[str], None],
+    broker_pid: int | None = None,
 ) -> Run:
     procs = []
     ports = []
@@ -440,6 +480,8 @@ def _drain(
             data_dirs.append(data_dir)
         idle_rss = 0.0
         first_at = first_count = None
+        worker_cpu: list[float | None] = [None] * workers
+        broker_cpu: list[float | None] = [None]
         processed = 0.0
         deadline = time.monotonic() + 3600
         while processed < total:
@@ -456,11 +498,15 @@ def _drain(
                 idle_rss = sum(rss_mb(proc.pid) for proc in procs)
             elif first_at is None:
                 first_at, first_count = now, processed
-            time.sleep(POLL_SECONDS)
+                worker_cpu = [cpu_seconds(proc.pid) for proc in procs]
+                broker_cpu = [cpu_seconds(broker_pid)] if broker_pid else [None]
+            time.sleep(DRAIN_POLL_SECONDS)
         done_at = time.monotonic()
         if first_at is None or first_count is None:  # drained between two polls
-            first_at, first_count = done_at - POLL_SECONDS, 0.0
-        seconds = max(done_at - first_at, POLL_SECONDS)
+            first_at, first_count = done_at - DRAIN_POLL_SECONDS, 0.0
+        seconds = max(done_at - first_at, DRAIN_POLL_SECONDS)
+        worker_cores = _cores([proc.pid for proc in procs], worker_cpu, done_at - first_at)
+        broker_cores = _cores([broker_pid], broker_cpu, done_at - first_at) if broker_pid else None
         rate = (total - first_count) / seconds if total > first_count else total / seconds
         end_rss = sum(rss_mb(proc.pid) for proc in procs)
         customers, state_bytes = _changelog_bytes(
@@ -504,6 +550,8 @@ def _drain(
             latency_p50_seconds=_quantile(merged_before, merged_after, 0.5),
             latency_p99_seconds=_quantile(merged_before, merged_after, 0.99),
             live_events=len(live),
+            worker_cores=worker_cores,
+            broker_cores=broker_cores,
         )
     finally:
         for proc in procs:
@@ -530,6 +578,13 @@ def _ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _cores_used(run: Run) -> str:
+    if run.worker_cores is None:
+        return "n/a"
+    broker = "?" if run.broker_cores is None else f"{run.broker_cores:.2f}"
+    return f"{run.worker_cores:.2f}+{broker}"
+
+
 def format_result(result: BenchResult) -> str:
     """The figures as a plain-text table."""
     lines = [
@@ -551,7 +606,7 @@ def format_result(result: BenchResult) -> str:
         f"{'workers':>7} {'events/s':>9} {'x bare':>7} {'x Faust':>7} "
         f"{'p50 lat':>8} {'p99 lat':>8} "
         f"{'RSS MB':>7} {'RSS B/cust':>10} {'state B/cust':>12} {'store B/cust':>12} "
-        f"{'warnings':>8}",
+        f"{'warnings':>8} {'cores w+b':>9}",
     ]
     for run in result.runs:
 
@@ -564,7 +619,7 @@ def format_result(result: BenchResult) -> str:
             f"{fmt(run.latency_p50_seconds):>8} {fmt(run.latency_p99_seconds):>8} "
             f"{run.rss_mb_end:>7.0f} {run.rss_bytes_per_customer:>10,.0f} "
             f"{run.state_bytes_per_customer:>12,.0f} {run.store_dir_bytes_per_customer:>12,.0f} "
-            f"{run.warnings:>8}"
+            f"{run.warnings:>8} {_cores_used(run):>9}"
         )
     if len(result.runs) > 1:
         one, many = result.runs[0], result.runs[-1]

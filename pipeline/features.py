@@ -462,7 +462,7 @@ def _seen_before(state: CustomerState, event_id: str) -> bool:
     digest = zlib.crc32(event_id.encode("utf-8"))
     count = int(col["event_ids_count"][row])
     ids = col["event_ids"][row]
-    if digest in ids[: min(count, RECENT_EVENT_IDS)].tolist():
+    if digest in (ids.tolist() if count >= RECENT_EVENT_IDS else ids[:count].tolist()):
         return True
     ids[count % RECENT_EVENT_IDS] = digest
     col["event_ids_count"][row] = count + 1

@@ -247,10 +247,10 @@ def register(p: Pipeline) -> None:
         topic = input_index.get(message.topic)
         if row is None or topic is None:
             return False
-        data = block.data
+        col = block.col
         return bool(
-            decoded.epoch <= data["stream_clock"][row]
-            and message.offset <= data["stream_offsets"][row, topic]
+            decoded.epoch <= col["stream_clock"][row]
+            and message.offset <= col["stream_offsets"][row, topic]
         )
 
     def stamp(block: StateBlock, rows: set[int], partition: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_bench_measures_the_worker_against_the_bare_loop(tmp_path):
     out = tmp_path / "bench.json"
-    args = ["--customers", "40", "--days", "200", "--no-model", "--store", "memory://"]
+    args = ["--customers", "150", "--days", "300", "--no-model", "--store", "memory://"]
     args += ["--live-days", "20", "--live-rate", "500", "--json", str(out)]
     done = subprocess.run(
         [sys.executable, "-m", "churnwatch.cli", "bench", *args],
@@ -25,7 +26,7 @@ def test_bench_measures_the_worker_against_the_bare_loop(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "bare loop" in done.stdout and "events/s" in done.stdout
     figures = json.loads(out.read_text())
-    assert figures["customers"] == 40 and figures["model"] == "none"
+    assert figures["customers"] == 150 and figures["model"] == "none"
     assert figures["bare_loop_events_per_second"] > 0
     # Faust's own cost per message, measured on the same topics: between the two
     floor = figures["faust_floor_events_per_second"]
@@ -41,3 +42,7 @@ def test_bench_measures_the_worker_against_the_bare_loop(tmp_path):
     # every customer's state reached the changelog, in the compact format
     assert 0 < run["state_bytes_per_customer"] <= 2048
     assert run["warnings"] > 0 and run["live_events"] > 0
+    # the worker and the broker were busy while it drained, on this machine's cores
+    cores = os.cpu_count() or 1
+    assert 0 < run["worker_cores"] <= cores + 0.2 and 0 < run["broker_cores"] <= cores + 0.2
+    assert "cores w+b" in done.stdout
