@@ -47,6 +47,9 @@ def api(port: int, path: str, **params: str) -> dict:
         return json.loads(response.read())
 
 
+NOTIFICATION_SECONDS = 120  # a busy CI machine: the whole path, worker to inbox
+
+
 def why_no_notification(settings, dispatcher, alerts_port: int, alerts_log) -> str:
     """What each part of the path from the worker to the inbox did (a failure's message)."""
 
@@ -61,7 +64,7 @@ def why_no_notification(settings, dispatcher, alerts_port: int, alerts_log) -> s
         emitted = sum(emitted.values())
     return "\n".join(
         [
-            "no notification reached the inbox within 60 s",
+            f"no notification reached the inbox within {NOTIFICATION_SECONDS} s",
             f"dispatcher exit code: {dispatcher.poll()}",
             f"warnings on the topic: {len(read_topic(settings, Topic.WARNINGS))}",
             f"worker warnings_total: {emitted}",
@@ -108,7 +111,9 @@ def test_every_dashboard_query_returns_data_from_a_running_pipeline(broker, work
         produce(settings, iter_paced(events, 0))
         wait_processed(settings, len(events), proc)
         try:
-            wait_for(lambda: len(inbox.received()) > 0, "a notification", timeout=60)
+            wait_for(
+                lambda: len(inbox.received()) > 0, "a notification", timeout=NOTIFICATION_SECONDS
+            )
         except AssertionError as exc:
             raise AssertionError(
                 why_no_notification(settings, dispatcher, alerts_port, tmp_path / "alerts.log")
