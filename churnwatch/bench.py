@@ -14,7 +14,8 @@ topics:
   the bytes of state it stores per customer (the changelog's last record per
   customer, and the store folder), and the cores it and the broker kept busy
   (CPU time over the drain's wall time: on a machine with few cores, whether
-  a second worker can add anything);
+  a second worker can add anything), and the most events it held at once for
+  the watermark (``waiting``: the reorder buffer's peak, about 2 KB an event);
 - with ``--workers 2``, two workers in one consumer group;
 - then the last ``--live-days`` of the history produced live at
   ``--live-rate`` events/s, for the event-to-warning latency (from the
@@ -85,6 +86,9 @@ class Run:
     #: workers (together) and the broker kept busy while draining.
     worker_cores: float | None = None
     broker_cores: float | None = None
+    #: The most events the workers held (together) for the watermark at one poll
+    #: of the drain: what the reorder buffer took of their memory at its peak.
+    waiting_max: int = 0
 
 
 @dataclass
@@ -483,6 +487,7 @@ def _drain(
         worker_cpu: list[float | None] = [None] * workers
         broker_cpu: list[float | None] = [None]
         processed = 0.0
+        waiting_max = 0
         deadline = time.monotonic() + 3600
         while processed < total:
             if time.monotonic() > deadline:
@@ -490,8 +495,10 @@ def _drain(
             for proc in procs:
                 if proc.poll() is not None:
                     raise RuntimeError(f"a worker exited with {proc.returncode}")
-            processed = sum(
-                _sum(_metrics(port), "churnwatch_events_consumed_total") for port in ports
+            figures = [_metrics(port) for port in ports]
+            processed = sum(_sum(m, "churnwatch_events_consumed_total") for m in figures)
+            waiting_max = max(
+                waiting_max, int(sum(_sum(m, "churnwatch_events_waiting") for m in figures))
             )
             now = time.monotonic()
             if processed == 0:
@@ -552,6 +559,7 @@ def _drain(
             live_events=len(live),
             worker_cores=worker_cores,
             broker_cores=broker_cores,
+            waiting_max=waiting_max,
         )
     finally:
         for proc in procs:
@@ -606,7 +614,7 @@ def format_result(result: BenchResult) -> str:
         f"{'workers':>7} {'events/s':>9} {'x bare':>7} {'x Faust':>7} "
         f"{'p50 lat':>8} {'p99 lat':>8} "
         f"{'RSS MB':>7} {'RSS B/cust':>10} {'state B/cust':>12} {'store B/cust':>12} "
-        f"{'warnings':>8} {'cores w+b':>9}",
+        f"{'warnings':>8} {'cores w+b':>9} {'waiting':>7}",
     ]
     for run in result.runs:
 
@@ -619,7 +627,7 @@ def format_result(result: BenchResult) -> str:
             f"{fmt(run.latency_p50_seconds):>8} {fmt(run.latency_p99_seconds):>8} "
             f"{run.rss_mb_end:>7.0f} {run.rss_bytes_per_customer:>10,.0f} "
             f"{run.state_bytes_per_customer:>12,.0f} {run.store_dir_bytes_per_customer:>12,.0f} "
-            f"{run.warnings:>8} {_cores_used(run):>9}"
+            f"{run.warnings:>8} {_cores_used(run):>9} {run.waiting_max:>7,}"
         )
     if len(result.runs) > 1:
         one, many = result.runs[0], result.runs[-1]

@@ -77,6 +77,7 @@ class WorkerSettings(_Section):
     broker_heartbeat_interval: float = Field(1.0, gt=0)
     standby_replicas: int = Field(0, ge=0)
     batch_size: int = Field(8000, ge=1, le=100_000)
+    max_waiting_events: int = Field(4000, ge=100)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"

@@ -259,6 +259,55 @@ class Watermark:
         return self.value.get(partition, 0.0)
 
 
+class ReadAhead:
+    """Which topic partitions to stop fetching, so the events waiting stay few.
+
+    Events wait in the reorder buffer while one topic is read ahead of the
+    others in event time (a small topic can be read to its end in one fetch);
+    on a long history that held half of it at once. Once more than ``limit``
+    events of a partition wait, its topics that are ahead of the watermark
+    are paused, each until the watermark has caught up with the newest event
+    read from it. The topic the watermark waits for is never paused (its
+    newest event is the watermark), so the clock always moves, and at most
+    ``limit`` events plus one fetch wait per partition. Nothing is dropped or
+    read twice: a paused topic partition is fetched on from where it stopped.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.paused: set[tuple[str, int]] = set()
+
+    def update(
+        self, partition: int, waiting: int, watermark: Watermark
+    ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """The topic partitions of ``partition`` to pause now, and those to resume."""
+        # Until every topic has given an event the watermark is not known, and
+        # the topics that have are all ahead of it.
+        now = watermark.value.get(partition, -math.inf)
+        # A paused topic is read again once the clock has caught up with it (its
+        # events have all been released then).
+        resume = [
+            key
+            for key in self.paused
+            if key[1] == partition and watermark.latest.get(key, now) <= now
+        ]
+        pause = []
+        if waiting > self.limit:
+            pause = [
+                (topic, partition)
+                for topic in watermark.topics
+                if watermark.latest.get((topic, partition), -math.inf) > now
+                and (topic, partition) not in self.paused
+            ]
+        self.paused.difference_update(resume)
+        self.paused.update(pause)
+        return pause, sorted(resume)
+
+    def clear(self) -> None:
+        """Forget the pauses (a rebalance: the consumer forgets them too)."""
+        self.paused.clear()
+
+
 def run_history(
     events: Iterable[CustomerEvent],
     thresholds: WarningThresholds,

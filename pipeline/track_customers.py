@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,7 +63,15 @@ from pipeline.features import (
     stored_partition,
     to_epoch,
 )
-from pipeline.processing import Apply, Sequencer, Sweep, Watermark, due_sweeps, sweep
+from pipeline.processing import (
+    Apply,
+    ReadAhead,
+    Sequencer,
+    Sweep,
+    Watermark,
+    due_sweeps,
+    sweep,
+)
 from pipeline.scoring import INPUT_FEATURES, ModelHolder
 from pipeline.transport import InOrderAcks, on_batches, storing_for
 
@@ -103,6 +112,7 @@ def register(p: Pipeline) -> None:
     floor_topics = [*input_names, settings.topic(Topic.TICKS)]
     watermark = Watermark(input_names)
     sequencer: Sequencer[Held] = Sequencer(every, lateness)
+    read_ahead = ReadAhead(settings.worker.max_waiting_events)
     wall_last_sweep: dict[int, float] = {}
     models = ModelHolder(Path(settings.model.registry))
 
@@ -231,6 +241,7 @@ def register(p: Pipeline) -> None:
         wall_last_sweep.clear()
         watermark.reset()
         sequencer.clear()
+        read_ahead.clear()
         waiting_since.clear()
         clocks.clear()
         read_to.clear()
@@ -518,6 +529,7 @@ def register(p: Pipeline) -> None:
             ends.clear()
             last_of: dict[int, Message] = {}
             await advance_waiting(last_of, time.time())
+            pace({partition for _, partition in read_ahead.paused})
             if last_of:
                 await store(last_of)
             report_waiting()
@@ -546,6 +558,20 @@ def register(p: Pipeline) -> None:
                     clocks.get(partition),
                     watermark.describe(partition, highwater),
                 )
+
+    def pace(partitions: Iterable[int]) -> None:
+        """Pause the topics read ahead of a partition's watermark while many of its
+        events wait, and resume them once few do (see ReadAhead)."""
+        pause: list[TP] = []
+        restart: list[TP] = []
+        for partition in partitions:
+            stop, go = read_ahead.update(partition, sequencer.buffer.held(partition), watermark)
+            pause.extend(TP(topic, part) for topic, part in stop)
+            restart.extend(TP(topic, part) for topic, part in go)
+        if pause:
+            p.app.consumer.pause_partitions(pause)
+        if restart:
+            p.app.consumer.resume_partitions(restart)
 
     # Partitions whose reading start is known (read floors loaded; in event-clock
     # mode also told to the watermark).
@@ -675,6 +701,7 @@ def register(p: Pipeline) -> None:
             await advance(partition, received_at)
         if event_clock:
             await advance_waiting(last_of, received_at)
+            pace({partition for _, partition in read_ahead.paused} | set(last_of))
         await store(last_of)
 
         for topic, count in consumed.items():

@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.processing import Apply, ReorderBuffer, Sequencer, Sweep, Watermark, due_sweeps
+from pipeline.processing import (
+    Apply,
+    ReadAhead,
+    ReorderBuffer,
+    Sequencer,
+    Sweep,
+    Watermark,
+    due_sweeps,
+)
 
 DAY = 86_400.0
 
@@ -157,3 +165,81 @@ def test_a_sweep_looks_closely_at_exactly_the_customers_whose_episodes_change(se
             boundary += 7 * DAY
         apply_event(block.state(event.customer_id), event)
     assert checked > 70 and records > 100
+
+
+def _consume(topics: dict[str, list[float]], fetch: int, limit: int | None):
+    """Read one partition's topics a fetch at a time as the worker does (every topic
+    not paused gives up to ``fetch`` messages), with or without pausing: the
+    steps applied and the most events that waited at once."""
+    wm = Watermark(list(topics))
+    sequencer: Sequencer[tuple[str, int]] = Sequencer(DAY)
+    pacing = ReadAhead(limit) if limit else None
+    ends = {name: len(times) for name, times in topics.items()}
+    read = dict.fromkeys(topics, 0)
+    steps: list = []
+    most = 0
+    for _ in range(100_000):  # a pause that stops every topic would never end
+        if all(read[name] == ends[name] for name in topics):
+            break
+        paused = {name for name, _ in pacing.paused} if pacing else set()
+        for name, times in topics.items():
+            if name in paused:
+                continue
+            for offset in range(read[name], min(read[name] + fetch, ends[name])):
+                wm.observe(name, 0, offset, times[offset])
+                steps += sequencer.offer(0, times[offset], (name, offset))
+            read[name] = min(read[name] + fetch, ends[name])
+        most = max(most, sequencer.buffer.held(0))
+        steps += sequencer.advance(0, wm.advance(0, lambda t, p: ends[t]))
+        if pacing:
+            pacing.update(0, sequencer.buffer.held(0), wm)
+    else:
+        raise AssertionError("reading stopped: every topic paused")
+    return steps + sequencer.drain(0), most
+
+
+def test_topics_read_ahead_are_paused_so_few_events_wait_and_the_steps_stay_the_same():
+    # A dense topic (an order every hour) and a sparse one (a complaint a day) over
+    # a year: unpaced, the sparse topic is read to its end long before the dense
+    # one and nearly all of it waits.
+    topics = {
+        "orders": [3600.0 * i for i in range(24 * 365)],
+        "complaints": [DAY * i + 1800.0 for i in range(365)],
+    }
+    unpaced, most_unpaced = _consume(topics, fetch=50, limit=None)
+    paced, most_paced = _consume(topics, fetch=50, limit=100)
+    assert most_unpaced > 300
+    assert most_paced <= 100 + 2 * 50  # the limit, plus what one fetch can bring
+    assert paced == unpaced  # the same events applied and sweeps run, in the same order
+    assert sum(isinstance(step, Apply) for step in paced) == 24 * 365 + 365
+
+
+def test_a_paused_topic_the_watermark_comes_to_wait_for_is_resumed():
+    # Orders end after half a year; then the clock waits for whichever paused
+    # topic is behind, which must be read again whatever else waits.
+    topics = {
+        "orders": [3600.0 * i + 1 for i in range(24 * 180)],
+        "payments": [DAY * i + 7 for i in range(365)],
+        "contacts": [DAY / 4 * i + 13 for i in range(4 * 365)],  # (no two at one time)
+    }
+    unpaced, _ = _consume(topics, fetch=50, limit=None)
+    paced, most = _consume(topics, fetch=50, limit=100)
+    assert paced == unpaced and most <= 100 + 3 * 50
+
+
+def test_the_topic_the_watermark_waits_for_is_never_paused():
+    wm = Watermark(["orders", "complaints"])
+    pacing = ReadAhead(10)
+    ends = {"orders": 1000, "complaints": 100}
+    wm.observe("complaints", 0, 80, 900.0)  # read far ahead
+    wm.observe("orders", 0, 5, 100.0)  # the slowest: the watermark waits for it
+    wm.advance(0, lambda t, p: ends[t])
+    assert pacing.update(0, 5, wm) == ([], [])  # few wait: nothing paused
+    assert pacing.update(0, 50, wm) == ([("complaints", 0)], [])
+    wm.observe("orders", 0, 500, 899.0)
+    wm.advance(0, lambda t, p: ends[t])
+    assert pacing.update(0, 3, wm) == ([], [])  # paused until the clock catches up
+    wm.observe("orders", 0, 600, 950.0)
+    wm.advance(0, lambda t, p: ends[t])  # now the clock waits for complaints
+    assert pacing.update(0, 50, wm) == ([("orders", 0)], [("complaints", 0)])
+    assert pacing.paused == {("orders", 0)}
