@@ -52,10 +52,11 @@ browser:
 	    echo "chromedriver not found and not root: the browser test will be skipped"; \
 	  fi; }
 
-check: $(TEST_STAMP)  ## lint, format check, types
+check: $(TEST_STAMP)  ## lint, format check, types, the layers (no upward import, no cycle)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy churnwatch pipeline producers consumers models
+	$(BIN)/lint-imports
 
 docs: $(STAMP)  ## regenerate docs/events.md from the record declarations
 	$(BIN)/churnwatch docs events

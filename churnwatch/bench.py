@@ -48,11 +48,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from churnwatch.broker import EmbeddedBroker, free_port, start_child, stop_child
-from churnwatch.settings import Settings
-from churnwatch.topics import end_offsets, ensure_topics
+from churnwatch.core.broker import EmbeddedBroker, free_port, start_child, stop_child
+from churnwatch.core.settings import Settings
+from churnwatch.core.topics import EVENT_TOPICS, end_offsets, ensure_topics
 from pipeline.app import event_loop_factory, faust_app, input_topics, use_event_loop
-from pipeline.events import EVENT_TOPICS
 from producers.produce import produce
 from producers.simulator import SimEvent, iter_paced, parse_start, simulate
 
@@ -249,7 +248,7 @@ def _faust_floor_main(total: int, answer: Path) -> None:
     """The child of :func:`_faust_floor`: a Faust agent that decodes, acks, nothing else."""
     from faust import Worker
 
-    from churnwatch.settings import load_settings
+    from churnwatch.core.settings import load_settings
 
     settings = load_settings()
     use_event_loop(settings.worker.event_loop)

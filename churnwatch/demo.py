@@ -32,16 +32,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
-from churnwatch.broker import EmbeddedBroker, free_port, port_is_free, start_child, stop_child
-from churnwatch.settings import Settings
-from churnwatch.topics import end_offsets, ensure_topics
+from churnwatch.core.broker import EmbeddedBroker, free_port, port_is_free, start_child, stop_child
+from churnwatch.core.settings import Settings
+from churnwatch.core.topics import Topic, end_offsets, ensure_topics
 from consumers.alerts.inbox import LocalInbox
 from consumers.alerts.ledger import open_ledger
 from consumers.warnings_view import format_warning, tail_warnings
 from consumers.web.app import WebServer
 from consumers.web.users import add_user
 from models.train import TrainResult, beats_baselines
-from pipeline.events import Topic, WarningRecord, decode_event
+from pipeline.events import WarningRecord, decode_event
 from producers.produce import ProduceStats, produce
 from producers.simulator import (
     GroundTruth,
@@ -225,7 +225,7 @@ DEMO_MODEL_HISTORY_FACTOR = 2
 
 def train_demo_model(settings: Settings, customers: int, registry: Path) -> TrainResult:
     """Train and promote a churn model on a simulated past; deterministic."""
-    from models.registry import promote
+    from churnwatch.core.registry import promote
     from models.train import train
 
     sim = settings.simulator

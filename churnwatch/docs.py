@@ -10,32 +10,33 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from churnwatch.settings import PROJECT_ROOT
+from churnwatch.core.settings import PROJECT_ROOT
+from churnwatch.core.topics import Topic
 from pipeline import events as ev
 
 EVENTS_MD = PROJECT_ROOT / "docs" / "events.md"
 
-_TOPIC_RECORDS: list[tuple[ev.Topic, list[type[BaseModel]], str]] = [
-    (ev.Topic.ORDERS, [ev.OrderPlaced], "Orders placed."),
+_TOPIC_RECORDS: list[tuple[Topic, list[type[BaseModel]], str]] = [
+    (Topic.ORDERS, [ev.OrderPlaced], "Orders placed."),
     (
-        ev.Topic.PAYMENTS,
+        Topic.PAYMENTS,
         [ev.InvoiceIssued, ev.PaymentReceived, ev.CreditNote],
         "Invoices, payments and credit notes.",
     ),
     (
-        ev.Topic.COMPLAINTS,
+        Topic.COMPLAINTS,
         [ev.ComplaintOpened, ev.ComplaintResolved],
         "Complaints and returns.",
     ),
-    (ev.Topic.ENGAGEMENT, [ev.Contact], "Calls, e-mails, visits, meetings, logins, replies."),
+    (Topic.ENGAGEMENT, [ev.Contact], "Calls, e-mails, visits, meetings, logins, replies."),
     (
-        ev.Topic.CUSTOMERS,
+        Topic.CUSTOMERS,
         [ev.CustomerUpdated],
         "Master data; compacted (`cleanup.policy=compact`): the latest record per customer wins.",
     ),
-    (ev.Topic.WARNINGS, [ev.WarningRecord], "Output of the worker: warning episodes."),
+    (Topic.WARNINGS, [ev.WarningRecord], "Output of the worker: warning episodes."),
     (
-        ev.Topic.DEAD_LETTERS,
+        Topic.DEAD_LETTERS,
         [ev.DeadLetter],
         "Output of the worker: messages it could not use, with the reason.",
     ),

@@ -26,16 +26,10 @@ from pathlib import Path
 import pandas as pd
 from kafka import KafkaConsumer
 
-from churnwatch.settings import Settings
+from churnwatch.core.settings import Settings
+from churnwatch.core.topics import EVENT_TOPICS
 from pipeline import metrics
-from pipeline.events import (
-    EVENT_TOPICS,
-    CustomerEvent,
-    InvalidEvent,
-    decode_event,
-    decode_message,
-    encode_event,
-)
+from pipeline.events import CustomerEvent, InvalidEvent, decode_event, decode_message, encode_event
 
 log = logging.getLogger(__name__)
 

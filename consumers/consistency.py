@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
 
-from churnwatch.settings import Settings
-from churnwatch.topics import end_offsets
+from churnwatch.core.settings import Settings
+from churnwatch.core.topics import end_offsets
 from consumers.archiver import read_archive
 from pipeline import metrics
 from pipeline.events import CustomerEvent

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from churnwatch.settings import Settings
-from pipeline.events import Topic, WarningRecord
+from churnwatch.core.settings import Settings
+from churnwatch.core.topics import Topic
+from pipeline.events import WarningRecord
 
 STATUS_MARK = {"opened": "OPEN ", "resolved": "CLOSE", "escalated": "WORSE"}
 

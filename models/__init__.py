@@ -1,1 +1,2 @@
-"""Batch code: backtest of the rules, point-in-time training sets (the churn model comes next)."""
+"""Batch code: point-in-time training sets, training and the baselines, the model
+report and the backtest of rules and model over a history."""

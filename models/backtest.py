@@ -45,7 +45,7 @@ from typing import Any
 
 import pandas as pd
 
-from churnwatch.settings import ModelSettings, WarningThresholds
+from churnwatch.core.settings import ModelSettings, WarningThresholds
 from models.baselines import LABEL
 from models.dataset import build_training_set, cutoffs_every, order_times, training_rows
 from models.train import fit_model, usual_values

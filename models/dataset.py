@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from churnwatch.settings import WarningThresholds
+from churnwatch.core.settings import WarningThresholds
 from pipeline.events import CustomerEvent, OrderPlaced
 from pipeline.features import DAY, StateBlock, apply_event, to_epoch
 from pipeline.processing import read_segmented

@@ -73,6 +73,19 @@ def _importance(path: Path, model: Any, rows: pd.DataFrame) -> list[tuple[str, f
     return top
 
 
+def format_comparison(card: dict[str, Any]) -> str:
+    """The model and every baseline on the test rows, as a Markdown table."""
+    head = "| scorer | ROC-AUC | PR-AUC | Brier | precision top 10% | lift top 10% |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    rows = {"model": card["metrics"]["model"], **card["metrics"]["baselines"]}
+    for name, m in rows.items():
+        lines.append(
+            f"| {name} | {m['roc_auc']:.3f} | {m['pr_auc']:.3f} | {m['brier']:.3f} "
+            f"| {m['precision_top10']:.3f} | {m['lift_top10']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def write_report(
     folder: Path,
     card: dict[str, Any],
@@ -82,7 +95,6 @@ def write_report(
     baseline_scores: dict[str, Vector],
 ) -> dict[str, Any]:
     """Write ``report.md`` and its plots; returns what the card records of them."""
-    from models.train import format_comparison
 
     labels = test_rows[LABEL].to_numpy(dtype=float)
     _roc(folder / "roc.png", labels, {"model": scores, **baseline_scores})

@@ -28,10 +28,10 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from churnwatch.settings import Settings
+from churnwatch.core.registry import MODEL_FILE, new_version, write_card
+from churnwatch.core.settings import Settings
 from models.baselines import LABEL, all_baselines
 from models.dataset import build_training_set, cutoffs_every
-from models.registry import MODEL_FILE, new_version, write_card
 from pipeline.events import CustomerEvent
 from pipeline.scoring import DRIFT_FEATURES, INPUT_FEATURES, drift_reference
 
@@ -242,19 +242,6 @@ def train(
     card["report"] = write_report(folder, card, model, test_rows, scores, baseline_scores)
     write_card(folder, card)
     return TrainResult(version, folder, card)
-
-
-def format_comparison(card: dict[str, Any]) -> str:
-    """The model and every baseline on the test rows, as a Markdown table."""
-    head = "| scorer | ROC-AUC | PR-AUC | Brier | precision top 10% | lift top 10% |"
-    lines = [head, "|---|---|---|---|---|---|"]
-    rows = {"model": card["metrics"]["model"], **card["metrics"]["baselines"]}
-    for name, m in rows.items():
-        lines.append(
-            f"| {name} | {m['roc_auc']:.3f} | {m['pr_auc']:.3f} | {m['brier']:.3f} "
-            f"| {m['precision_top10']:.3f} | {m['lift_top10']:.2f} |"
-        )
-    return "\n".join(lines)
 
 
 def beats_baselines(card: dict[str, Any]) -> float:

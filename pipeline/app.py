@@ -1,7 +1,8 @@
 """Builds the one ``faust.App`` of churnwatch from the settings.
 
-Run the worker with ``churnwatch worker``; this module only wires things up:
-topics and the state table here, agents in their own modules.
+Run the worker with ``churnwatch worker``. This module makes the app, its
+topics and its tables; :mod:`pipeline.worker` puts them together with the
+agents (which import this module, never the other way round).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 import faust
 from faust.types import TableT, TopicT
 
-from churnwatch.settings import Settings
-from pipeline.events import EVENT_TOPICS, Topic
+from churnwatch.core.settings import Settings
+from churnwatch.core.topics import EVENT_TOPICS, Topic
 from pipeline.recovery import TableManager
 from pipeline.transport import Transport
 
@@ -141,31 +142,3 @@ def raw_topic(app: faust.App, settings: Settings, *names: str) -> TopicT:
 def input_topics(app: faust.App, settings: Settings) -> TopicT:
     """Every customer-event topic plus the tick topic."""
     return raw_topic(app, settings, *(settings.topic(t) for t in (*EVENT_TOPICS, Topic.TICKS)))
-
-
-def create_app(settings: Settings) -> Pipeline:
-    """A fully wired Faust app for these settings (agents registered)."""
-    app = faust_app(settings)
-    pipeline = Pipeline(
-        settings=settings,
-        app=app,
-        inputs=input_topics(app, settings),
-        ticks=raw_topic(app, settings, settings.topic(Topic.TICKS)),
-        warnings=raw_topic(app, settings, settings.topic(Topic.WARNINGS)),
-        dead_letters=raw_topic(app, settings, settings.topic(Topic.DEAD_LETTERS)),
-        states=app.Table(
-            "customer_state",
-            default=None,
-            partitions=settings.kafka.partitions,
-            value_type=bytes,  # stored as given: pipeline.features.encode_state's format
-        ),
-        sweep_progress=app.Table(
-            "sweep_progress", default=float, partitions=settings.kafka.partitions
-        ),
-    )
-    from pipeline import sweep_clock, track_customers
-
-    track_customers.register(pipeline)
-    if settings.clock.mode == "wall":
-        sweep_clock.register(pipeline)
-    return pipeline

@@ -10,7 +10,6 @@ Timestamps are ISO 8601 with a UTC offset; naive timestamps are rejected.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Any, Literal, get_args
 
@@ -25,22 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-
-class Topic(StrEnum):
-    """Logical topic names; the full name is ``<prefix>.<value>``."""
-
-    ORDERS = "orders.v1"
-    PAYMENTS = "payments.v1"
-    COMPLAINTS = "complaints.v1"
-    ENGAGEMENT = "engagement.v1"
-    CUSTOMERS = "customers.v1"
-    WARNINGS = "warnings.v1"
-    DEAD_LETTERS = "deadletters.v1"
-    TICKS = "ticks.v1"
-
-
-#: Topics the worker consumes as customer events (ticks are internal).
-EVENT_TOPICS = (Topic.ORDERS, Topic.PAYMENTS, Topic.COMPLAINTS, Topic.ENGAGEMENT, Topic.CUSTOMERS)
+from churnwatch.core.topics import Topic
 
 CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Money = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]

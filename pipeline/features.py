@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from churnwatch.core.topics import EVENT_TOPICS
 from pipeline.events import (
-    EVENT_TOPICS,
     WARNING_TYPES,
     ComplaintOpened,
     ComplaintResolved,

@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from churnwatch.settings import WarningThresholds
+from churnwatch.core.settings import WarningThresholds
 from pipeline.events import CustomerEvent, WarningRecord
 from pipeline.features import (
     CustomerState,

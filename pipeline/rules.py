@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from churnwatch.settings import (
+from churnwatch.core.settings import (
     ChurnRiskThresholds,
     ComplaintTroubleThresholds,
     CoolingEngagementThresholds,

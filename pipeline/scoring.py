@@ -25,7 +25,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from models.registry import CARD_FILE, MODEL_FILE, RegistryError, promoted_version
+from churnwatch.core.registry import CARD_FILE, MODEL_FILE, RegistryError, promoted_version
 from pipeline.features import QUADRANTS, FeatureColumns, Features
 from pipeline.kernels import LARGEST, tree_sums
 from pipeline.texts import FEATURE_LABELS, Language, text

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from churnwatch.core.topics import Topic
 from pipeline.app import Pipeline
-from pipeline.events import Tick, Topic, encode_event
+from pipeline.events import Tick, encode_event
 
 
 def register(p: Pipeline) -> None:

@@ -39,16 +39,14 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, Message
 from kafka import TopicPartition
 
-from churnwatch.topics import committed_offsets
+from churnwatch.core.topics import EVENT_TOPICS, Topic, committed_offsets
 from pipeline import metrics
 from pipeline.app import Pipeline
 from pipeline.events import (
-    EVENT_TOPICS,
     TOPIC_OF_TYPE,
     WARNING_TYPES,
     CustomerEvent,
     InvalidEvent,
-    Topic,
     WarningRecord,
     dead_letter_for,
     decode_message,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaProducer
 
-from churnwatch.settings import Settings
+from churnwatch.core.settings import Settings
 from producers.simulator import SimEvent
 
 log = logging.getLogger(__name__)

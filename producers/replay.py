@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 
-from churnwatch.settings import Settings
-from pipeline.events import TOPIC_OF_TYPE, CustomerEvent, Topic, dead_letter_for, encode_event
+from churnwatch.core.settings import Settings
+from churnwatch.core.topics import Topic
+from pipeline.events import TOPIC_OF_TYPE, CustomerEvent, dead_letter_for, encode_event
 from producers.mapping import Rejected
 from producers.produce import make_producer
 from producers.simulator import SimEvent

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from churnwatch.core.topics import Topic
 from pipeline.events import (
     TOPIC_OF_TYPE,
     ComplaintOpened,
@@ -32,7 +33,6 @@ from pipeline.events import (
     InvoiceIssued,
     OrderPlaced,
     PaymentReceived,
-    Topic,
     encode_event,
 )
 

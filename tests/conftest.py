@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from churnwatch.settings import Settings, load_settings
+from churnwatch.core.settings import Settings, load_settings
 from tests.factories import make_event
 
 INTEGRATION = Path(__file__).parent / "integration"

@@ -30,12 +30,15 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from churnwatch.settings import AlertSettings, Settings
+from churnwatch.core.settings import AlertSettings, Settings
+from churnwatch.core.topics import Topic
 from consumers.alerts.ledger import (
+    TELLS_OPEN,
     Attempt,
     Customer,
     Episode,
     Notification,
+    NotificationKind,
     active_snoozes,
     current_owner,
     open_ledger,
@@ -44,7 +47,7 @@ from consumers.alerts.ledger import (
 from consumers.alerts.messages import Message, digest_message, episode_message, page_link
 from consumers.alerts.routing import Channel, Recipient, Routing, RoutingError, load_routing
 from pipeline import metrics
-from pipeline.events import CustomerUpdated, Topic, WarningRecord, decode_message
+from pipeline.events import CustomerUpdated, WarningRecord, decode_message
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +151,10 @@ class Dispatcher:
                 "resolved": "resolved",
                 "escalated": f"escalated-{record.severity}",
             }[record.status]
-            if kind == "resolved":
+            if kind == NotificationKind.RESOLVED:
                 self._supersede(session, episode)
             created = self._queue(session, episode, kind, now)
-            if kind == "resolved":
+            if kind == NotificationKind.RESOLVED:
                 self._release_held(session, episode, now)
             return created
 
@@ -163,7 +166,7 @@ class Dispatcher:
             select(Notification).where(
                 Notification.warning_id == episode.warning_id,
                 Notification.status == "pending",
-                Notification.kind != "resolved",
+                Notification.kind != NotificationKind.RESOLVED,
             )
         ):
             note.status = "superseded"
@@ -230,7 +233,7 @@ class Dispatcher:
         start = datetime.combine(local.date(), datetime.min.time(), zone)
         query = select(func.count(Notification.id)).where(
             Notification.recipient == name,
-            Notification.kind.in_(["opened", "reminder", "escalated"]),
+            Notification.kind.in_(TELLS_OPEN),
             Notification.status.in_(["pending", "sent"]),
             Notification.created_at >= start,
         )
@@ -241,7 +244,7 @@ class Dispatcher:
     ) -> str:
         if self._snoozed(session, episode, now):
             return "snoozed"
-        if kind == "resolved":
+        if kind == NotificationKind.RESOLVED:
             return "pending"
         holders = self.routing.held_by(episode.warning_type)  # type: ignore[arg-type]
         if self._open_of(session, episode.customer_id, list(holders)):
@@ -252,16 +255,16 @@ class Dispatcher:
 
     def _queue(self, session: Session, episode: Episode, kind: str, now: datetime) -> int:
         created = 0
-        held = self._held(session, episode) if kind != "resolved" else []
+        held = self._held(session, episode) if kind != NotificationKind.RESOLVED else []
         for name, recipient in self._recipients(session, episode):
             for channel in recipient.channels:
-                if kind == "resolved":
+                if kind == NotificationKind.RESOLVED:
                     told = session.scalar(
                         select(Notification.id).where(
                             Notification.warning_id == episode.warning_id,
                             Notification.recipient == name,
                             Notification.channel == channel.name,
-                            Notification.kind.in_(["opened", "reminder", "escalated"]),
+                            Notification.kind.in_(TELLS_OPEN),
                             Notification.status == "sent",
                         )
                     )
@@ -335,7 +338,7 @@ class Dispatcher:
                                 Notification.warning_id == episode.warning_id,
                                 Notification.recipient == name,
                                 Notification.channel == channel.name,
-                                Notification.kind.in_(["opened", "reminder", "escalated"]),
+                                Notification.kind.in_(TELLS_OPEN),
                             )
                             .order_by(Notification.id.desc())
                         ).first()
@@ -348,7 +351,7 @@ class Dispatcher:
                                 Notification.warning_id == episode.warning_id,
                                 Notification.recipient == name,
                                 Notification.channel == channel.name,
-                                Notification.kind == "reminder",
+                                Notification.kind == NotificationKind.REMINDER,
                             )
                         )
                         kind = f"reminder-{int(count or 0) + 1}"
@@ -404,7 +407,7 @@ class Dispatcher:
                             dedup_key=key,
                             recipient=name,
                             channel=channel.name,
-                            kind="digest",
+                            kind=NotificationKind.DIGEST,
                             status="pending",
                             subject=message.subject,
                             body_text=message.text,
@@ -432,7 +435,11 @@ class Dispatcher:
             )
             for note in due:
                 episode = session.get(Episode, note.warning_id) if note.warning_id else None
-                if note.kind != "resolved" and episode is not None and episode.status != "open":
+                if (
+                    note.kind != NotificationKind.RESOLVED
+                    and episode is not None
+                    and episode.status != "open"
+                ):
                     note.status = "superseded"  # resolved while it waited: old news
                     session.commit()
                     continue

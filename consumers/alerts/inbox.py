@@ -34,7 +34,7 @@ class LocalInbox:
         return "250 OK"
 
     def start(self) -> LocalInbox:
-        from churnwatch.broker import free_port
+        from churnwatch.core.broker import free_port
 
         self.port = self.port or free_port(self.host)
         self._controller = Controller(self, hostname=self.host, port=self.port)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -193,8 +194,21 @@ OUTCOMES = ("contacted", "saved", "lost", "false_alarm")
 #: The longest note or reason the ledger takes.
 NOTE_LIMIT = 2000
 
-#: Every kind of notification the ledger stores.
-NOTIFICATION_KINDS = ("opened", "escalated", "reminder", "resolved", "digest")
+
+class NotificationKind(StrEnum):
+    """Every kind of notification the ledger stores (the ``kind`` column)."""
+
+    OPENED = "opened"
+    ESCALATED = "escalated"
+    REMINDER = "reminder"
+    RESOLVED = "resolved"
+    DIGEST = "digest"
+
+
+NOTIFICATION_KINDS = tuple(kind.value for kind in NotificationKind)
+#: The kinds that tell someone of an episode still open: whoever got one of
+#: these hears when it resolves.
+TELLS_OPEN = (NotificationKind.OPENED, NotificationKind.REMINDER, NotificationKind.ESCALATED)
 
 
 def short_id(session: Session, dedup_key: str) -> str:

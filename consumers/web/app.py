@@ -35,8 +35,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from churnwatch.broker import free_port
-from churnwatch.settings import Settings
+from churnwatch.core.broker import free_port
+from churnwatch.core.settings import Settings
 from consumers.alerts.ledger import (
     NOTE_LIMIT,
     OUTCOMES,

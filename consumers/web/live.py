@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from kafka import KafkaConsumer, TopicPartition
 
-from churnwatch.settings import Settings
+from churnwatch.core.settings import Settings
 from pipeline.features import Features as FeatureValues
 from pipeline.features import (
     StateBlock,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from churnwatch.core.settings import load_settings
 from churnwatch.demo import train_demo_model
-from churnwatch.settings import load_settings
 from pipeline.events import decode_event
 from pipeline.features import StateBlock
 from pipeline.processing import read_segmented, run_history

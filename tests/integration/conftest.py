@@ -15,11 +15,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from churnwatch.broker import EmbeddedBroker, free_port, start_child, stop_child
+from churnwatch.core.broker import EmbeddedBroker, free_port, start_child, stop_child
+from churnwatch.core.settings import Settings, load_settings
+from churnwatch.core.topics import Topic, end_offsets, ensure_topics
 from churnwatch.demo import events_processed
-from churnwatch.settings import Settings, load_settings
-from churnwatch.topics import end_offsets, ensure_topics
-from pipeline.events import Topic
 
 
 @pytest.fixture(scope="session")

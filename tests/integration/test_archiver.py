@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from churnwatch.broker import start_child, stop_child
+from churnwatch.core.broker import start_child, stop_child
 from consumers.archiver import ArchiveStats, read_archive, run_archiver
 from pipeline.events import decode_event
 from producers.produce import produce

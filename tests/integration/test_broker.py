@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from churnwatch.broker import BrokerError, EmbeddedBroker, free_port
-from pipeline.events import Topic
+from churnwatch.core.broker import BrokerError, EmbeddedBroker, free_port
+from churnwatch.core.topics import Topic
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def test_end_offsets_count_every_record_of_a_batch(broker, tmp_path):
     churnwatch's end_offsets checks the answer against a fetch."""
     from kafka import KafkaProducer, TopicPartition
 
-    from churnwatch.topics import end_offsets
+    from churnwatch.core.topics import end_offsets
     from tests.integration.conftest import isolated_settings
 
     settings = isolated_settings(broker, tmp_path)
@@ -76,8 +76,8 @@ def test_a_worker_whose_broker_lost_its_data_rebuilds_from_the_changelog(tmp_pat
     refusing to start; with a broker of its own, so the session's broker stays up."""
     import time
 
-    from churnwatch.broker import start_child, stop_child
-    from churnwatch.topics import ensure_topics
+    from churnwatch.core.broker import start_child, stop_child
+    from churnwatch.core.topics import ensure_topics
     from producers.produce import produce
     from producers.simulator import iter_paced, parse_start, simulate
     from tests.integration.conftest import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from churnwatch.broker import free_port
+from churnwatch.core.broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +27,8 @@ def alive(pid: int) -> bool:
 
 
 def batch_summary(customers: int, days_per_second: float, tmp_path) -> dict:
+    from churnwatch.core.settings import load_settings
     from churnwatch.demo import Tally, lateness_hours, summarise, train_demo_model
-    from churnwatch.settings import load_settings
     from pipeline.events import decode_event
     from pipeline.processing import run_history
     from pipeline.scoring import load_model

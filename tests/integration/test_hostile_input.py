@@ -9,13 +9,8 @@ from collections import Counter
 from kafka import KafkaProducer
 
 from churnwatch.bench import rss_mb
-from pipeline.events import (
-    DEAD_LETTER_PAYLOAD_CHARS,
-    DeadLetter,
-    Topic,
-    WarningRecord,
-    decode_event,
-)
+from churnwatch.core.topics import Topic
+from pipeline.events import DEAD_LETTER_PAYLOAD_CHARS, DeadLetter, WarningRecord, decode_event
 from pipeline.processing import run_history
 from producers.simulator import parse_start, simulate
 from tests.integration.conftest import read_topic, wait_processed

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import shutil
 
-from models.registry import MODEL_FILE, promote
+from churnwatch.core.registry import MODEL_FILE, promote
+from churnwatch.core.topics import Topic
 from models.train import train
-from pipeline.events import Topic, WarningRecord, decode_event
+from pipeline.events import WarningRecord, decode_event
 from producers.produce import produce
 from producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (

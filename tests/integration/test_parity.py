@@ -12,9 +12,10 @@ import zlib
 
 import pytest
 
-from churnwatch.settings import PROJECT_ROOT
+from churnwatch.core.settings import PROJECT_ROOT
+from churnwatch.core.topics import Topic
 from consumers.consistency import compare, live_states
-from pipeline.events import Topic, WarningRecord
+from pipeline.events import WarningRecord
 from pipeline.features import read_features, to_epoch
 from pipeline.processing import run_history
 from producers.mapping import load_events

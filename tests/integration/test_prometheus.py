@@ -17,12 +17,13 @@ import urllib.request
 import pytest
 import yaml
 
-from churnwatch.broker import free_port, start_child, stop_child
-from churnwatch.settings import PROJECT_ROOT
+from churnwatch.core.broker import free_port, start_child, stop_child
+from churnwatch.core.registry import promote
+from churnwatch.core.settings import PROJECT_ROOT
+from churnwatch.core.topics import Topic
 from consumers.alerts.inbox import LocalInbox
-from models.registry import promote
 from models.train import train
-from pipeline.events import Topic, decode_event
+from pipeline.events import decode_event
 from producers.produce import produce
 from producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from churnwatch.broker import free_port
-from churnwatch.settings import Settings
-from churnwatch.topics import committed_offsets
+from churnwatch.core.broker import free_port
+from churnwatch.core.settings import Settings
+from churnwatch.core.topics import EVENT_TOPICS, Topic, committed_offsets
 from consumers.consistency import live_states
-from pipeline.events import EVENT_TOPICS, Topic, WarningRecord, decode_event
+from pipeline.events import WarningRecord, decode_event
 from pipeline.features import STATE_DTYPE, STREAM_FIELDS
 from pipeline.processing import run_history
 from producers.produce import produce

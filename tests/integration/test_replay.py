@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from pipeline.events import DeadLetter, Topic, decode_event
+from churnwatch.core.topics import Topic
+from pipeline.events import DeadLetter, decode_event
 from tests.integration.conftest import read_topic, settings_env
 
 pytestmark = pytest.mark.integration

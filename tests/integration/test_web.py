@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from churnwatch.broker import free_port, start_child, stop_child
+from churnwatch.core.broker import free_port, start_child, stop_child
+from churnwatch.core.topics import Topic
 from consumers.alerts.inbox import LocalInbox
 from consumers.alerts.ledger import Customer, Episode, Notification, open_ledger
-from pipeline.events import Topic, WarningRecord, encode_event
+from pipeline.events import WarningRecord, encode_event
 from producers.produce import produce
 from producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (

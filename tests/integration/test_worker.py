@@ -6,13 +6,8 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
-from pipeline.events import (
-    DeadLetter,
-    Topic,
-    WarningRecord,
-    decode_event,
-    encode_event,
-)
+from churnwatch.core.topics import Topic
+from pipeline.events import DeadLetter, WarningRecord, decode_event, encode_event
 from pipeline.processing import run_history
 from producers.produce import produce
 from producers.simulator import iter_paced, parse_start, simulate

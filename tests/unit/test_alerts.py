@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from sqlalchemy import select
 
-from churnwatch.broker import free_port
-from churnwatch.settings import AlertSettings, SmtpSettings
+from churnwatch.core.broker import free_port
+from churnwatch.core.settings import AlertSettings, SmtpSettings
 from consumers.alerts.dispatcher import Dispatcher
 from consumers.alerts.inbox import LocalInbox
 from consumers.alerts.ledger import Notification, Snooze, open_ledger

@@ -97,7 +97,7 @@ def test_alerts_snooze_list_feedback_and_unsnooze(tmp_path, monkeypatch):
     past = runner.invoke(cli, ["alerts", "snooze", "C1", "--until", "2000-01-01", "--reason", "x"])
     assert past.exit_code == 2 and "future" in past.output
 
-    from churnwatch.settings import load_settings
+    from churnwatch.core.settings import load_settings
     from consumers.alerts.dispatcher import make_dispatcher
 
     dispatcher = make_dispatcher(load_settings())

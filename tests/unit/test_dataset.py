@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from churnwatch.settings import PROJECT_ROOT
+from churnwatch.core.settings import PROJECT_ROOT
 from models.dataset import build_training_set, cutoffs_every
 from pipeline.events import decode_event
 from producers.mapping import load_events
@@ -62,7 +62,7 @@ def test_online_retail_training_set_has_the_known_shape(settings):
 def test_segment_windows_apply_in_the_training_set_as_in_sweeps(history):
     """A segment's own windows (here: key accounts' "recent" = 4 weeks, not 8) change
     the training rows of that segment's customers only."""
-    from churnwatch.settings import load_settings
+    from churnwatch.core.settings import load_settings
 
     events, _ = history
     cutoffs = cutoffs_every(events, 28, 90)[-3:]

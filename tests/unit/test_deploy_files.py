@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from churnwatch.settings import PROJECT_ROOT, load_settings
+from churnwatch.core.settings import PROJECT_ROOT, load_settings
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
 

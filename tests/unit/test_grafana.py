@@ -7,7 +7,7 @@ import re
 
 import yaml
 
-from churnwatch.settings import PROJECT_ROOT
+from churnwatch.core.settings import PROJECT_ROOT
 from pipeline import metrics
 
 GRAFANA = PROJECT_ROOT / "configs" / "grafana"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from churnwatch.settings import PROJECT_ROOT
+from churnwatch.core.settings import PROJECT_ROOT
 from producers.mapping import MappingError, load_events, load_mapping
 
 DATA = PROJECT_ROOT.parent / "shared" / "data"

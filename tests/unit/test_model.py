@@ -9,8 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from models.baselines import p_no_order
-from models.registry import (
+from churnwatch.core.registry import (
     MODEL_FILE,
     RegistryError,
     promote,
@@ -18,6 +17,7 @@ from models.registry import (
     rollback,
     versions,
 )
+from models.baselines import p_no_order
 from models.train import TrainingError, train
 from pipeline.events import decode_event
 from pipeline.processing import run_history, sweep
@@ -33,7 +33,7 @@ def history():
 
 @pytest.fixture(scope="module")
 def trained(history, tmp_path_factory):
-    from churnwatch.settings import load_settings
+    from churnwatch.core.settings import load_settings
 
     registry = tmp_path_factory.mktemp("registry")
     result = train(history[0], load_settings(None), registry, "simulator")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pipeline.events import Topic
+from churnwatch.core.topics import Topic
 from producers.simulator import SimEvent, iter_paced
 from tests.factories import T0
 

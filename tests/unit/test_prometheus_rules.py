@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from churnwatch.settings import PROJECT_ROOT
+from churnwatch.core.settings import PROJECT_ROOT
 
 PROMETHEUS = PROJECT_ROOT / "configs" / "prometheus"
 PROMTOOL = shutil.which("promtool")

@@ -99,7 +99,7 @@ def test_warning_ids_are_deterministic(settings, event_factory):
 
 
 def test_key_accounts_can_have_their_own_thresholds(event_factory):
-    from churnwatch.settings import load_settings
+    from churnwatch.core.settings import load_settings
     from pipeline.events import CustomerUpdated
 
     settings = load_settings(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from churnwatch.settings import ConfigError, Settings, load_settings
+from churnwatch.core.settings import ConfigError, Settings, load_settings
 
 
 def test_default_yaml_states_the_same_values_as_the_code():

@@ -51,7 +51,7 @@ def test_ground_truth_round_trips(tmp_path):
 
 @pytest.fixture(scope="module")
 def simulated_run():
-    from churnwatch.settings import load_settings
+    from churnwatch.core.settings import load_settings
 
     settings = load_settings()
     events, truth = simulate(200, 21, START, 540, 4, 0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import string
 from datetime import timedelta
 
-from churnwatch.settings import load_settings
+from churnwatch.core.settings import load_settings
 from pipeline.processing import run_history
 from pipeline.texts import TEXTS
 from tests.factories import T0, make_event

@@ -16,7 +16,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from churnwatch.settings import Settings, load_settings
+from churnwatch.core.settings import Settings, load_settings
 from consumers.alerts.dispatcher import Dispatcher
 from consumers.alerts.ledger import (
     Action,

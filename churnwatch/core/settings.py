@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # churnwatch/core/settings.py -> the repository
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
 #: Environment variables that override settings: ``CHURNWATCH_SECTION__KEY``.
 ENV_PREFIX = "CHURNWATCH_"

@@ -1,4 +1,4 @@
-"""Create churnwatch's topics (all with the same partition count) if they are missing.
+"""churnwatch's topics: their names, and creating them (all with the same partition count).
 
 Run: ``churnwatch topics create``. The demo, the worker and the simulator call
 :func:`ensure_topics` at start, so a fresh broker needs no manual step.
@@ -8,15 +8,32 @@ from __future__ import annotations
 
 import logging
 import time
+from enum import StrEnum
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from churnwatch.settings import Settings
-from pipeline.events import Topic
+from churnwatch.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Topic(StrEnum):
+    """Logical topic names; the full name is ``<prefix>.<value>``."""
+
+    ORDERS = "orders.v1"
+    PAYMENTS = "payments.v1"
+    COMPLAINTS = "complaints.v1"
+    ENGAGEMENT = "engagement.v1"
+    CUSTOMERS = "customers.v1"
+    WARNINGS = "warnings.v1"
+    DEAD_LETTERS = "deadletters.v1"
+    TICKS = "ticks.v1"
+
+
+#: Topics the worker consumes as customer events (ticks are internal).
+EVENT_TOPICS = (Topic.ORDERS, Topic.PAYMENTS, Topic.COMPLAINTS, Topic.ENGAGEMENT, Topic.CUSTOMERS)
 
 
 class TopicsError(RuntimeError):

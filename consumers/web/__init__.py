@@ -1,0 +1,1 @@
+"""The sales team's web inbox (``churnwatch web``); see docs/web.md."""
