@@ -13,6 +13,19 @@ from pipeline import sweep_clock, track_customers
 from pipeline.app import Pipeline, faust_app, input_topics, raw_topic
 
 
+def store_options(settings: Settings) -> dict[str, int]:
+    """RocksDB options of each table's per-partition database (ignored by memory://).
+
+    The worker serves its state from memory and only writes the store (it reads
+    it back at start), so Faust's defaults (64 MB write buffers, three of them,
+    and a 2 GB block cache per database) only make its memory grow with the
+    bytes written until a flush: up to about 1.5 GB for two tables of four
+    partitions. ``worker.store_buffer_mb`` bounds each buffer and the cache.
+    """
+    size = settings.worker.store_buffer_mb * 1024 * 1024
+    return {"write_buffer_size": size, "max_write_buffer_number": 2, "block_cache_size": size}
+
+
 def create_app(settings: Settings) -> Pipeline:
     """A fully wired Faust app for these settings (agents registered)."""
     app = faust_app(settings)
@@ -28,9 +41,13 @@ def create_app(settings: Settings) -> Pipeline:
             default=None,
             partitions=settings.kafka.partitions,
             value_type=bytes,  # stored as given: pipeline.features.encode_state's format
+            options=store_options(settings),
         ),
         sweep_progress=app.Table(
-            "sweep_progress", default=float, partitions=settings.kafka.partitions
+            "sweep_progress",
+            default=float,
+            partitions=settings.kafka.partitions,
+            options=store_options(settings),
         ),
     )
     track_customers.register(pipeline)

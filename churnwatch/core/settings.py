@@ -71,6 +71,7 @@ class BrokerSettings(_Section):
 class WorkerSettings(_Section):
     app_id: str = "churnwatch"
     store: str = "rocksdb://"
+    store_buffer_mb: int = Field(4, ge=1, le=1024)
     data_dir: str = ".churnwatch/worker"
     broker_session_timeout: float = Field(6.0, gt=0)
     broker_rebalance_timeout: float = Field(6.0, gt=0)

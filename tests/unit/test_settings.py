@@ -97,3 +97,17 @@ def test_sasl_credentials_only_with_a_sasl_protocol(monkeypatch):
     monkeypatch.setenv("CHURNWATCH_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
     options = load_settings().kafka_client_options()
     assert (options["security_protocol"], options["sasl_plain_username"]) == ("SASL_SSL", "app")
+
+
+def test_the_worker_store_takes_its_buffer_size_from_the_settings(tmp_path: Path):
+    """Faust's RocksDB defaults (64 MB write buffers, a 2 GB cache per partition's
+    database) made a worker's memory grow with every byte it stored."""
+    from pipeline.worker import create_app
+
+    settings = load_settings(worker={"data_dir": str(tmp_path), "store_buffer_mb": 3})
+    pipeline = create_app(settings)
+    for table in (pipeline.states, pipeline.sweep_progress):
+        options = table.data.rocksdb_options  # type: ignore[attr-defined]
+        assert options.write_buffer_size == 3 * 1024 * 1024
+        assert options.block_cache_size == 3 * 1024 * 1024
+        assert options.max_write_buffer_number == 2
