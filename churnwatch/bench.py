@@ -662,8 +662,9 @@ def run_web_bench(
     from consumers.web.app import WebServer
     from consumers.web.live import LiveStates
     from consumers.web.users import add_user
+    from pipeline.apply import apply_event
     from pipeline.events import WARNING_TYPES, CustomerUpdated, decode_event
-    from pipeline.features import apply_event, to_epoch
+    from pipeline.state import to_epoch
 
     sim = settings.simulator
     events, truth = simulate(customers, sim.seed, parse_start(sim.start), days, sim.owners, 0)

@@ -22,16 +22,11 @@ from churnwatch.core.settings import Settings
 from churnwatch.core.topics import end_offsets
 from consumers.archiver import read_archive
 from pipeline import metrics
+from pipeline.apply import apply_event
 from pipeline.events import CustomerEvent
-from pipeline.features import (
-    CustomerState,
-    StateBlock,
-    apply_event,
-    decode_state,
-    new_state,
-    read_features,
-    to_epoch,
-)
+from pipeline.features import read_features
+from pipeline.state import CustomerState, StateBlock, new_state, to_epoch
+from pipeline.state_format import decode_state
 
 
 @dataclass

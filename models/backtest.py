@@ -50,10 +50,10 @@ from models.baselines import LABEL
 from models.dataset import build_training_set, cutoffs_every, order_times, training_rows
 from models.train import fit_model, usual_values
 from pipeline.events import CustomerEvent, WarningRecord
-from pipeline.features import DAY, StateBlock, to_epoch
 from pipeline.processing import run_history
 from pipeline.rules import RULES
 from pipeline.scoring import ChurnModel, CompiledBoosters, probe_rows
+from pipeline.state import DAY, StateBlock, to_epoch
 
 #: Iterates a history's events, e.g. with a progress bar (tqdm fits).
 Bar = Callable[[list[CustomerEvent]], Iterable[CustomerEvent]]

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from churnwatch.core.settings import WarningThresholds
+from pipeline.apply import apply_event
 from pipeline.events import CustomerEvent, OrderPlaced
-from pipeline.features import DAY, StateBlock, apply_event, to_epoch
 from pipeline.processing import read_segmented
 from pipeline.scoring import INPUT_FEATURES, feature_matrix
+from pipeline.state import DAY, StateBlock, to_epoch
 
 ACTIVE_DAYS = 365
 

@@ -35,7 +35,7 @@ class Pipeline:
     ticks: TopicT
     warnings: TopicT
     dead_letters: TopicT
-    states: TableT[str, bytes]  # customer_id -> pipeline.features.encode_state()
+    states: TableT[str, bytes]  # customer_id -> pipeline.state_format.encode_state()
     # str(partition) -> last sweep boundary (event clock); "read:topic:partition" -> the
     # offset after the last message whose effects are stored (pipeline.track_customers)
     sweep_progress: TableT[str, float]

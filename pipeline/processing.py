@@ -1,6 +1,6 @@
 """When the worker evaluates its customers (pure: no I/O, no Faust).
 
-Events only update state (:func:`pipeline.features.apply_event`); the rules
+Events only update state (:func:`pipeline.apply.apply_event`); the rules
 run in sweeps at fixed boundaries of the clock (every day by default), over
 every customer of a partition. Because the rules never run "at the time of
 whichever event happened to arrive", the warnings do not depend on how the
@@ -22,17 +22,12 @@ import numpy as np
 import numpy.typing as npt
 
 from churnwatch.core.settings import WarningThresholds
+from pipeline.apply import apply_event
 from pipeline.events import CustomerEvent, WarningRecord
-from pipeline.features import (
-    CustomerState,
-    FeatureColumns,
-    StateBlock,
-    apply_event,
-    features_of,
-    read_many,
-)
+from pipeline.features import FeatureColumns, features_of, read_many
 from pipeline.rules import Risk, changing, evaluate
 from pipeline.scoring import ChurnModel, Matrix, feature_matrix
+from pipeline.state import CustomerState, StateBlock
 
 T = TypeVar("T")
 

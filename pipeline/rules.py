@@ -27,15 +27,8 @@ from churnwatch.core.settings import (
     WarningThresholds,
 )
 from pipeline.events import WARNING_TYPES, Severity, WarningRecord, WarningType
-from pipeline.features import (
-    DAY,
-    SEVERITIES,
-    CustomerState,
-    FeatureColumns,
-    Features,
-    read_features,
-    warning_id,
-)
+from pipeline.features import FeatureColumns, Features, read_features
+from pipeline.state import DAY, SEVERITIES, CustomerState, warning_id
 from pipeline.texts import text
 
 

@@ -4,7 +4,7 @@ A thin loop over batches of messages, one batch per fetch
 (:func:`pipeline.transport.on_batches`, below Faust's per-message streams):
 decode and validate each (anything unusable goes to the dead-letter topic
 with the reason), fold the events into the customers' states with
-:func:`pipeline.features.apply_event`, and
+:func:`pipeline.apply.apply_event`, and
 whenever the clock passes a sweep boundary re-evaluate every customer of the
 partition (:func:`pipeline.processing.sweep`) and send the warning episodes
 that open, worsen or close. At the end of a batch each customer it touched is
@@ -26,8 +26,10 @@ the topics interleave; a held event is acked only once applied and stored.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -39,9 +41,11 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, Message
 from kafka import TopicPartition
 
+from churnwatch.core.settings import FAULT_EXIT_ENV
 from churnwatch.core.topics import EVENT_TOPICS, Topic, committed_offsets
 from pipeline import metrics
 from pipeline.app import Pipeline
+from pipeline.apply import apply_event
 from pipeline.events import (
     TOPIC_OF_TYPE,
     WARNING_TYPES,
@@ -51,15 +55,6 @@ from pipeline.events import (
     dead_letter_for,
     decode_message,
     encode_event,
-)
-from pipeline.features import (
-    CustomerState,
-    StateBlock,
-    apply_event,
-    decode_state,
-    encode_state,
-    stored_partition,
-    to_epoch,
 )
 from pipeline.processing import (
     Apply,
@@ -71,6 +66,8 @@ from pipeline.processing import (
     sweep,
 )
 from pipeline.scoring import INPUT_FEATURES, ModelHolder
+from pipeline.state import CustomerState, StateBlock, to_epoch
+from pipeline.state_format import decode_state, encode_state, stored_partition
 from pipeline.transport import InOrderAcks, on_batches, storing_for
 
 log = logging.getLogger(__name__)
@@ -95,6 +92,20 @@ def unsent_key(partition: int) -> str:
     """The local-only key (never on the changelog) in the ``sweep_progress`` table of
     the customers of a partition whose changes were being sent when last stored."""
     return f"unsent:{partition}"
+
+
+def unsent_records_key(partition: int) -> str:
+    """The local-only key of the warnings and dead letters a partition's last stored
+    batch sent (the local store holds their effects before they are delivered)."""
+    return f"unsent-records:{partition}"
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
 
 
 def register(p: Pipeline) -> None:
@@ -158,18 +169,29 @@ def register(p: Pipeline) -> None:
         ends[key] = int(end) if end is not None and end >= 0 else None
         return ends[key]
 
+    # What each partition's batch sent to the output topics since its last store:
+    # (topic, key, value). Noted locally with the store, so that a kill -9 after the
+    # local writes but before the producer delivered them does not lose them.
+    outgoing: dict[int, list[tuple[str, bytes | None, bytes]]] = {}
+
+    async def send_out(partition: int, topic: str, key: bytes | None, value: bytes) -> None:
+        outgoing.setdefault(partition, []).append((topic, key, value))
+        channel = p.warnings if topic == "warnings" else p.dead_letters
+        await channel.send(key=key, value=value)
+
     async def dead_letter(message: Message, reason: str, kind: str) -> None:
         record = dead_letter_for(
             message.topic, message.partition, message.offset, message.key, message.value, reason
         )
         metrics.INVALID_EVENTS.labels(kind).inc()
         metrics.DEAD_LETTERS.inc()
-        await p.dead_letters.send(key=message.key, value=encode_event(record))
+        await send_out(message.partition, "dead_letters", message.key, encode_event(record))
 
-    async def emit(records: list[WarningRecord], received_at: float) -> None:
+    async def emit(partition: int, records: list[WarningRecord], received_at: float) -> None:
         for record in records:
             metrics.WARNINGS.labels(record.warning_type, record.status, record.severity).inc()
-            await p.warnings.send(key=record.customer_id.encode(), value=encode_event(record))
+            value = encode_event(record)
+            await send_out(partition, "warnings", record.customer_id.encode(), value)
             now = time.time()
             metrics.WARNING_LATENCY.labels("event_time").observe(
                 max(0.0, now - to_epoch(record.at))
@@ -240,6 +262,7 @@ def register(p: Pipeline) -> None:
         watermark.reset()
         sequencer.clear()
         read_ahead.clear()
+        outgoing.clear()
         waiting_since.clear()
         clocks.clear()
         read_to.clear()
@@ -326,7 +349,7 @@ def register(p: Pipeline) -> None:
         rows = dirty.setdefault(partition, set())
         for state, records in changed:
             rows.add(state.row)
-            await emit(records, received_at)
+            await emit(partition, records, received_at)
         metrics.SWEEPS.labels(clock_name).inc()
         if model is not None and batches:
             scored[partition] = batches
@@ -405,6 +428,7 @@ def register(p: Pipeline) -> None:
             sends.append((table, key, value, partition))
 
         local: Any = p.sweep_progress.data
+        noted: list[tuple[int, Message]] = []  # partitions whose sent records are noted
 
         for partition, message in last_of.items():
             rows = dirty.get(partition, set())
@@ -426,6 +450,14 @@ def register(p: Pipeline) -> None:
                     )
                 if partition in swept:
                     put(p.sweep_progress, str(partition), swept.pop(partition), partition)
+                # The same for the warnings and dead letters this batch sent (still in
+                # the producer's buffer, maybe): local only, replaced by the next store.
+                records = outgoing.pop(partition, [])
+                if records or local.get(unsent_records_key(partition)) != "[]":
+                    noted.append((partition, message))
+                    local[unsent_records_key(partition)] = json.dumps(
+                        [[topic, _b64(key), _b64(value)] for topic, key, value in records]
+                    )
             rows.clear()
         for partition in resend_floors & set(last_of):
             resend_floors.discard(partition)
@@ -445,11 +477,15 @@ def register(p: Pipeline) -> None:
                     float(message.offset + 1),
                     tp.partition,
                 )
-        if not sends and not ackable:
+        if exit_after[0] and any(json.loads(local[unsent_records_key(q)]) for q, _ in noted):
+            exit_after[0] -= 1
+            if not exit_after[0]:
+                os._exit(137)  # fault injection (FAULT_EXIT_ENV): the crash tests only
+        if not sends and not ackable and not noted:
             return
         # Not awaited here: the next fetch is taken and worked on while these go
         # out (the next store waits for them first, a revoke and a stop too).
-        task = asyncio.ensure_future(publish(sends, ackable))
+        task = asyncio.ensure_future(publish(sends, ackable, noted))
         publishing.add(task)
         task.add_done_callback(sent)
 
@@ -458,7 +494,11 @@ def register(p: Pipeline) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("could not send a batch's changes: %r", task.exception())
 
-    async def publish(sends: list[tuple[Any, str, Any, int]], ackable: list[Message]) -> None:
+    async def publish(
+        sends: list[tuple[Any, str, Any, int]],
+        ackable: list[Message],
+        noted: list[tuple[int, Message]],
+    ) -> None:
         """On the broker in this order, each step waiting for the one before: the
         batch's warnings and dead letters, the customers' states, the partitions'
         sweep progress and read floors; then the acks and the commit. Without
@@ -468,6 +508,10 @@ def register(p: Pipeline) -> None:
         ahead of them is recognised by its own ``stream_*`` fields)."""
         producer = p.app.producer
         await producer.flush()
+        local: Any = p.sweep_progress.data
+        for partition, message in noted:  # delivered: nothing to send again after a crash
+            with storing_for(p.app, message):
+                local[unsent_records_key(partition)] = "[]"
         for step in (
             [send for send in sends if send[0] is p.states],
             [send for send in sends if send[0] is not p.states],
@@ -578,15 +622,23 @@ def register(p: Pipeline) -> None:
     # the last one), as stored beside the states: a message below it is skipped.
     floors: dict[tuple[str, int], int] = {}
 
-    # Partitions whose read floors are sent again with the next store (see below).
+    # Partitions whose read floors are sent again with the next store (see below),
+    # and the warnings and dead letters sent again at a restart.
     resend_floors: set[int] = set()
+    resend_records: list[tuple[int, str, bytes | None, bytes]] = []
+    exit_after = [int(os.environ.get(FAULT_EXIT_ENV) or 0)]
 
     def resend_unsent(partition: int) -> None:
         """The customers whose changes were on their way to the changelog when the
         worker last stored them (a kill -9 can cut that off; a stop or a rebalance
         waits for it): their states, the partition's sweep progress and read floors
         go to the changelog again with the next store, so it holds everything the
-        local store does. Identical records sent twice change nothing."""
+        local store does. Identical records sent twice change nothing. The warnings
+        and dead letters the batch had sent are sent again too (the same records:
+        the dispatcher and the warning's id keep one)."""
+        records = cast(Any, p.sweep_progress.data).get(unsent_records_key(partition))
+        for topic, key, value in json.loads(records) if records else []:
+            resend_records.append((partition, topic, _unb64(key), base64.b64decode(value)))
         unsent = cast(Any, p.sweep_progress.data).get(unsent_key(partition))
         if not unsent:
             return
@@ -609,6 +661,8 @@ def register(p: Pipeline) -> None:
                 if floor:
                     floors[(name, partition)] = int(floor)
             resend_unsent(partition)
+        while resend_records:  # before anything new: sent again (the same ids), noted again
+            await send_out(*resend_records.pop(0))
         if event_clock:
             tps = [TopicPartition(name, part) for name in input_names for part in partitions]
             starts = await asyncio.to_thread(committed_offsets, settings, p.app.conf.id, tps)

@@ -40,7 +40,7 @@ def create_app(settings: Settings) -> Pipeline:
             "customer_state",
             default=None,
             partitions=settings.kafka.partitions,
-            value_type=bytes,  # stored as given: pipeline.features.encode_state's format
+            value_type=bytes,  # stored as given: pipeline.state_format.encode_state's format
             options=store_options(settings),
         ),
         sweep_progress=app.Table(

@@ -29,6 +29,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # churnwatch/core/settings.p
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
 #: Environment variables that override settings: ``CHURNWATCH_SECTION__KEY``.
 ENV_PREFIX = "CHURNWATCH_"
+#: Fault injection for the crash tests, not a setting: a worker started with this
+#: set to N exits at once (as ``kill -9`` would) right after the local writes of
+#: its Nth store that noted warnings or dead letters, before any of that batch
+#: is delivered (tests/integration/test_recovery.py).
+FAULT_EXIT_ENV = "CHURNWATCH_FAULT_EXIT_AFTER_STORES"
 
 
 class _Section(BaseModel):
@@ -376,7 +381,10 @@ def _check_environment(environ: Mapping[str, str]) -> None:
     """Refuse ``CHURNWATCH_*`` variables that set nothing (a typo would otherwise be
     silently ignored, and the default used)."""
     for name in sorted(environ):
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() == "CHURNWATCH_CONFIG":
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in (
+            "CHURNWATCH_CONFIG",
+            FAULT_EXIT_ENV,
+        ):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         model: type[BaseModel] = Settings

@@ -56,7 +56,7 @@ from consumers.web.live import LiveStates
 from consumers.web.texts import LANGUAGE_NAMES, LANGUAGES, translator
 from consumers.web.users import UserError, add_user, authenticate, list_users, remove_user
 from pipeline.events import WARNING_TYPES
-from pipeline.features import SEVERITIES
+from pipeline.state import SEVERITIES
 from pipeline.texts import Language
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The worker writes every customer's state to its table's changelog topic after
 each batch (``<app_id>-customer_state-changelog``, the bytes of
-:func:`pipeline.features.encode_state`) and each partition's sweep progress to
+:func:`pipeline.state_format.encode_state`) and each partition's sweep progress to
 ``<app_id>-sweep_progress-changelog``. :class:`LiveStates` follows both topics
 from the beginning, without a consumer group, and keeps the newest state of
 every customer: the features a page shows are the ones the worker holds now
@@ -25,14 +25,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 from churnwatch.core.settings import Settings
 from pipeline.features import Features as FeatureValues
-from pipeline.features import (
-    StateBlock,
-    StateFormatError,
-    decode_state,
-    features_of,
-    weekly_history,
-)
+from pipeline.features import features_of, weekly_history
 from pipeline.processing import read_segmented
+from pipeline.state import StateBlock
+from pipeline.state_format import StateFormatError, decode_state
 
 log = logging.getLogger(__name__)
 

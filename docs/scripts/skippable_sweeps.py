@@ -22,9 +22,9 @@ import numpy as np
 from churnwatch.core.settings import load_settings
 from churnwatch.demo import train_demo_model
 from pipeline.events import decode_event
-from pipeline.features import StateBlock
 from pipeline.processing import read_segmented, run_history
 from pipeline.scoring import INPUT_FEATURES, ModelHolder, feature_matrix
+from pipeline.state import StateBlock
 from producers.simulator import parse_start, simulate
 
 

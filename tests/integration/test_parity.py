@@ -16,8 +16,9 @@ from churnwatch.core.settings import PROJECT_ROOT
 from churnwatch.core.topics import Topic
 from consumers.consistency import compare, live_states
 from pipeline.events import WarningRecord
-from pipeline.features import read_features, to_epoch
+from pipeline.features import read_features
 from pipeline.processing import run_history
+from pipeline.state import to_epoch
 from producers.mapping import load_events
 from producers.produce import produce
 from producers.replay import as_messages

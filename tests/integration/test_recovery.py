@@ -9,23 +9,31 @@ state for every customer.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from churnwatch.core.broker import free_port
-from churnwatch.core.settings import Settings
+from churnwatch.core.broker import free_port, start_child, stop_child
+from churnwatch.core.settings import FAULT_EXIT_ENV, Settings
 from churnwatch.core.topics import EVENT_TOPICS, Topic, committed_offsets
 from consumers.consistency import live_states
 from pipeline.events import WarningRecord, decode_event
-from pipeline.features import STATE_DTYPE, STREAM_FIELDS
 from pipeline.processing import run_history
+from pipeline.state import STATE_DTYPE, STREAM_FIELDS
 from producers.produce import produce
 from producers.simulator import SimEvent, iter_paced, parse_start, simulate
-from tests.integration.conftest import isolated_settings, read_topic, samples, wait_processed
+from tests.integration.conftest import (
+    isolated_settings,
+    read_topic,
+    samples,
+    settings_env,
+    wait_processed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +88,37 @@ def test_a_worker_killed_mid_history_comes_back_with_the_same_warnings(
     proc = worker(settings)
     wait_processed(settings, total - done_before, proc, timeout=180)
     print(f"{store}: recovered and drained the rest in {time.monotonic() - started:.1f} s")
+    assert_same_as_batch(settings, events)
+
+
+def test_a_worker_that_dies_before_its_warnings_are_delivered_sends_them_after_a_restart(
+    broker, worker, tmp_path
+):
+    """The narrowest window of a kill -9: a batch's changes are in the local store
+    (and its messages count as applied there), its warnings still in the
+    producer's buffer. A fault hook exits right there; the restart on the same
+    folder must send them, or they are lost for good."""
+    settings = isolated_settings(broker, tmp_path / "worker", store="rocksdb://")
+    events, _ = simulate(200, 11, parse_start("2024-10-07"), 400, 3, 0)
+    assert produce(settings, iter_paced(events, 0)).failed == 0
+    total = len(events)
+    env = dict(
+        os.environ,
+        **settings_env(settings),
+        CHURNWATCH_WORKER__BATCH_SIZE="500",  # many batches: the crash lands mid-history
+        **{FAULT_EXIT_ENV: "5"},
+    )
+    crashing = start_child(
+        [sys.executable, "-m", "churnwatch.cli", "worker"], env=env, log=tmp_path / "crash.log"
+    )
+    try:
+        assert crashing.wait(timeout=180) == 137, (tmp_path / "crash.log").read_text()[-3000:]
+    finally:
+        stop_child(crashing)
+    done_before = committed(settings)
+    assert done_before < total * 0.9, "crashed too late to test a restart"
+    proc = worker(settings)  # restarted on the same data folder
+    wait_processed(settings, total - done_before, proc, timeout=180)
     assert_same_as_batch(settings, events)
 
 

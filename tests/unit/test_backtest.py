@@ -5,7 +5,7 @@ import json
 import pytest
 
 from models.backtest import backtest, base_rate, find_churns, honest_score, score
-from pipeline.features import DAY
+from pipeline.state import DAY
 from tests.factories import T0, make_event
 
 H = 90 * DAY
@@ -123,8 +123,8 @@ def test_a_walk_forward_model_never_learns_from_after_its_day(simulated, setting
 
     from models.backtest import walk_forward
     from models.dataset import build_training_set, cutoffs_every
-    from pipeline.features import to_epoch
     from pipeline.scoring import INPUT_FEATURES
+    from pipeline.state import to_epoch
 
     served = walk_forward(simulated, settings.warnings, 86_400, settings.model, 28)[1]
     assert len(served) >= 3

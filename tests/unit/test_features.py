@@ -5,17 +5,10 @@ from datetime import timedelta
 
 import numpy as np
 
-from pipeline.features import (
-    MAX_OPEN_INVOICES,
-    RING_WEEKS,
-    CustomerState,
-    StateBlock,
-    apply_event,
-    decode_state,
-    encode_state,
-    new_state,
-    read_features,
-)
+from pipeline.apply import apply_event
+from pipeline.features import read_features
+from pipeline.state import MAX_OPEN_INVOICES, RING_WEEKS, CustomerState, StateBlock, new_state
+from pipeline.state_format import decode_state, encode_state
 from tests.factories import T0
 
 
@@ -122,18 +115,20 @@ def test_an_older_stored_format_is_migrated_by_field_name(event_factory, monkeyp
     """A release that adds and reorders fields still reads the states an older one stored."""
     import numpy as np
 
-    from pipeline import features
+    from pipeline import state as record_module
 
     state = feed(new_state("C1"), [event_factory("order", amount=120.0)])
     stored = encode_state(state)
-    old = features.STATE_DTYPE
+    old = record_module.STATE_DTYPE
     layout = [(n, *(old.fields[n][0].subdtype or (old.fields[n][0],))) for n in old.names]
     reordered = [("loyalty_points", "<f8"), *reversed(layout)]  # a new field, a new order
     newer = np.dtype(reordered)
-    version = features.FORMAT_VERSION + 1
-    monkeypatch.setattr(features, "STATE_DTYPE", newer)
-    monkeypatch.setattr(features, "FORMAT_VERSION", version)
-    monkeypatch.setattr(features, "STATE_DTYPES", {**features.STATE_DTYPES, version: newer})
+    version = record_module.FORMAT_VERSION + 1
+    monkeypatch.setattr(record_module, "STATE_DTYPE", newer)
+    monkeypatch.setattr(record_module, "FORMAT_VERSION", version)
+    monkeypatch.setattr(
+        record_module, "STATE_DTYPES", {**record_module.STATE_DTYPES, version: newer}
+    )
     block = StateBlock()
     restored, _ = decode_state(stored, block)
     assert block.data.dtype == newer
@@ -147,10 +142,10 @@ def test_a_version_1_state_reads_with_no_stream_position(event_factory):
     catch repeats)."""
     import numpy as np
 
-    from pipeline import features
+    from pipeline import state as layout
 
     state = feed(new_state("C1"), [event_factory("order", amount=120.0)])
-    v1 = features.STATE_DTYPES[1]
+    v1 = layout.STATE_DTYPES[1]
     record = np.zeros(1, v1)
     for name in v1.names:
         record[name] = state.block.data[name][state.row]
@@ -160,18 +155,18 @@ def test_a_version_1_state_reads_with_no_stream_position(event_factory):
         stored[:2]
         + bytes([1])
         + stored[3:5]
-        + zlib.compress(record.tobytes() + payload[features.STATE_DTYPE.itemsize :])
+        + zlib.compress(record.tobytes() + payload[layout.STATE_DTYPE.itemsize :])
     )
     restored, _ = decode_state(old, StateBlock())
     assert restored.orders_total == 1 and restored.last_order_at == state.last_order_at
-    for name in features.STREAM_FIELDS:
+    for name in layout.STREAM_FIELDS:
         assert not restored.block.data[name][restored.row].any()
 
 
 def test_a_state_from_a_newer_release_is_refused_with_a_clear_error(event_factory):
     import pytest
 
-    from pipeline.features import StateFormatError
+    from pipeline.state_format import StateFormatError
 
     stored = bytearray(encode_state(new_state("C1")))
     stored[2] = 99  # format version

@@ -139,10 +139,12 @@ def test_a_sweep_looks_closely_at_exactly_the_customers_whose_episodes_change(se
     """The vectorised pass may skip a customer only when evaluating it would change nothing:
     at every weekly boundary of a simulated history, a sweep gives the same records as
     evaluating every customer one by one."""
+    from pipeline.apply import apply_event
     from pipeline.events import decode_event
-    from pipeline.features import StateBlock, apply_event, decode_state, encode_state
     from pipeline.processing import sweep
     from pipeline.rules import evaluate
+    from pipeline.state import StateBlock
+    from pipeline.state_format import decode_state, encode_state
     from producers.simulator import parse_start, simulate
 
     events, _ = simulate(150, 11, parse_start("2024-10-07"), 540, 3, 0)
