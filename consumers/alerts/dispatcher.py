@@ -1,18 +1,18 @@
 """The alert dispatcher: turns warning records into notifications, and delivers them.
 
-:class:`Dispatcher` holds the rules of who is told what and when, over the
-ledger (no Kafka in it: the tests drive it with a clock of their own).
+Three stages, as in Alertmanager's notification pipeline: :class:`Dispatcher`
+takes episode changes in and queues notifications in the ledger (reminders
+and digests too), :class:`~consumers.alerts.policy.Policy` decides who is
+told and whether now, :class:`~consumers.alerts.outbox.Outbox` delivers
+(no Kafka in any of them: the tests drive them with a clock of their own).
 :func:`run_dispatcher` feeds it from the warnings and customers topics and
 commits offsets only after the ledger has the records, so a crash or a
 redelivery never loses or repeats a notification (the ledger's unique keys
 drop the repeats).
 
-Noise control, in order: a snoozed customer's notifications are recorded as
-``snoozed``; a warning held back by an open one (``inhibit`` in the routing
-file) is recorded as ``inhibited`` and listed inside the open one's message;
-past the recipient's daily cap it is ``capped`` and goes into the digest;
-otherwise it is ``pending`` until the recipient's delivery window opens. An
-open episode is notified again after its cooldown; a resolved one gets a
+Noise control (snoozes, inhibitions, daily caps, delivery windows) is the
+policy's, see :mod:`consumers.alerts.policy`. An open episode is notified
+again after its cooldown; a resolved one gets a
 short message to whoever heard about it, and its notices still waiting in the
 outbox are ``superseded``: never sent, so nobody hears "opened" for something
 already over.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,45 +33,21 @@ from churnwatch.core.settings import AlertSettings, Settings
 from churnwatch.core.topics import Topic
 from consumers.alerts.ledger import (
     TELLS_OPEN,
-    Attempt,
     Customer,
     Episode,
     Notification,
     NotificationKind,
-    active_snoozes,
-    current_owner,
     open_ledger,
     short_id,
 )
-from consumers.alerts.messages import Message, digest_message, episode_message, page_link
-from consumers.alerts.routing import Channel, Recipient, Routing, RoutingError, load_routing
+from consumers.alerts.messages import digest_message, episode_message, page_link
+from consumers.alerts.outbox import Clock, Outbox, Sender, apprise_send
+from consumers.alerts.policy import Policy
+from consumers.alerts.routing import Channel, Recipient, Routing, load_routing
 from pipeline import metrics
 from pipeline.events import CustomerUpdated, WarningRecord, decode_message
 
 log = logging.getLogger(__name__)
-
-#: Sends one message through one Apprise URL; returns (ok, error text).
-Sender = Callable[[str, Message], tuple[bool, str]]
-Clock = Callable[[], datetime]
-
-
-def apprise_send(url: str, message: Message) -> tuple[bool, str]:
-    """Send through Apprise (Markdown body: channels that render it get the rich form)."""
-    import apprise
-
-    notifier = apprise.Apprise()
-    if not notifier.add(url):
-        return False, "Apprise does not understand this channel's URL"
-    with apprise.LogCapture(level=logging.WARNING) as captured:  # type: ignore[no-untyped-call]
-        ok = notifier.notify(
-            title=message.subject,
-            body=message.markdown,
-            body_format=apprise.NotifyFormat.MARKDOWN,
-        )
-    if ok:
-        return True, ""
-    lines = [line for line in captured.getvalue().splitlines() if line.strip()]
-    return False, (lines[-1] if lines else "the channel did not accept the message")[:500]
 
 
 def _key(episode: Episode, kind: str, name: str, channel: Channel) -> str:
@@ -94,8 +69,9 @@ class Dispatcher:
         self.base_url = base_url  # the web inbox: messages link to the customer's page
         self.routing = routing
         self.sessions = sessions
-        self.send = send
         self.clock = clock
+        self.policy = Policy(settings, routing)
+        self.outbox = Outbox(settings, routing, sessions, send, clock)
         # every channel kind in use is exported from the start (at 0), so a
         # dashboard or alert never sees "no data" for "no failures yet"
         for recipient in routing.recipients.values():
@@ -174,8 +150,8 @@ class Dispatcher:
 
     def _release_held(self, session: Session, holder: Episode, now: datetime) -> None:
         """The holding episode closed: what it held back (still open) goes out now."""
-        for held in self._held(session, holder):
-            if self._open_of(
+        for held in self.policy.held(session, holder):
+            if self.policy.open_of(
                 session,
                 held.customer_id,
                 [t for t in self.routing.held_by(held.warning_type) if t != holder.warning_type],  # type: ignore[arg-type]
@@ -190,73 +166,10 @@ class Dispatcher:
                 note.status = "pending"
                 note.due_at = self.routing.recipient(note.recipient).window.next_open(now)
 
-    # -- deciding ----------------------------------------------------------
-
-    def _recipients(self, session: Session, episode: Episode) -> list[tuple[str, Recipient]]:
-        customer = session.get(Customer, episode.customer_id)
-        reported = episode.owner or (customer.owner if customer else "")
-        names = self.routing.route(
-            current_owner(session, episode.customer_id, reported),
-            episode.warning_type,  # type: ignore[arg-type]
-            episode.severity,  # type: ignore[arg-type]
-            episode.segment or (customer.segment if customer else ""),
-            customer.region if customer else "",
-        )
-        return [(name, self.routing.recipient(name)) for name in names]
-
-    def _snoozed(self, session: Session, episode: Episode, now: datetime) -> bool:
-        return any(
-            s.warning_type in (None, episode.warning_type)
-            for s in active_snoozes(session, episode.customer_id, now)
-        )
-
-    def _open_of(self, session: Session, customer_id: str, types: Sequence[str]) -> list[Episode]:
-        if not types:
-            return []
-        query = select(Episode).where(
-            Episode.customer_id == customer_id,
-            Episode.status == "open",
-            Episode.warning_type.in_(types),
-        )
-        return list(session.scalars(query))
-
-    def _held(self, session: Session, episode: Episode) -> list[Episode]:
-        """Open episodes of the customer that this episode's type holds back."""
-        held_types = [
-            t for i in self.routing.inhibit if i.while_open == episode.warning_type for t in i.hold
-        ]
-        return self._open_of(session, episode.customer_id, held_types)
-
-    def _day_count(self, session: Session, name: str, recipient: Recipient, now: datetime) -> int:
-        zone = ZoneInfo(recipient.window.timezone)
-        local = now.astimezone(zone)
-        start = datetime.combine(local.date(), datetime.min.time(), zone)
-        query = select(func.count(Notification.id)).where(
-            Notification.recipient == name,
-            Notification.kind.in_(TELLS_OPEN),
-            Notification.status.in_(["pending", "sent"]),
-            Notification.created_at >= start,
-        )
-        return int(session.scalar(query) or 0)
-
-    def _status(
-        self, session: Session, episode: Episode, kind: str, name: str, r: Recipient, now: datetime
-    ) -> str:
-        if self._snoozed(session, episode, now):
-            return "snoozed"
-        if kind == NotificationKind.RESOLVED:
-            return "pending"
-        holders = self.routing.held_by(episode.warning_type)  # type: ignore[arg-type]
-        if self._open_of(session, episode.customer_id, list(holders)):
-            return "inhibited"
-        if self._day_count(session, name, r, now) >= self.settings.daily_cap:
-            return "capped"
-        return "pending"
-
     def _queue(self, session: Session, episode: Episode, kind: str, now: datetime) -> int:
         created = 0
-        held = self._held(session, episode) if kind != NotificationKind.RESOLVED else []
-        for name, recipient in self._recipients(session, episode):
+        held = self.policy.held(session, episode) if kind != NotificationKind.RESOLVED else []
+        for name, recipient in self.policy.recipients(session, episode):
             for channel in recipient.channels:
                 if kind == NotificationKind.RESOLVED:
                     told = session.scalar(
@@ -298,7 +211,7 @@ class Dispatcher:
             held,
             page_link(self.base_url, episode.customer_id),
         )
-        status = self._status(session, episode, kind, name, recipient, now)
+        status = self.policy.status(session, episode, kind, name, recipient, now)
         session.add(
             Notification(
                 short_id=sid,
@@ -330,7 +243,7 @@ class Dispatcher:
                     episode.warning_type, self.settings.cooldown_hours.get("*", 72.0)
                 )
                 held: list[Episode] | None = None  # looked up once, if a reminder is due
-                for name, recipient in self._recipients(session, episode):
+                for name, recipient in self.policy.recipients(session, episode):
                     for channel in recipient.channels:
                         last = session.scalars(
                             select(Notification)
@@ -356,7 +269,7 @@ class Dispatcher:
                         )
                         kind = f"reminder-{int(count or 0) + 1}"
                         if held is None:
-                            held = self._held(session, episode)
+                            held = self.policy.held(session, episode)
                         key = _key(episode, kind, name, channel)
                         self._add(session, episode, kind, key, name, recipient, channel, now, held)
                         created += 1
@@ -421,73 +334,8 @@ class Dispatcher:
         return created
 
     def deliver_due(self, limit: int = 200) -> int:
-        """Send pending notifications whose time has come; failures wait and retry."""
-        now = self.clock()
-        sent = 0
-        with self.sessions() as session:
-            due = list(
-                session.scalars(
-                    select(Notification)
-                    .where(Notification.status == "pending", Notification.due_at <= now)
-                    .order_by(Notification.due_at, Notification.id)
-                    .limit(limit)
-                )
-            )
-            for note in due:
-                episode = session.get(Episode, note.warning_id) if note.warning_id else None
-                if (
-                    note.kind != NotificationKind.RESOLVED
-                    and episode is not None
-                    and episode.status != "open"
-                ):
-                    note.status = "superseded"  # resolved while it waited: old news
-                    session.commit()
-                    continue
-                ok, error = self._send(note)
-                at = self.clock()
-                note.attempts += 1
-                session.add(Attempt(notification_id=note.id, at=at, ok=ok, error=error))
-                if ok:
-                    note.status, note.sent_at = "sent", at
-                    sent += 1
-                    metrics.NOTIFICATIONS_SENT.labels(note.channel.split(":")[0]).inc()
-                else:
-                    wait = min(
-                        self.settings.retry_first_seconds * 2 ** (note.attempts - 1),
-                        self.settings.retry_max_seconds,
-                    )
-                    note.due_at = at + timedelta(seconds=wait)
-                    metrics.NOTIFICATIONS_FAILED.labels(note.channel.split(":")[0]).inc()
-                    log.warning(
-                        "delivery %s to %s via %s failed (attempt %d, next in %.0f s): %s",
-                        note.short_id,
-                        note.recipient,
-                        note.channel,
-                        note.attempts,
-                        wait,
-                        error,
-                    )
-                session.commit()  # one by one: a crash repeats at most one message
-            depth = session.scalar(
-                select(func.count(Notification.id)).where(Notification.status == "pending")
-            )
-            metrics.OUTBOX_DEPTH.set(int(depth or 0))
-        return sent
-
-    def _send(self, note: Notification) -> tuple[bool, str]:
-        recipient = self.routing.recipient(note.recipient)
-        channel = next((c for c in recipient.channels if c.name == note.channel), None)
-        if channel is None:
-            return False, f"channel {note.channel} is no longer in the routing file"
-        try:
-            url = channel.apprise_url(self.settings.smtp)
-        except RoutingError as exc:
-            return False, str(exc)
-        message = Message(note.subject, note.body_text, note.body_markdown)
-        try:
-            return self.send(url, message)
-        except Exception as exc:  # a channel library error must not stop the outbox
-            return False, f"{type(exc).__name__}: {exc}"[:500]
+        """Send pending notifications whose time has come (see :class:`Outbox`)."""
+        return self.outbox.deliver_due(limit)
 
     def tick(self) -> None:
         self.remind()

@@ -1,0 +1,134 @@
+"""The outbox: pending notifications sent when due, one at a time, with retries.
+
+Each notification is committed after its attempt, so a crash repeats at most
+the one on its way; a failed attempt waits (doubling, up to
+``alerts.retry_max_seconds``) and is tried again. A notice whose episode
+resolved while it waited is ``superseded``, never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from churnwatch.core.settings import AlertSettings
+from consumers.alerts.ledger import Attempt, Episode, Notification, NotificationKind
+from consumers.alerts.messages import Message
+from consumers.alerts.routing import Routing, RoutingError
+from pipeline import metrics
+
+log = logging.getLogger(__name__)
+
+#: Sends one message through one Apprise URL; returns (ok, error text).
+Sender = Callable[[str, Message], tuple[bool, str]]
+Clock = Callable[[], datetime]
+
+
+def apprise_send(url: str, message: Message) -> tuple[bool, str]:
+    """Send through Apprise (Markdown body: channels that render it get the rich form)."""
+    import apprise
+
+    notifier = apprise.Apprise()
+    if not notifier.add(url):
+        return False, "Apprise does not understand this channel's URL"
+    with apprise.LogCapture(level=logging.WARNING) as captured:  # type: ignore[no-untyped-call]
+        ok = notifier.notify(
+            title=message.subject,
+            body=message.markdown,
+            body_format=apprise.NotifyFormat.MARKDOWN,
+        )
+    if ok:
+        return True, ""
+    lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+    return False, (lines[-1] if lines else "the channel did not accept the message")[:500]
+
+
+class Outbox:
+    """Delivers what the dispatcher queued in the ledger."""
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        routing: Routing,
+        sessions: sessionmaker[Session],
+        send: Sender,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.routing = routing
+        self.sessions = sessions
+        self.send = send
+        self.clock = clock
+
+    def deliver_due(self, limit: int = 200) -> int:
+        """Send pending notifications whose time has come; failures wait and retry."""
+        now = self.clock()
+        sent = 0
+        with self.sessions() as session:
+            due = list(
+                session.scalars(
+                    select(Notification)
+                    .where(Notification.status == "pending", Notification.due_at <= now)
+                    .order_by(Notification.due_at, Notification.id)
+                    .limit(limit)
+                )
+            )
+            for note in due:
+                episode = session.get(Episode, note.warning_id) if note.warning_id else None
+                if (
+                    note.kind != NotificationKind.RESOLVED
+                    and episode is not None
+                    and episode.status != "open"
+                ):
+                    note.status = "superseded"  # resolved while it waited: old news
+                    session.commit()
+                    continue
+                ok, error = self._send(note)
+                at = self.clock()
+                note.attempts += 1
+                session.add(Attempt(notification_id=note.id, at=at, ok=ok, error=error))
+                if ok:
+                    note.status, note.sent_at = "sent", at
+                    sent += 1
+                    metrics.NOTIFICATIONS_SENT.labels(note.channel.split(":")[0]).inc()
+                else:
+                    wait = min(
+                        self.settings.retry_first_seconds * 2 ** (note.attempts - 1),
+                        self.settings.retry_max_seconds,
+                    )
+                    note.due_at = at + timedelta(seconds=wait)
+                    metrics.NOTIFICATIONS_FAILED.labels(note.channel.split(":")[0]).inc()
+                    log.warning(
+                        "delivery %s to %s via %s failed (attempt %d, next in %.0f s): %s",
+                        note.short_id,
+                        note.recipient,
+                        note.channel,
+                        note.attempts,
+                        wait,
+                        error,
+                    )
+                session.commit()  # one by one: a crash repeats at most one message
+            depth = session.scalar(
+                select(func.count(Notification.id)).where(Notification.status == "pending")
+            )
+            metrics.OUTBOX_DEPTH.set(int(depth or 0))
+        return sent
+
+    def _send(self, note: Notification) -> tuple[bool, str]:
+        recipient = self.routing.recipient(note.recipient)
+        channel = next((c for c in recipient.channels if c.name == note.channel), None)
+        if channel is None:
+            return False, f"channel {note.channel} is no longer in the routing file"
+        try:
+            url = channel.apprise_url(self.settings.smtp)
+        except RoutingError as exc:
+            return False, str(exc)
+        message = Message(note.subject, note.body_text, note.body_markdown)
+        try:
+            return self.send(url, message)
+        except Exception as exc:  # a channel library error must not stop the outbox
+            return False, f"{type(exc).__name__}: {exc}"[:500]
