@@ -147,13 +147,8 @@ def bench(
     """Measure the worker against a bare consume loop on its own embedded broker."""
     import json
 
-    from churnwatch.bench import (
-        format_result,
-        run_backtest_bench,
-        run_bench,
-        run_web_bench,
-        to_json,
-    )
+    from churnwatch.bench.batch import run_backtest_bench, run_web_bench
+    from churnwatch.bench.drain import format_result, run_bench, to_json
     from churnwatch.core.broker import BrokerError
 
     if web:

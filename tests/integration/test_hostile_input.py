@@ -8,7 +8,7 @@ from collections import Counter
 
 from kafka import KafkaProducer
 
-from churnwatch.bench import rss_mb
+from churnwatch.bench.probes import rss_mb
 from churnwatch.core.topics import Topic
 from pipeline.events import DEAD_LETTER_PAYLOAD_CHARS, DeadLetter, WarningRecord, decode_event
 from pipeline.processing import run_history
