@@ -33,9 +33,9 @@ from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
 from churnwatch.core.broker import EmbeddedBroker, free_port, port_is_free, start_child, stop_child
+from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Topic, end_offsets, ensure_topics
-from consumers.alerts.inbox import LocalInbox
 from consumers.alerts.ledger import open_ledger
 from consumers.warnings_view import format_warning, tail_warnings
 from consumers.web.app import WebServer

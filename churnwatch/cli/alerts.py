@@ -81,22 +81,11 @@ def alerts_list(
     limit: int,
 ) -> None:
     """Notifications in the ledger, newest first."""
-    from sqlalchemy import select
-
-    from consumers.alerts.ledger import Notification
+    from consumers.alerts.ledger import find_notifications
 
     _, sessions = _dispatcher_parts(ctx)
-    query = select(Notification).order_by(Notification.id.desc()).limit(limit)
-    for column, value in (
-        (Notification.customer_id, customer),
-        (Notification.recipient, recipient),
-        (Notification.status, status),
-        (Notification.kind, kind),
-    ):
-        if value is not None:
-            query = query.where(column == value)
     with sessions() as session:
-        rows = list(session.scalars(query))
+        rows = find_notifications(session, customer, recipient, status, kind, limit)
     if not rows:
         click.echo("no notifications match")
     for n in rows:
@@ -160,13 +149,11 @@ def alerts_feedback(ctx: click.Context, short_id: str, verdict: str, note: str) 
     """Record what came of notification SHORT_ID (the id in its subject)."""
     from datetime import UTC, datetime
 
-    from sqlalchemy import select
-
-    from consumers.alerts.ledger import Notification, add_feedback
+    from consumers.alerts.ledger import add_feedback, notification_by_short_id
 
     _, sessions = _dispatcher_parts(ctx)
     with sessions.begin() as session:
-        found = session.scalar(select(Notification).where(Notification.short_id == short_id))
+        found = notification_by_short_id(session, short_id)
         if found is None:
             raise click.ClickException(
                 f"no notification {short_id!r} (see `churnwatch alerts list`)"

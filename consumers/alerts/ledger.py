@@ -294,6 +294,33 @@ def add_feedback(
     return feedback
 
 
+def find_notifications(
+    session: Session,
+    customer: str | None = None,
+    recipient: str | None = None,
+    status: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+) -> list[Notification]:
+    """Notifications newest first, of this customer, recipient, status and kind
+    where given (``churnwatch alerts list``)."""
+    query = select(Notification).order_by(Notification.id.desc()).limit(limit)
+    for column, value in (
+        (Notification.customer_id, customer),
+        (Notification.recipient, recipient),
+        (Notification.status, status),
+        (Notification.kind, kind),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    return list(session.scalars(query))
+
+
+def notification_by_short_id(session: Session, short: str) -> Notification | None:
+    """The notification a message quoted (its short id), if any."""
+    return session.scalar(select(Notification).where(Notification.short_id == short))
+
+
 def current_owner(session: Session, customer_id: str, reported: str) -> str:
     """The customer's owner: the last hand-over's, else the one the pipeline reports."""
     handed = session.scalar(

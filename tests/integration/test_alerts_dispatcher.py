@@ -7,8 +7,8 @@ import sys
 import time
 
 from churnwatch.core.broker import start_child, stop_child
+from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.topics import Topic
-from consumers.alerts.inbox import LocalInbox
 from pipeline.events import CustomerUpdated, encode_event
 from tests.integration.conftest import produce_raw, settings_env, wait_for
 from tests.unit.test_alerts import record

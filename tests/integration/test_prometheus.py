@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from churnwatch.core.broker import free_port, start_child, stop_child
+from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.registry import promote
 from churnwatch.core.settings import PROJECT_ROOT
 from churnwatch.core.topics import Topic
-from consumers.alerts.inbox import LocalInbox
 from models.train import train
 from pipeline.events import decode_event
 from producers.produce import produce

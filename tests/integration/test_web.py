@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import select
 
 from churnwatch.core.broker import free_port, start_child, stop_child
+from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.topics import Topic
-from consumers.alerts.inbox import LocalInbox
 from consumers.alerts.ledger import Customer, Episode, Notification, open_ledger
 from pipeline.events import WarningRecord, encode_event
 from producers.produce import produce

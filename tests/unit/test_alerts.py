@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import select
 
 from churnwatch.core.broker import free_port
+from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.settings import AlertSettings, SmtpSettings
 from consumers.alerts.dispatcher import Dispatcher
-from consumers.alerts.inbox import LocalInbox
 from consumers.alerts.ledger import Notification, Snooze, open_ledger
 from consumers.alerts.routing import Routing, RoutingError, load_routing
 from pipeline.events import WarningRecord
