@@ -172,11 +172,11 @@ def register(p: Pipeline) -> None:
     # What each partition's batch sent to the output topics since its last store:
     # (topic, key, value). Noted locally with the store, so that a kill -9 after the
     # local writes but before the producer delivered them does not lose them.
-    outgoing: dict[int, list[tuple[str, bytes | None, bytes]]] = {}
+    outgoing: dict[int, list[tuple[Topic, bytes | None, bytes]]] = {}
 
-    async def send_out(partition: int, topic: str, key: bytes | None, value: bytes) -> None:
+    async def send_out(partition: int, topic: Topic, key: bytes | None, value: bytes) -> None:
         outgoing.setdefault(partition, []).append((topic, key, value))
-        channel = p.warnings if topic == "warnings" else p.dead_letters
+        channel = p.warnings if topic is Topic.WARNINGS else p.dead_letters
         await channel.send(key=key, value=value)
 
     async def dead_letter(message: Message, reason: str, kind: str) -> None:
@@ -185,13 +185,13 @@ def register(p: Pipeline) -> None:
         )
         metrics.INVALID_EVENTS.labels(kind).inc()
         metrics.DEAD_LETTERS.inc()
-        await send_out(message.partition, "dead_letters", message.key, encode_event(record))
+        await send_out(message.partition, Topic.DEAD_LETTERS, message.key, encode_event(record))
 
     async def emit(partition: int, records: list[WarningRecord], received_at: float) -> None:
         for record in records:
             metrics.WARNINGS.labels(record.warning_type, record.status, record.severity).inc()
             value = encode_event(record)
-            await send_out(partition, "warnings", record.customer_id.encode(), value)
+            await send_out(partition, Topic.WARNINGS, record.customer_id.encode(), value)
             now = time.time()
             metrics.WARNING_LATENCY.labels("event_time").observe(
                 max(0.0, now - to_epoch(record.at))
@@ -429,6 +429,7 @@ def register(p: Pipeline) -> None:
 
         local: Any = p.sweep_progress.data
         noted: list[tuple[int, Message]] = []  # partitions whose sent records are noted
+        records_noted = 0
 
         for partition, message in last_of.items():
             rows = dirty.get(partition, set())
@@ -455,8 +456,9 @@ def register(p: Pipeline) -> None:
                 records = outgoing.pop(partition, [])
                 if records or local.get(unsent_records_key(partition)) != "[]":
                     noted.append((partition, message))
+                    records_noted += len(records)
                     local[unsent_records_key(partition)] = json.dumps(
-                        [[topic, _b64(key), _b64(value)] for topic, key, value in records]
+                        [[topic.value, _b64(key), _b64(value)] for topic, key, value in records]
                     )
             rows.clear()
         for partition in resend_floors & set(last_of):
@@ -477,7 +479,7 @@ def register(p: Pipeline) -> None:
                     float(message.offset + 1),
                     tp.partition,
                 )
-        if exit_after[0] and any(json.loads(local[unsent_records_key(q)]) for q, _ in noted):
+        if exit_after[0] and records_noted:
             exit_after[0] -= 1
             if not exit_after[0]:
                 os._exit(137)  # fault injection (FAULT_EXIT_ENV): the crash tests only
@@ -622,26 +624,26 @@ def register(p: Pipeline) -> None:
     # the last one), as stored beside the states: a message below it is skipped.
     floors: dict[tuple[str, int], int] = {}
 
-    # Partitions whose read floors are sent again with the next store (see below),
-    # and the warnings and dead letters sent again at a restart.
+    # Partitions whose read floors are sent again with the next store (see below).
     resend_floors: set[int] = set()
-    resend_records: list[tuple[int, str, bytes | None, bytes]] = []
     exit_after = [int(os.environ.get(FAULT_EXIT_ENV) or 0)]
 
-    def resend_unsent(partition: int) -> None:
+    def resend_unsent(partition: int) -> list[tuple[Topic, bytes | None, bytes]]:
         """The customers whose changes were on their way to the changelog when the
         worker last stored them (a kill -9 can cut that off; a stop or a rebalance
         waits for it): their states, the partition's sweep progress and read floors
         go to the changelog again with the next store, so it holds everything the
         local store does. Identical records sent twice change nothing. The warnings
-        and dead letters the batch had sent are sent again too (the same records:
-        the dispatcher and the warning's id keep one)."""
-        records = cast(Any, p.sweep_progress.data).get(unsent_records_key(partition))
-        for topic, key, value in json.loads(records) if records else []:
-            resend_records.append((partition, topic, _unb64(key), base64.b64decode(value)))
+        and dead letters the batch had sent are returned, to be sent again (the same
+        records: the dispatcher and the warning's id keep one)."""
+        noted = cast(Any, p.sweep_progress.data).get(unsent_records_key(partition))
+        records = [
+            (Topic(topic), _unb64(key), base64.b64decode(value))
+            for topic, key, value in (json.loads(noted) if noted else [])
+        ]
         unsent = cast(Any, p.sweep_progress.data).get(unsent_key(partition))
         if not unsent:
-            return
+            return records
         block = partition_block(partition)
         rows = dirty.setdefault(partition, set())
         rows.update(block.rows[c] for c in json.loads(unsent) if c in block.rows)
@@ -649,6 +651,7 @@ def register(p: Pipeline) -> None:
         if progress:
             swept[partition] = max(swept.get(partition, 0.0), progress)
         resend_floors.add(partition)
+        return records
 
     async def start_reading(partitions: set[int]) -> None:
         """Load the read floors of these partitions and tell the watermark where
@@ -660,9 +663,9 @@ def register(p: Pipeline) -> None:
                 floor = p.sweep_progress.get(read_floor_key(name, partition))
                 if floor:
                     floors[(name, partition)] = int(floor)
-            resend_unsent(partition)
-        while resend_records:  # before anything new: sent again (the same ids), noted again
-            await send_out(*resend_records.pop(0))
+            # before anything new: sent again (the same ids), and noted again
+            for topic, key, value in resend_unsent(partition):
+                await send_out(partition, topic, key, value)
         if event_clock:
             tps = [TopicPartition(name, part) for name in input_names for part in partitions]
             starts = await asyncio.to_thread(committed_offsets, settings, p.app.conf.id, tps)
