@@ -97,7 +97,7 @@ def run_bench(
     faust_floor: bool = True,
     say: Callable[[str], None] = print,
 ) -> BenchResult:
-    """Run the benchmark; see the module docstring."""
+    """Run the benchmark; what it measures is in :mod:`churnwatch.bench`."""
     from churnwatch.demo import train_demo_model
 
     loop_factory = event_loop_factory(settings.worker.event_loop)
