@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from churnwatch.core.settings import WarningThresholds
+from churnwatch.core.thresholds import WarningThresholds
 from pipeline.apply import apply_event
 from pipeline.events import CustomerEvent, OrderPlaced
 from pipeline.processing import read_segmented

@@ -32,8 +32,9 @@ from churnwatch.core.registry import MODEL_FILE, new_version, write_card
 from churnwatch.core.settings import Settings
 from models.baselines import LABEL, all_baselines
 from models.dataset import build_training_set, cutoffs_every
+from pipeline.drift import DRIFT_FEATURES, drift_reference
 from pipeline.events import CustomerEvent
-from pipeline.scoring import DRIFT_FEATURES, INPUT_FEATURES, drift_reference
+from pipeline.scoring import INPUT_FEATURES
 
 Vector = npt.NDArray[np.float64]
 TOP_SHARE = 0.10

@@ -36,7 +36,7 @@ def tree_sums(
     A node compares ``copy[feature[node]] > threshold[node]``, where a row's
     ``copy`` is the row twice, missing values as -inf in the first half and
     +inf in the second, infinities clipped to the finite range (see
-    :class:`pipeline.scoring.CompiledBoosters`); a node's children are
+    :class:`pipeline.boosters.CompiledBoosters`); a node's children are
     ``children[2 * node]`` (left) and ``children[2 * node + 1]`` (right), and a
     leaf is its own child, so ``depth`` steps (the deepest tree's) end every
     walk on its leaf.

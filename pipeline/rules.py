@@ -1,24 +1,19 @@
-"""Warning rules and their episodes (pure: no I/O, no Faust).
+"""The warning rules (pure: no I/O, no Faust).
 
 Each rule reads :class:`~pipeline.features.Features` and thresholds and says
-whether the customer is in the warning condition, with the evidence. Episodes
-add hysteresis: a warning opens when the *enter* threshold is crossed and
-resolves only past the gentler *exit* threshold, so it does not flap. Ids are
-deterministic (customer, type, opening time), so a replay or a redelivery
-produces the same records.
+whether the customer is in the warning condition (with the *exit* threshold
+when an episode is open, the *enter* one otherwise), how severe, and with
+``explain`` the evidence and the recommended action. :mod:`pipeline.episodes`
+turns the verdicts into episodes and records; :mod:`pipeline.screening` is the
+same conditions over a whole block at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
 
-import numpy as np
-import numpy.typing as npt
-
-from churnwatch.core.settings import (
+from churnwatch.core.thresholds import (
     ChurnRiskThresholds,
     ComplaintTroubleThresholds,
     CoolingEngagementThresholds,
@@ -26,9 +21,9 @@ from churnwatch.core.settings import (
     SalesDropThresholds,
     WarningThresholds,
 )
-from pipeline.events import WARNING_TYPES, Severity, WarningRecord, WarningType
-from pipeline.features import FeatureColumns, Features, read_features
-from pipeline.state import DAY, SEVERITIES, CustomerState, warning_id
+from pipeline.events import Severity, WarningType
+from pipeline.features import Features
+from pipeline.state import SEVERITIES
 from pipeline.texts import text
 
 
@@ -354,7 +349,7 @@ def churn_risk(
         )
     return Verdict(
         active=True,
-        severity=_churn_severity(p, f.revenue_52w, all_t),
+        severity=churn_severity(p, f.revenue_52w, all_t),
         summary=text(
             language,
             "churn_risk.summary",
@@ -368,94 +363,9 @@ def churn_risk(
     )
 
 
-def _worse(now: Severity, before: Severity) -> bool:
-    return SEVERITIES.index(now) > SEVERITIES.index(before)
-
-
-def _churn_severity(p: float, revenue_52w: float, thresholds: WarningThresholds) -> Severity:
+def churn_severity(p: float, revenue_52w: float, thresholds: WarningThresholds) -> Severity:
+    """The churn-risk warning's severity at probability ``p``."""
     return _grade(2 if p >= 0.9 else 1 if p >= 0.8 else 0, revenue_52w, thresholds)
-
-
-def _as_datetime(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
-
-
-def features_for(state: CustomerState, as_of: float, thresholds: WarningThresholds) -> Features:
-    """The customer's features as its segment's thresholds read them."""
-    thresholds = thresholds.for_segment(state.segment)
-    return read_features(
-        state,
-        as_of,
-        thresholds.recent_weeks,
-        thresholds.baseline_weeks,
-        thresholds.high_value_revenue,
-    )
-
-
-def evaluate(
-    state: CustomerState,
-    as_of: float,
-    thresholds: WarningThresholds,
-    features: Features | None = None,
-    risk: Risk | None = None,
-) -> list[WarningRecord]:
-    """Re-evaluate every rule for ``state`` at ``as_of``; open/resolve episodes in ``state``.
-
-    Returns the warning records to emit (usually none). The customer's segment
-    picks its thresholds; an episode stays open for at least
-    ``min_episode_days`` so it cannot flap open and shut. With a model
-    ``risk``, the churn-risk episode is evaluated too and every record carries
-    the probability.
-    """
-    if features is None:
-        features = features_for(state, as_of, thresholds)
-    thresholds = thresholds.for_segment(state.segment)
-    types: list[WarningType] = list(RULES)
-    if risk is not None:
-        types.append("churn_risk")
-    out: list[WarningRecord] = []
-    for warning_type in types:
-        episode = state.episode(warning_type)
-        # An open rule episode is re-graded every sweep, so its full verdict is
-        # needed anyway; churn risk is graded from the probability alone, and
-        # explained only when it opens or gets worse.
-        explain = episode is not None and warning_type != "churn_risk"
-        verdict = _verdict(warning_type, features, thresholds, risk, episode is not None, explain)
-        if verdict.active and episode is None:
-            wid = warning_id(state.customer_id, warning_type, as_of)
-            state.open_episode(warning_type, as_of, verdict.severity)
-            out.append(_record(state, warning_type, verdict, "opened", wid, as_of, as_of, risk))
-        elif not verdict.active and episode is not None:
-            if as_of - episode[1] < thresholds.min_episode_days * DAY:
-                continue
-            state.close_episode(warning_type)
-            out.append(
-                _record(
-                    state, warning_type, verdict, "resolved", episode[0], episode[1], as_of, risk
-                )
-            )
-        elif verdict.active and episode is not None:
-            # Still open: a new record only when it got worse (never for better).
-            now = verdict.severity
-            if risk is not None and warning_type == "churn_risk":
-                now = _churn_severity(risk.probability, features.revenue_52w, thresholds)
-            if _worse(now, episode[2]):
-                if not explain:
-                    verdict = _verdict(warning_type, features, thresholds, risk, True, True)
-                state.regrade_episode(warning_type, verdict.severity)
-                out.append(
-                    _record(
-                        state,
-                        warning_type,
-                        verdict,
-                        "escalated",
-                        episode[0],
-                        episode[1],
-                        as_of,
-                        risk,
-                    )
-                )
-    return out
 
 
 #: The rule-based warning types, in evaluation order.
@@ -465,235 +375,3 @@ RULES: tuple[WarningType, ...] = (
     "cooling_engagement",
     "complaint_trouble",
 )
-
-
-def _verdict(
-    warning_type: WarningType,
-    f: Features,
-    t: WarningThresholds,
-    risk: Risk | None,
-    is_open: bool,
-    explain: bool = False,
-) -> Verdict:
-    if warning_type == "sales_drop":
-        return sales_drop(f, t.sales_drop, t, is_open, explain)
-    if warning_type == "overdue_debt":
-        return overdue_debt(f, t.overdue_debt, t, is_open, explain)
-    if warning_type == "cooling_engagement":
-        return cooling_engagement(f, t.cooling_engagement, t, is_open, explain)
-    if warning_type == "complaint_trouble":
-        return complaint_trouble(f, t.complaint_trouble, t, is_open, explain)
-    if risk is None:
-        raise ValueError("churn_risk needs a model score")
-    return churn_risk(f, risk, t.churn_risk, t, is_open, explain)
-
-
-def _record(
-    state: CustomerState,
-    warning_type: WarningType,
-    verdict: Verdict,
-    status: Literal["opened", "resolved", "escalated"],
-    wid: str,
-    opened_ts: float,
-    at_ts: float,
-    risk: Risk | None,
-) -> WarningRecord:
-    return WarningRecord(
-        warning_id=wid,
-        status=status,
-        warning_type=warning_type,
-        customer_id=state.customer_id,
-        customer_name=state.name,
-        owner=state.owner,
-        segment=state.segment,
-        severity=verdict.severity,
-        opened_at=_as_datetime(opened_ts),
-        at=_as_datetime(at_ts),
-        summary=verdict.summary,
-        evidence=verdict.evidence,
-        recommended_action=verdict.action,
-        churn_probability=None if risk is None else round(risk.probability, 4),
-        model_version="" if risk is None else risk.model_version,
-    )
-
-
-# --- which customers a sweep must look at closely ------------------------------------
-#
-# The functions below decide, for all customers of a block at once, the same
-# "is the condition active" and "how severe" as the rules above. A sweep then
-# runs :func:`evaluate` only for the customers where an episode opens,
-# resolves or gets worse; everyone else's evaluation would return nothing.
-# A test runs both ways over whole histories and demands the same records.
-
-BoolArray = npt.NDArray[np.bool_]
-IntArray = npt.NDArray[np.int64]
-
-
-def _grades(base: IntArray, revenue_52w: npt.NDArray[np.float64], t: WarningThresholds) -> IntArray:
-    base = base + (revenue_52w >= t.high_value_revenue)
-    return np.clip(base, 0, len(SEVERITIES) - 1)
-
-
-def _sales_drop_many(
-    c: FeatureColumns, t: SalesDropThresholds, all_t: WarningThresholds, is_open: BoolArray
-) -> tuple[BoolArray, IntArray]:
-    rw = all_t.recent_weeks
-    expected_orders = c["orders_baseline_per_week"] * rw
-    expected_amount = c["amount_baseline_per_week"] * rw
-    baseline_known = c["history_weeks"] >= rw + all_t.baseline_weeks
-    comparable = baseline_known & (expected_orders >= t.min_expected_orders)
-    ratio = np.where(
-        comparable & (expected_amount > 0), c["amount_recent"] / expected_amount, np.nan
-    )
-    since, gap = c["days_since_last_order"], c["mean_order_gap_days"]
-    silence_ratio = np.where(
-        ~np.isnan(since)
-        & (gap > 0)
-        & (c["orders_total"] >= 4)
-        & (c["history_weeks"] >= all_t.baseline_weeks),
-        since / gap,
-        np.nan,
-    )
-    last_year = c["amount_same_weeks_last_year"]
-    seasonal = ~np.isnan(last_year) & (
-        (c["amount_recent"] >= t.seasonal_tolerance * last_year)
-        | (last_year <= t.enter_ratio * expected_amount)
-    )
-    silence_limit = np.maximum(
-        np.maximum(t.min_silence_days, t.enter_silence_ratio * gap),
-        t.longest_gap_margin * c["longest_gap_past_year_days"],
-    )
-    dropped = np.where(is_open, ratio < t.exit_ratio, ratio <= t.enter_ratio)
-    silent = np.where(
-        is_open,
-        silence_ratio >= t.exit_silence_ratio,
-        ~np.isnan(silence_ratio) & (np.nan_to_num(since) >= silence_limit),
-    )
-    active = (dropped | silent) & ~seasonal
-    silence_path = silent & ~np.isnan(silence_ratio) & ~dropped
-    base = np.where(
-        silence_path,
-        1 + (silence_ratio >= 2 * t.enter_silence_ratio),
-        1 + (ratio <= t.enter_ratio / 2),
-    )
-    return active, _grades(base, c["revenue_52w"], all_t)
-
-
-def _overdue_debt_many(
-    c: FeatureColumns, t: OverdueDebtThresholds, all_t: WarningThresholds, is_open: BoolArray
-) -> tuple[BoolArray, IntArray]:
-    dpd, amount = c["max_days_past_due"], c["overdue_amount"]
-    active = np.where(
-        is_open,
-        (dpd > t.exit_days_past_due) & (amount > 0),
-        (dpd >= t.enter_days_past_due) & (amount >= t.min_overdue_amount),
-    )
-    base = np.where(dpd > 90, 3, np.where(dpd > 60, 2, 1))
-    return active, _grades(base, c["revenue_52w"], all_t)
-
-
-def _cooling_engagement_many(
-    c: FeatureColumns, t: CoolingEngagementThresholds, all_t: WarningThresholds, is_open: BoolArray
-) -> tuple[BoolArray, IntArray]:
-    rw = all_t.recent_weeks
-    expected = c["inbound_baseline_per_week"] * rw
-    baseline_known = c["history_weeks"] >= rw + all_t.baseline_weeks
-    comparable = baseline_known & (expected >= t.min_expected_contacts)
-    ratio = np.where(comparable, c["inbound_recent"] / expected, np.nan)
-    silence = c["days_since_last_inbound"]
-    silence_known = ~np.isnan(silence) & (c["history_weeks"] >= all_t.baseline_weeks)
-    usual_gap = np.where(expected > 0, 7 * rw / expected, 0.0)
-    quiet = np.nan_to_num(silence)
-    cooled = np.where(is_open, ratio < t.exit_ratio, ratio <= t.enter_ratio)
-    silent = silence_known & np.where(
-        is_open,
-        quiet >= np.maximum(t.exit_silence_days, t.exit_silence_gaps * usual_gap),
-        quiet >= np.maximum(t.enter_silence_days, t.enter_silence_gaps * usual_gap),
-    )
-    base = np.where(np.nan_to_num(ratio) > t.enter_ratio / 2, 1, 2)
-    return cooled | silent, _grades(base, c["revenue_52w"], all_t)
-
-
-def _complaint_trouble_many(
-    c: FeatureColumns, t: ComplaintTroubleThresholds, all_t: WarningThresholds, is_open: BoolArray
-) -> tuple[BoolArray, IntArray]:
-    share = np.nan_to_num(c["returns_share_13w"])
-    c4w, oldest, returns_13w = (
-        c["complaints_4w"],
-        c["oldest_open_complaint_days"],
-        c["returns_13w"],
-    )
-    surge = np.where(
-        is_open,
-        c4w > t.exit_complaints_4w,
-        c4w >= np.maximum(t.enter_complaints_4w, t.surge_factor * c["complaints_usual_4w"]),
-    )
-    stale = np.where(is_open, oldest > t.exit_unresolved_days, oldest >= t.enter_unresolved_days)
-    returns = np.where(is_open, share > t.exit_returns_share, share >= t.enter_returns_share) & (
-        returns_13w >= t.min_returns_amount
-    )
-    reasons = surge.astype(np.int64) + stale + returns
-    base = 1 + (c["max_open_severity"] >= 3) + (reasons > 1)
-    return reasons > 0, _grades(base, c["revenue_52w"], all_t)
-
-
-def _churn_grades(
-    probability: npt.NDArray[np.float64], revenue_52w: Any, t: WarningThresholds
-) -> IntArray:
-    base = np.where(probability >= 0.9, 2, np.where(probability >= 0.8, 1, 0))
-    return _grades(base, revenue_52w, t)
-
-
-def changing(
-    columns: FeatureColumns,
-    thresholds: WarningThresholds,
-    severity: npt.NDArray[np.int8],
-    probability: npt.NDArray[np.float64] | None = None,
-) -> tuple[BoolArray, BoolArray]:
-    """Which customers' episodes change: (any episode opens, resolves or worsens;
-    the churn-risk episode opens or worsens, so its reasons are needed).
-
-    ``thresholds`` are the customers' segment's; ``severity`` is each open
-    episode's severity index per :data:`WARNING_TYPES` (-1: none open);
-    ``probability`` the model's scores (None: rules only).
-    """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return _changing(columns, thresholds, severity, probability)
-
-
-def _changing(
-    columns: FeatureColumns,
-    thresholds: WarningThresholds,
-    severity: npt.NDArray[np.int8],
-    probability: npt.NDArray[np.float64] | None,
-) -> tuple[BoolArray, BoolArray]:
-    rules: dict[str, Callable[[BoolArray], tuple[BoolArray, IntArray]]] = {
-        "sales_drop": lambda o: _sales_drop_many(columns, thresholds.sales_drop, thresholds, o),
-        "overdue_debt": lambda o: _overdue_debt_many(
-            columns, thresholds.overdue_debt, thresholds, o
-        ),
-        "cooling_engagement": lambda o: _cooling_engagement_many(
-            columns, thresholds.cooling_engagement, thresholds, o
-        ),
-        "complaint_trouble": lambda o: _complaint_trouble_many(
-            columns, thresholds.complaint_trouble, thresholds, o
-        ),
-    }
-    change = np.zeros(len(severity), bool)
-    speaks = np.zeros(len(severity), bool)
-    for i, warning_type in enumerate(WARNING_TYPES):
-        stored = severity[:, i]
-        is_open = stored >= 0
-        if warning_type != "churn_risk":
-            active, grade = rules[warning_type](is_open)
-        elif probability is not None:
-            t = thresholds.churn_risk
-            active = probability >= np.where(is_open, t.exit_probability, t.enter_probability)
-            grade = _churn_grades(probability, columns["revenue_52w"], thresholds)
-        else:
-            continue
-        worse = is_open & active & (grade > stored)
-        change |= (active != is_open) | worse
-        if warning_type == "churn_risk":
-            speaks = (~is_open & active) | worse
-    return change, speaks

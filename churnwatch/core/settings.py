@@ -16,14 +16,15 @@ from typing import Any, Literal, get_origin
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from churnwatch.core.thresholds import Section as _Section
+from churnwatch.core.thresholds import WarningThresholds, deep_merge
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # churnwatch/core/settings.py -> the repository
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
@@ -34,10 +35,6 @@ ENV_PREFIX = "CHURNWATCH_"
 #: its Nth store that noted warnings or dead letters, before any of that batch
 #: is delivered (tests/integration/test_recovery.py).
 FAULT_EXIT_ENV = "CHURNWATCH_FAULT_EXIT_AFTER_STORES"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class KafkaSettings(_Section):
@@ -103,99 +100,6 @@ class ClockSettings(_Section):
     sweep_every_hours: float = Field(24.0, gt=0)
     allowed_lateness_hours: float = Field(0.0, ge=0)
     wall_tick_seconds: float = Field(60.0, gt=0)
-
-
-class SalesDropThresholds(_Section):
-    min_expected_orders: float = Field(5.0, gt=0)
-    enter_ratio: float = Field(0.4, gt=0, lt=1)
-    exit_ratio: float = Field(0.7, gt=0, le=1)
-    enter_silence_ratio: float = Field(3.0, gt=1)
-    exit_silence_ratio: float = Field(2.0, gt=0)
-    min_silence_days: float = Field(28.0, gt=0)
-    longest_gap_margin: float = Field(1.2, ge=0)
-    seasonal_tolerance: float = Field(0.4, gt=0, le=1)
-
-
-class OverdueDebtThresholds(_Section):
-    enter_days_past_due: float = Field(30.0, gt=0)
-    exit_days_past_due: float = Field(10.0, ge=0)
-    min_overdue_amount: float = Field(100.0, ge=0)
-
-
-class CoolingEngagementThresholds(_Section):
-    min_expected_contacts: float = Field(5.0, gt=0)
-    enter_ratio: float = Field(0.2, gt=0, lt=1)
-    exit_ratio: float = Field(0.5, gt=0, le=1)
-    enter_silence_days: float = Field(60.0, gt=0)
-    exit_silence_days: float = Field(21.0, gt=0)
-    enter_silence_gaps: float = Field(4.0, gt=1)
-    exit_silence_gaps: float = Field(2.0, gt=0)
-
-
-class ComplaintTroubleThresholds(_Section):
-    enter_complaints_4w: float = Field(3.0, gt=0)
-    exit_complaints_4w: float = Field(1.0, ge=0)
-    surge_factor: float = Field(3.0, ge=1)
-    enter_unresolved_days: float = Field(21.0, gt=0)
-    exit_unresolved_days: float = Field(10.0, ge=0)
-    enter_returns_share: float = Field(0.5, gt=0)
-    exit_returns_share: float = Field(0.25, ge=0)
-    min_returns_amount: float = Field(200.0, ge=0)
-
-
-class ChurnRiskThresholds(_Section):
-    """The model's churn-risk warning: opens at ``enter``, resolves below ``exit``."""
-
-    enter_probability: float = Field(0.7, gt=0, lt=1)
-    exit_probability: float = Field(0.5, gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _exit_below_enter(self) -> ChurnRiskThresholds:
-        if self.exit_probability > self.enter_probability:
-            raise ValueError("exit_probability must not be above enter_probability")
-        return self
-
-
-class WarningThresholds(_Section):
-    recent_weeks: int = Field(8, ge=2, le=11)
-    baseline_weeks: int = Field(26, ge=4, le=44)
-    high_value_revenue: float = Field(50_000.0, ge=0)
-    min_episode_days: float = Field(14.0, ge=0)
-    language: Literal["en", "zh-CN"] = "en"
-    sales_drop: SalesDropThresholds = SalesDropThresholds()
-    overdue_debt: OverdueDebtThresholds = OverdueDebtThresholds()
-    cooling_engagement: CoolingEngagementThresholds = CoolingEngagementThresholds()
-    complaint_trouble: ComplaintTroubleThresholds = ComplaintTroubleThresholds()
-    churn_risk: ChurnRiskThresholds = ChurnRiskThresholds()
-    #: Per-segment overrides of any of the keys above, e.g.
-    #: ``{key_account: {sales_drop: {enter_ratio: 0.6}}}``.
-    segments: dict[str, dict[str, Any]] = {}
-    _by_segment: dict[str, WarningThresholds] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _merge_segments(self) -> WarningThresholds:
-        base = self.model_dump(exclude={"segments"})
-        for segment, overrides in self.segments.items():
-            try:
-                merged = WarningThresholds(**_deep_merge(base, overrides))
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"segments.{segment}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                    for e in exc.errors()
-                )
-                raise ValueError(problems) from None
-            if merged.segments:
-                raise ValueError(f"segments.{segment}: a segment cannot have segments")
-            self._by_segment[segment] = merged
-        return self
-
-    def for_segment(self, segment: str) -> WarningThresholds:
-        """The thresholds for a customer of ``segment`` (the defaults if not overridden)."""
-        # Called for every customer in every sweep: a private attribute goes
-        # through pydantic's slow __getattr__, a field does not.
-        if segment not in self.segments:
-            return self
-        return self._by_segment[segment]
 
 
 class ArchiveSettings(_Section):
@@ -370,7 +274,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     if not isinstance(raw, dict):
         raise ConfigError(f"settings file {config_path} must hold a mapping at the top level")
     _check_environment(os.environ)
-    merged = _deep_merge(raw, overrides)
+    merged = deep_merge(raw, overrides)
     try:
         return Settings(**merged)
     except ValidationError as exc:
@@ -417,13 +321,3 @@ def _hint(model: type[BaseModel], parts: list[str], depth: int) -> str:
 
 def _is_mapping(annotation: Any) -> bool:
     return get_origin(annotation) in (dict, Mapping) or annotation is dict
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    result = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = _deep_merge(result[key], value)
-        else:
-            result[key] = value
-    return result

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from models.backtest import backtest, base_rate, find_churns, honest_score, score
+from models.backtest import backtest
+from models.outcomes import base_rate, find_churns, honest_score, score
 from pipeline.state import DAY
 from tests.factories import T0, make_event
 

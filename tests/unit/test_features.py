@@ -178,7 +178,7 @@ def test_window_sums_are_the_weeks_added_oldest_first():
     """The compiled window sums (pipeline/kernels.py) against a plain loop over each
     customer's weeks, bit for bit, in every partition's block and for customers
     seen in part of the windows, all of them, or (long silent) none of them."""
-    from churnwatch.core.settings import WarningThresholds
+    from churnwatch.core.thresholds import WarningThresholds
     from pipeline.events import decode_event
     from pipeline.features import read_many, weekly_history
     from pipeline.processing import run_history

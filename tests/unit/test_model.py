@@ -19,9 +19,10 @@ from churnwatch.core.registry import (
 )
 from models.baselines import p_no_order
 from models.train import TrainingError, train
+from pipeline.boosters import probe_rows
 from pipeline.events import decode_event
 from pipeline.processing import run_history, sweep
-from pipeline.scoring import INPUT_FEATURES, ModelError, ModelHolder, load_model, probe_rows
+from pipeline.scoring import INPUT_FEATURES, ModelError, ModelHolder, load_model
 from producers.simulator import parse_start, simulate
 
 
@@ -149,7 +150,7 @@ def test_a_split_of_present_from_missing_values_compiles_to_the_same_numbers():
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from pipeline.scoring import CompiledBoosters
+    from pipeline.boosters import CompiledBoosters
 
     rng = np.random.default_rng(3)
     n = 3000
@@ -297,7 +298,7 @@ def test_bgnbd_no_order_probability_grows_with_silence():
 
 
 def test_psi_is_small_for_the_same_distribution_and_large_for_a_shifted_one():
-    from pipeline.scoring import drift_reference, psi
+    from pipeline.drift import drift_reference, psi
 
     rng = np.random.default_rng(0)
     training = rng.exponential(30.0, 5000)

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.processing import (
+from pipeline.ordering import (
     Apply,
     ReadAhead,
     ReorderBuffer,
     Sequencer,
+    Stall,
     Sweep,
     Watermark,
     due_sweeps,
@@ -140,9 +141,9 @@ def test_a_sweep_looks_closely_at_exactly_the_customers_whose_episodes_change(se
     at every weekly boundary of a simulated history, a sweep gives the same records as
     evaluating every customer one by one."""
     from pipeline.apply import apply_event
+    from pipeline.episodes import evaluate
     from pipeline.events import decode_event
     from pipeline.processing import sweep
-    from pipeline.rules import evaluate
     from pipeline.state import StateBlock
     from pipeline.state_format import decode_state, encode_state
     from producers.simulator import parse_start, simulate
@@ -245,3 +246,16 @@ def test_the_topic_the_watermark_waits_for_is_never_paused():
     wm.advance(0, lambda t, p: ends[t])  # now the clock waits for complaints
     assert pacing.update(0, 50, wm) == ([("orders", 0)], [("complaints", 0)])
     assert pacing.paused == {("orders", 0)}
+
+
+def test_events_waiting_unchanged_are_reported_once_a_period_until_they_move():
+    stall = Stall(30.0)
+    assert stall.check(5, 0.0) is None
+    assert stall.check(5, 29.0) is None
+    assert stall.check(5, 31.0) == 31.0
+    assert stall.check(5, 40.0) is None  # just reported: the next one a period later
+    assert stall.check(6, 50.0) is None  # moved: the period starts again
+    assert stall.check(6, 79.0) is None
+    assert stall.check(6, 80.0) == 30.0
+    assert stall.check(0, 90.0) is None  # nothing waits
+    assert stall.check(6, 95.0) is None

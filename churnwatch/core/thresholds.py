@@ -1,0 +1,122 @@
+"""The warning rules' thresholds: the ``warnings:`` section of the settings.
+
+Every threshold of a rule is here, with its default and its bounds;
+``configs/default.yaml`` sets them and says why. ``segments`` overrides any of
+them for the customers of one segment (:meth:`WarningThresholds.for_segment`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    """A section of the settings: unknown keys are errors, values never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SalesDropThresholds(Section):
+    min_expected_orders: float = Field(5.0, gt=0)
+    enter_ratio: float = Field(0.4, gt=0, lt=1)
+    exit_ratio: float = Field(0.7, gt=0, le=1)
+    enter_silence_ratio: float = Field(3.0, gt=1)
+    exit_silence_ratio: float = Field(2.0, gt=0)
+    min_silence_days: float = Field(28.0, gt=0)
+    longest_gap_margin: float = Field(1.2, ge=0)
+    seasonal_tolerance: float = Field(0.4, gt=0, le=1)
+
+
+class OverdueDebtThresholds(Section):
+    enter_days_past_due: float = Field(30.0, gt=0)
+    exit_days_past_due: float = Field(10.0, ge=0)
+    min_overdue_amount: float = Field(100.0, ge=0)
+
+
+class CoolingEngagementThresholds(Section):
+    min_expected_contacts: float = Field(5.0, gt=0)
+    enter_ratio: float = Field(0.2, gt=0, lt=1)
+    exit_ratio: float = Field(0.5, gt=0, le=1)
+    enter_silence_days: float = Field(60.0, gt=0)
+    exit_silence_days: float = Field(21.0, gt=0)
+    enter_silence_gaps: float = Field(4.0, gt=1)
+    exit_silence_gaps: float = Field(2.0, gt=0)
+
+
+class ComplaintTroubleThresholds(Section):
+    enter_complaints_4w: float = Field(3.0, gt=0)
+    exit_complaints_4w: float = Field(1.0, ge=0)
+    surge_factor: float = Field(3.0, ge=1)
+    enter_unresolved_days: float = Field(21.0, gt=0)
+    exit_unresolved_days: float = Field(10.0, ge=0)
+    enter_returns_share: float = Field(0.5, gt=0)
+    exit_returns_share: float = Field(0.25, ge=0)
+    min_returns_amount: float = Field(200.0, ge=0)
+
+
+class ChurnRiskThresholds(Section):
+    """The model's churn-risk warning: opens at ``enter``, resolves below ``exit``."""
+
+    enter_probability: float = Field(0.7, gt=0, lt=1)
+    exit_probability: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _exit_below_enter(self) -> ChurnRiskThresholds:
+        if self.exit_probability > self.enter_probability:
+            raise ValueError("exit_probability must not be above enter_probability")
+        return self
+
+
+class WarningThresholds(Section):
+    recent_weeks: int = Field(8, ge=2, le=11)
+    baseline_weeks: int = Field(26, ge=4, le=44)
+    high_value_revenue: float = Field(50_000.0, ge=0)
+    min_episode_days: float = Field(14.0, ge=0)
+    language: Literal["en", "zh-CN"] = "en"
+    sales_drop: SalesDropThresholds = SalesDropThresholds()
+    overdue_debt: OverdueDebtThresholds = OverdueDebtThresholds()
+    cooling_engagement: CoolingEngagementThresholds = CoolingEngagementThresholds()
+    complaint_trouble: ComplaintTroubleThresholds = ComplaintTroubleThresholds()
+    churn_risk: ChurnRiskThresholds = ChurnRiskThresholds()
+    #: Per-segment overrides of any of the keys above, e.g.
+    #: ``{key_account: {sales_drop: {enter_ratio: 0.6}}}``.
+    segments: dict[str, dict[str, Any]] = {}
+    _by_segment: dict[str, WarningThresholds] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _merge_segments(self) -> WarningThresholds:
+        base = self.model_dump(exclude={"segments"})
+        for segment, overrides in self.segments.items():
+            try:
+                merged = WarningThresholds(**deep_merge(base, overrides))
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"segments.{segment}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                raise ValueError(problems) from None
+            if merged.segments:
+                raise ValueError(f"segments.{segment}: a segment cannot have segments")
+            self._by_segment[segment] = merged
+        return self
+
+    def for_segment(self, segment: str) -> WarningThresholds:
+        """The thresholds for a customer of ``segment`` (the defaults if not overridden)."""
+        # Called for every customer in every sweep: a private attribute goes
+        # through pydantic's slow __getattr__, a field does not.
+        if segment not in self.segments:
+            return self
+        return self._by_segment[segment]
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra``'s keys, nested dictionaries merged key by key."""
+    result = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = deep_merge(result[key], value)
+        else:
+            result[key] = value
+    return result

@@ -1,0 +1,166 @@
+"""How warnings score against what the customers did next (pure: no I/O).
+
+- a **churn** is a last order followed by ``horizon`` days without one (only
+  counted where the data runs that long after it); the plain rule flags it on
+  the day the horizon is up;
+- **precision** of a warning type: the share of its episodes (opened at least
+  ``horizon`` days before the data ends) after whose opening the customer
+  placed no order within ``horizon`` days;
+- **recall**: the share of churns for which an episode of that type opened
+  between ``horizon`` days before the last order and the day the plain rule
+  flags it (inclusive, so the plain rule itself has recall 1 and lead 0);
+- **median lead time**: for those churns, how many days before the plain
+  rule's flag the warning opened;
+- **base rate**: the precision of warning a random active customer (one that
+  ordered in the past year) on a random day.
+
+:func:`honest_score` adds the figures a sales team would judge by (lost-customer
+notices apart, steady state, counted from the last order on); docs/features.md
+defines each.
+"""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.state import DAY
+
+
+@dataclass(frozen=True)
+class Churn:
+    customer_id: str
+    last_order: float
+    flagged_at: float  # last_order + horizon: when the plain rule sees it
+
+
+def find_churns(orders: dict[str, list[float]], data_end: float, horizon: float) -> list[Churn]:
+    churns = []
+    for customer, times in orders.items():
+        for i, t in enumerate(times):
+            next_order = times[i + 1] if i + 1 < len(times) else None
+            gap_end = next_order if next_order is not None else data_end
+            if gap_end - t >= horizon and t + horizon <= data_end:
+                churns.append(Churn(customer, t, t + horizon))
+    return churns
+
+
+def _ordered_within(times: list[float], start: float, horizon: float) -> bool:
+    i = bisect.bisect_right(times, start)
+    return i < len(times) and times[i] <= start + horizon
+
+
+def is_lost(times: list[float], at: float, horizon: float) -> bool:
+    """Whether a customer with these order times was already silent past the horizon
+    at ``at``: the plain rule has flagged it, so a warning then is a lost-customer
+    notice, not an early warning."""
+    i = bisect.bisect_right(times, at)
+    return bool(i) and at - times[i - 1] > horizon
+
+
+def score(
+    opened: list[tuple[str, float]],
+    orders: dict[str, list[float]],
+    churns: list[Churn],
+    data_end: float,
+    horizon: float,
+    from_last_order: bool = False,
+) -> dict[str, Any]:
+    """Precision, recall and lead time of one warning type's openings (customer, time).
+
+    A churn is caught by an opening between ``horizon`` days before its last
+    order and its flag, or with ``from_last_order`` only from the last order on
+    (an opening before it was followed by that order, so it did not see the
+    silence coming: it only happened to be open).
+    """
+    judged = [(c, t) for c, t in opened if t + horizon <= data_end]
+    hits = sum(not _ordered_within(orders.get(c, []), t, horizon) for c, t in judged)
+    by_customer: dict[str, list[float]] = defaultdict(list)
+    for c, t in opened:
+        by_customer[c].append(t)
+    leads = []
+    for churn in churns:
+        start = churn.last_order if from_last_order else churn.last_order - horizon
+        times = [
+            t for t in by_customer.get(churn.customer_id, []) if start <= t <= churn.flagged_at
+        ]
+        if times:
+            leads.append((churn.flagged_at - min(times)) / DAY)
+    return {
+        "warned": len({c for c, _ in opened}),
+        "episodes": len(opened),
+        "precision": round(hits / len(judged), 3) if judged else None,
+        "recall": round(len(leads) / len(churns), 3) if churns else None,
+        "median_lead_days": round(statistics.median(leads), 1) if leads else None,
+    }
+
+
+def honest_score(
+    opened: list[tuple[str, float]],
+    orders: dict[str, list[float]],
+    churns: list[Churn],
+    data_end: float,
+    horizon: float,
+    base: float | None,
+    unsteady: frozenset[float] = frozenset(),
+    unflagged_base: float | None = None,
+) -> dict[str, Any]:
+    """:func:`score` as a sales team would judge the warnings: today's figures, then
+    ``lost_customer_notices`` (openings about customers already silent past the
+    horizon, left out of the rest), and ``early``: the other openings, without
+    those at the sweeps in ``unsteady`` (the first sweep of each new model, which
+    opens a backlog at once), with recall and lead counted from the last order
+    on, and the precision's margin over the ``base`` rate and over the
+    ``unflagged_base`` (the churn rate of customers the plain rule has not
+    flagged: those an early warning is about)."""
+    gone = [is_lost(orders.get(c, []), t, horizon) for c, t in opened]
+    steady = [
+        (c, t) for (c, t), lost in zip(opened, gone, strict=True) if not lost and t not in unsteady
+    ]
+    early = score(steady, orders, churns, data_end, horizon, from_last_order=True)
+    precision = early["precision"]
+    for name, rate in (("precision_over_base", base), ("precision_over_unflagged", unflagged_base)):
+        early[name] = (
+            round(precision - rate, 3) if precision is not None and rate is not None else None
+        )
+    return {
+        **score(opened, orders, churns, data_end, horizon),
+        "lost_customer_notices": sum(gone),
+        "early": early,
+    }
+
+
+def base_rate(
+    orders: dict[str, list[float]],
+    data_start: float,
+    data_end: float,
+    horizon: float,
+    since: float | None = None,
+    active_days: float = 365,
+) -> float | None:
+    """P(no order within the horizon) for an active customer on a random (weekly) day.
+
+    Active: an order in the past ``active_days`` (with the horizon: customers the
+    plain rule has not flagged). Days from a year into the data (when "ordered
+    in the past year" means what it says), or from the start if the data is
+    too short for that; ``since``: the days from then on instead (the period a
+    model served).
+    """
+    hits = total = 0
+    if since is not None:
+        day = since
+    elif data_end - data_start > 365 * DAY + horizon:
+        day = data_start + 365 * DAY
+    else:
+        day = data_start + horizon
+    while day + horizon <= data_end:
+        for times in orders.values():
+            i = bisect.bisect_right(times, day)
+            if i and day - times[i - 1] <= active_days * DAY:
+                total += 1
+                hits += not (i < len(times) and times[i] <= day + horizon)
+        day += 7 * DAY
+    return round(hits / total, 3) if total else None
