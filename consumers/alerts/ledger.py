@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     create_engine,
+    func,
     select,
 )
 from sqlalchemy.engine import Dialect, Engine
@@ -319,6 +320,32 @@ def find_notifications(
 def notification_by_short_id(session: Session, short: str) -> Notification | None:
     """The notification a message quoted (its short id), if any."""
     return session.scalar(select(Notification).where(Notification.short_id == short))
+
+
+def notifications_by_status(session: Session) -> dict[str, int]:
+    """How many notifications the ledger holds in each status."""
+    rows = session.execute(
+        select(Notification.status, func.count(Notification.id)).group_by(Notification.status)
+    ).all()
+    return {status: count for status, count in sorted(rows)}
+
+
+def due_notifications(session: Session, now: datetime) -> int:
+    """Notifications due by ``now`` and not yet delivered (not those waiting for a window)."""
+    query = select(func.count(Notification.id)).where(
+        Notification.status == "pending", Notification.due_at <= now
+    )
+    return int(session.scalar(query) or 0)
+
+
+def last_short_id(session: Session, warning_id: str) -> str | None:
+    """The short id of the newest notification about a warning (what a reply quotes)."""
+    return session.scalar(
+        select(Notification.short_id)
+        .where(Notification.warning_id == warning_id)
+        .order_by(Notification.id.desc())
+        .limit(1)
+    )
 
 
 def current_owner(session: Session, customer_id: str, reported: str) -> str:
