@@ -98,7 +98,7 @@ def run_bench(
     say: Callable[[str], None] = print,
 ) -> BenchResult:
     """Run the benchmark; what it measures is in :mod:`churnwatch.bench`."""
-    from churnwatch.demo import train_demo_model
+    from churnwatch.demo.setup import train_demo_model
 
     loop_factory = event_loop_factory(settings.worker.event_loop)
     sim = settings.simulator

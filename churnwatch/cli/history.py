@@ -12,7 +12,7 @@ from churnwatch.core.settings import Settings
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays fast
     from pipeline.events import CustomerEvent
-    from producers.mapping import Loaded
+    from producers.loading import Loaded
 
 
 from churnwatch.cli.base import cli, serve_metrics, settings_of, stop_on_signal
@@ -101,7 +101,8 @@ def backtest(
 def _load_export(paths: tuple[Path, ...], mappings: tuple[Path, ...]) -> list[CustomerEvent]:
     """Events from exports and their mappings (one each, or one for all), merged in
     event-time order; what each gave is reported, bad mappings exit 2."""
-    from producers.mapping import MappingError, load_exports
+    from producers.loading import load_exports
+    from producers.mapping import MappingError
 
     if len(mappings) not in (1, len(paths)):
         raise click.UsageError(

@@ -164,7 +164,8 @@ def simulate(
 @click.pass_context
 def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> None:
     """Replay a real export (CSV or Parquet) to Kafka in event-time order."""
-    from producers.mapping import MappingError, load_export
+    from producers.loading import load_export
+    from producers.mapping import MappingError
     from producers.replay import as_messages, send_rejected
 
     settings = settings_of(ctx)

@@ -56,7 +56,7 @@ def demo(
     """Run everything on this machine: broker, worker, simulator, the warnings view and
     the sales team's web inbox."""
     from churnwatch.core.broker import BrokerError
-    from churnwatch.demo import run_demo
+    from churnwatch.demo.run import run_demo
 
     try:
         result = run_demo(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from churnwatch.core.settings import load_settings
-from churnwatch.demo import train_demo_model
+from churnwatch.demo.setup import train_demo_model
 from pipeline.events import decode_event
 from pipeline.processing import read_segmented, run_history
 from pipeline.scoring import INPUT_FEATURES, ModelHolder, feature_matrix

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from churnwatch.core.broker import EmbeddedBroker, free_port, start_child, stop_child
 from churnwatch.core.settings import Settings, load_settings
 from churnwatch.core.topics import Topic, end_offsets, ensure_topics
-from churnwatch.demo import events_processed
+from churnwatch.demo.tally import events_processed
 
 
 @pytest.fixture(scope="session")

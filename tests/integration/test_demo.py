@@ -28,7 +28,8 @@ def alive(pid: int) -> bool:
 
 def batch_summary(customers: int, days_per_second: float, tmp_path) -> dict:
     from churnwatch.core.settings import load_settings
-    from churnwatch.demo import Tally, lateness_hours, summarise, train_demo_model
+    from churnwatch.demo.setup import lateness_hours, train_demo_model
+    from churnwatch.demo.tally import Tally, summarise
     from pipeline.events import decode_event
     from pipeline.processing import run_history
     from pipeline.scoring import load_model
