@@ -13,7 +13,7 @@ import json
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Topic
 from pipeline.events import TOPIC_OF_TYPE, CustomerEvent, dead_letter_for, encode_event
-from producers.mapping import Rejected
+from producers.loading import Rejected
 from producers.produce import make_producer
 from producers.simulator import SimEvent
 

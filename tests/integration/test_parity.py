@@ -19,7 +19,7 @@ from pipeline.events import WarningRecord
 from pipeline.features import read_features
 from pipeline.processing import run_history
 from pipeline.state import to_epoch
-from producers.mapping import load_events
+from producers.loading import load_events
 from producers.produce import produce
 from producers.replay import as_messages
 from producers.simulator import iter_paced

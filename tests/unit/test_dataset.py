@@ -5,7 +5,7 @@ import pytest
 from churnwatch.core.settings import PROJECT_ROOT
 from models.dataset import build_training_set, cutoffs_every
 from pipeline.events import decode_event
-from producers.mapping import load_events
+from producers.loading import load_events
 from producers.simulator import parse_start, simulate
 
 DATA = PROJECT_ROOT.parent / "shared" / "data" / "online_retail" / "invoices.csv.gz"
