@@ -1,6 +1,9 @@
 """The worker: event contracts, per-customer state, rules, scoring and the Faust agent.
 
 Above the core (``churnwatch.core``), below producers, consumers, models and
-the CLI. ``features``, ``rules``, ``processing`` and ``scoring`` never import
-Faust, so the batch jobs in ``models`` run the same code as the stream.
+the CLI. The pure modules (``state``, ``apply``, ``features``, ``rules``,
+``episodes``, ``screening``, ``scoring``, ``ordering``, ``processing``) never
+import Faust, so the batch jobs in ``models`` run the same code as the stream;
+``app``, ``track_customers``, ``partition_agent``, ``storing``, ``transport``
+and ``worker`` are the Faust side. docs/architecture.md has the picture.
 """
