@@ -2,7 +2,8 @@
 
 ``apply_event`` folds one event into a customer's state; the Faust agent and
 every batch job call it, so streaming and batch cannot drift. An event whose
-id the customer has seen recently is skipped.
+id the customer has seen recently is skipped; one that may be a copy of an
+older event is refused (:class:`PossibleCopy`).
 """
 
 from __future__ import annotations
@@ -73,14 +74,44 @@ def _slot_for(state: CustomerState, ts: float, ring_weeks: int = RING_WEEKS) -> 
     return week % ring_weeks
 
 
-def _seen_before(state: CustomerState, event_id: str) -> bool:
+class PossibleCopy(ValueError):
+    """An event the worker cannot tell from a copy of one it applied long ago, so it
+    does not apply it: its id is not among the customer's last
+    :data:`~pipeline.state.RECENT_EVENT_IDS`, but it is no newer than one that left
+    them, and older than the customer's newest event."""
+
+
+def _seen_before(state: CustomerState, event_id: str, ts: float) -> bool:
+    """Whether this event was applied before (its id is in the customer's ring of
+    recent ids); else records it there. Raises :class:`PossibleCopy` when it
+    may be a copy of an event the ring no longer holds.
+
+    A copy carries its original's id and time. Events are applied about in
+    event-time order, so the ids that left the ring are of the customer's older
+    events; a new event no newer than the newest of those, and older than the
+    customer's newest, is one that came after more than the ring's worth of the
+    customer's later events: a copy re-sent (a history replayed twice), or
+    history back-filled out of order. Refused, never applied twice."""
     col, row = state.block.col, state.row
     digest = zlib.crc32(event_id.encode("utf-8"))
     count = int(col["event_ids_count"][row])
     ids = col["event_ids"][row]
     if digest in (ids.tolist() if count >= RECENT_EVENT_IDS else ids[:count].tolist()):
         return True
-    ids[count % RECENT_EVENT_IDS] = digest
+    evicted = float(col["evicted_event_at"][row])
+    newest = float(col["last_event_at"][row])
+    if evicted and math.floor(ts) <= evicted and ts < newest:
+        raise PossibleCopy(
+            f"possible copy: event {event_id!r} at {ts:.0f} is not among this customer's "
+            f"last {RECENT_EVENT_IDS} events but no newer than one of them that left "
+            "(a re-sent copy, or history back-filled out of order); not applied"
+        )
+    slot = count % RECENT_EVENT_IDS
+    times = col["event_id_times"][row]
+    if count >= RECENT_EVENT_IDS:
+        col["evicted_event_at"][row] = max(evicted, float(times[slot]))
+    ids[slot] = digest
+    times[slot] = math.floor(ts)
     col["event_ids_count"][row] = count + 1
     return False
 
@@ -91,10 +122,13 @@ def _add_count(state: CustomerState, ring: str, slot: int) -> None:
 
 
 def apply_event(state: CustomerState, event: CustomerEvent) -> bool:
-    """Fold ``event`` into ``state``. Returns False for a duplicate (already applied)."""
-    if _seen_before(state, event.event_id):
-        return False
+    """Fold ``event`` into ``state``. Returns False for a duplicate (already applied);
+    raises :class:`PossibleCopy` for an event it cannot tell from one (see
+    ``_seen_before``)."""
     ts = event.epoch
+    if _seen_before(state, event.event_id, ts):
+        return False
+    state.last_event_at = max(state.last_event_at, ts)
     first_seen = state.first_seen_at
     if not first_seen or ts < first_seen:
         state.first_seen_at = ts

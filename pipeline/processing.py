@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from churnwatch.core.thresholds import WarningThresholds
-from pipeline.apply import apply_event
+from pipeline.apply import PossibleCopy, apply_event
 from pipeline.episodes import evaluate
 from pipeline.events import CustomerEvent, WarningRecord
 from pipeline.features import FeatureColumns, features_of, read_many
@@ -191,10 +191,15 @@ class Evaluator(Generic[T]):
         self.top_reasons = top_reasons
         self.before_sweep = before_sweep
         self.changed: set[int] = set()
+        self.refused = 0
 
     def event(self, item: T) -> CustomerEvent:
         """The event an item carries."""
         return cast(CustomerEvent, item)
+
+    def refuse(self, item: T, reason: str) -> None:
+        """An item not applied: it may be a copy of an older event (counted here)."""
+        self.refused += 1
 
     def run(self, steps: Iterable[Apply[T] | Sweep]) -> list[WarningRecord]:
         """Take the steps in order; the warnings of the sweeps among them."""
@@ -207,10 +212,15 @@ class Evaluator(Generic[T]):
         return records
 
     def apply(self, item: T, late: bool = False) -> CustomerState | None:
-        """Fold the item's event into its customer's state (None: seen before)."""
+        """Fold the item's event into its customer's state (None: seen before, or
+        refused as a possible copy of an older event: :meth:`refuse`)."""
         event = self.event(item)
         state = self.block.state(event.customer_id)
-        if not apply_event(state, event):
+        try:
+            if not apply_event(state, event):
+                return None
+        except PossibleCopy as exc:
+            self.refuse(item, str(exc))
             return None
         if late:
             state.late_events += 1

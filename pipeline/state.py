@@ -56,7 +56,7 @@ MAX_WEEKLY_COUNT = 65_535
 
 #: Version of the stored record; bump it when :data:`STATE_DTYPE` changes and
 #: keep the old dtype in :data:`STATE_DTYPES` so old records migrate by name.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _EPISODES = len(WARNING_TYPES)
 EPISODE_INDEX: dict[str, int] = {warning_type: i for i, warning_type in enumerate(WARNING_TYPES)}
 
@@ -112,8 +112,22 @@ STATE_DTYPE = np.dtype(
         ("stream_offsets", "<i8", (len(EVENT_TOPICS),)),
     ]
 )
+_FIELDS_V2 = STATE_DTYPE
+#: Beside the ring of the last event ids (format version 3): their event times
+#: (whole seconds), the latest event time among the ids that left the ring, and
+#: the newest event time applied. An event that is not in the ring but is no
+#: newer than an id that left it, and older than the newest applied, may be a
+#: copy of one the ring no longer holds (``pipeline.apply``).
+STATE_DTYPE = np.dtype(
+    [
+        *_FIELDS_V2.descr,
+        ("event_id_times", "<u4", (RECENT_EVENT_IDS,)),
+        ("evicted_event_at", "<f8"),
+        ("last_event_at", "<f8"),
+    ]
+)
 #: Every stored format's fixed part, by version: decoding migrates by field name.
-STATE_DTYPES: dict[int, np.dtype[Any]] = {1: _FIELDS_V1, 2: STATE_DTYPE}
+STATE_DTYPES: dict[int, np.dtype[Any]] = {1: _FIELDS_V1, 2: _FIELDS_V2, 3: STATE_DTYPE}
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
 
 #: The long (RING_WEEKS) and short (SHORT_RING_WEEKS) weekly rings of the record.
@@ -243,6 +257,8 @@ class CustomerState:
         complaints_total: int
         returns_amount: float
         late_events: int
+        evicted_event_at: float
+        last_event_at: float
         open_invoices: list[list[Any]]  # [invoice id, outstanding, due, issued]
         open_complaints: list[list[Any]]  # [complaint id, opened, severity, category]
     else:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +20,11 @@ from churnwatch.core.broker import EmbeddedBroker, free_port, start_child, stop_
 from churnwatch.core.settings import Settings, load_settings
 from churnwatch.core.topics import Topic, end_offsets, ensure_topics
 from churnwatch.demo.tally import events_processed
+from consumers.consistency import live_states
+from pipeline.events import WarningRecord, decode_event
+from pipeline.processing import run_history
+from pipeline.state import STATE_DTYPE, STREAM_FIELDS
+from producers.simulator import SimEvent
 
 
 @pytest.fixture(scope="session")
@@ -152,3 +158,43 @@ def samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
         for sample in family.samples
         if sample.name == name
     ]
+
+
+# Every field of the stored record but the segment's code, which numbers segments
+# in the order a block first met them (compared by name instead), and where the
+# stream stood when it was stored (the batch run has no stream).
+FIELDS = [
+    name for name in STATE_DTYPE.names or () if name != "segment_code" and name not in STREAM_FIELDS
+]
+
+
+def assert_same_as_batch(settings: Settings, events: list[SimEvent]) -> None:
+    """The warnings on the topic and the states in the table are the batch run's."""
+    decoded = [decode_event(e.payload) for e in events]
+    states, batch = run_history(decoded, settings.warnings, 86_400)
+    streamed = {}
+    for value in read_topic(settings, Topic.WARNINGS):
+        record = WarningRecord.model_validate_json(value)
+        key = (record.warning_id, record.status, record.at)
+        assert streamed.setdefault(key, record) == record, "a record sent again must be the same"
+    expected = {(w.warning_id, w.status, w.at): w for w in batch}
+    lost = [describe(expected[key]) for key in sorted(set(expected) - set(streamed))]
+    extra = [describe(streamed[key]) for key in sorted(set(streamed) - set(expected))]
+    assert not lost and not extra, f"lost {lost[:5]} and extra {extra[:5]}"
+
+    restored = live_states(settings)
+    assert sorted(restored) == sorted(states)
+    for customer in states:
+        ours, theirs = restored.rows[customer], states.rows[customer]
+        for field in FIELDS:
+            np.testing.assert_array_equal(
+                restored.data[field][ours], states.data[field][theirs], err_msg=field
+            )
+        assert restored.invoices.get(ours) == states.invoices.get(theirs)
+        assert restored.complaints.get(ours) == states.complaints.get(theirs)
+        assert restored.owners[ours] == states.owners[theirs]
+        assert restored[customer].segment == states[customer].segment
+
+
+def describe(record: WarningRecord) -> str:
+    return f"{record.customer_id} {record.warning_type} {record.status} at {record.at:%Y-%m-%d}"

@@ -14,35 +14,23 @@ import signal
 import sys
 import time
 
-import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from churnwatch.core.broker import free_port, start_child, stop_child
 from churnwatch.core.settings import FAULT_EXIT_ENV, Settings
-from churnwatch.core.topics import EVENT_TOPICS, Topic, committed_offsets
-from consumers.consistency import live_states
-from pipeline.events import WarningRecord, decode_event
-from pipeline.processing import run_history
-from pipeline.state import STATE_DTYPE, STREAM_FIELDS
+from churnwatch.core.topics import EVENT_TOPICS, committed_offsets
 from producers.produce import produce
-from producers.simulator import SimEvent, iter_paced, parse_start, simulate
+from producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (
+    assert_same_as_batch,
     isolated_settings,
-    read_topic,
     samples,
     settings_env,
     wait_processed,
 )
 
 pytestmark = pytest.mark.integration
-
-# Every field of the stored record but the segment's code, which numbers segments
-# in the order a block first met them (compared by name instead), and where the
-# stream stood when it was stored (the batch run has no stream).
-FIELDS = [
-    name for name in STATE_DTYPE.names or () if name != "segment_code" and name not in STREAM_FIELDS
-]
 
 
 def committed(settings: Settings) -> int:
@@ -230,35 +218,3 @@ def stall_report(settings: Settings, survivor: Settings) -> str:
         except OSError as exc:
             lines.append(f"survivor metrics: {exc}")
     return "\n".join(lines)
-
-
-def assert_same_as_batch(settings: Settings, events: list[SimEvent]) -> None:
-    """The warnings on the topic and the states in the table are the batch run's."""
-    decoded = [decode_event(e.payload) for e in events]
-    states, batch = run_history(decoded, settings.warnings, 86_400)
-    streamed = {}
-    for value in read_topic(settings, Topic.WARNINGS):
-        record = WarningRecord.model_validate_json(value)
-        key = (record.warning_id, record.status, record.at)
-        assert streamed.setdefault(key, record) == record, "a record sent again must be the same"
-    expected = {(w.warning_id, w.status, w.at): w for w in batch}
-    lost = [describe(expected[key]) for key in sorted(set(expected) - set(streamed))]
-    extra = [describe(streamed[key]) for key in sorted(set(streamed) - set(expected))]
-    assert not lost and not extra, f"lost {lost[:5]} and extra {extra[:5]}"
-
-    restored = live_states(settings)
-    assert sorted(restored) == sorted(states)
-    for customer in states:
-        ours, theirs = restored.rows[customer], states.rows[customer]
-        for field in FIELDS:
-            np.testing.assert_array_equal(
-                restored.data[field][ours], states.data[field][theirs], err_msg=field
-            )
-        assert restored.invoices.get(ours) == states.invoices.get(theirs)
-        assert restored.complaints.get(ours) == states.complaints.get(theirs)
-        assert restored.owners[ours] == states.owners[theirs]
-        assert restored[customer].segment == states[customer].segment
-
-
-def describe(record: WarningRecord) -> str:
-    return f"{record.customer_id} {record.warning_type} {record.status} at {record.at:%Y-%m-%d}"
