@@ -125,7 +125,13 @@ def sweep(
         ends = np.cumsum([len(rows) for rows, _, _ in groups])[:-1]
         scores = list(np.split(np.concatenate(scored), ends))
     decided = [
-        changing(columns, t, data["episode_severity"][rows], scores[g] if scores else None)
+        changing(
+            columns,
+            t,
+            data["episode_severity"][rows],
+            scores[g] if scores else None,
+            t.churn_risk.bounds(model.book_churn_rate if model else None),
+        )
         for g, (rows, t, columns) in enumerate(groups)
     ]
     # The reasons of every churn-risk warning that opens or worsens, in one call.
@@ -152,7 +158,10 @@ def sweep(
                     if (g, i) in reasons
                     else functools.partial(model.explain, row, t.language, top_reasons)
                 )
-                risk = Risk(float(scores[g][i]), model.version, model.horizon_days, explain)
+                enter, leave = t.churn_risk.bounds(model.book_churn_rate)
+                risk = Risk(
+                    float(scores[g][i]), model.version, model.horizon_days, explain, enter, leave
+                )
             records = evaluate(state, as_of, thresholds, features_of(columns, i), risk)
             if records:
                 changed.append((state, records))

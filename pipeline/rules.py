@@ -316,6 +316,9 @@ class Risk:
     model_version: str
     horizon_days: float
     explain: Callable[[], str]
+    #: The probabilities the warning opens at and resolves below (for this model's book).
+    enter: float = 0.7
+    exit: float = 0.5
 
 
 def churn_risk(
@@ -328,14 +331,14 @@ def churn_risk(
 ) -> Verdict:
     """The model's probability past the enter threshold (resolves below the exit one)."""
     p = risk.probability
-    active = p >= (t.exit_probability if is_open else t.enter_probability)
+    active = p >= (risk.exit if is_open else risk.enter)
     if active == is_open and not explain:
         return NO_CHANGE[active]
     language = all_t.language
     evidence = {
         "churn_probability": round(p, 3),
-        "enter_probability": t.enter_probability,
-        "exit_probability": t.exit_probability,
+        "enter_probability": round(risk.enter, 3),
+        "exit_probability": round(risk.exit, 3),
         "revenue_52w": round(f.revenue_52w, 2),
         "expected_loss": round(p * f.revenue_52w, 2),
     }

@@ -75,6 +75,8 @@ class ChurnModel:
     #: Typical value of each input over the training rows (the reasons' "usual").
     usual: Matrix
     horizon_days: float
+    #: The churn rate of its training rows: the book's rate the warning is relative to.
+    book_churn_rate: float | None = None
     #: When the model was trained (UTC epoch seconds, from the card).
     created_at: float = 0.0
     #: Training distribution of the :data:`DRIFT_FEATURES` (from the card).
@@ -166,6 +168,14 @@ def _fmt(value: float, language: Language) -> str:
     return f"{value:.2f}"
 
 
+def _rate(value: object) -> float | None:
+    try:
+        rate = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return rate if 0 <= rate < 1 else None
+
+
 def _epoch(iso: object) -> float:
     try:
         return datetime.fromisoformat(str(iso)).timestamp()
@@ -206,6 +216,7 @@ def load_model(folder: Path) -> ChurnModel:
         estimator=estimator,
         usual=usual,
         horizon_days=float(card.get("label", {}).get("horizon_days", 90)),
+        book_churn_rate=_rate(card.get("data_window", {}).get("train_churn_rate")),
         drift=dict(card.get("drift", {})),
         created_at=_epoch(card.get("created_at")),
         compiled=CompiledBoosters.compile(estimator, probe_rows(usual)),

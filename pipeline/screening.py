@@ -151,16 +151,18 @@ def changing(
     thresholds: WarningThresholds,
     severity: npt.NDArray[np.int8],
     probability: npt.NDArray[np.float64] | None = None,
+    churn_bounds: tuple[float, float] = (0.7, 0.5),
 ) -> tuple[BoolArray, BoolArray]:
     """Which customers' episodes change: (any episode opens, resolves or worsens;
     the churn-risk episode opens or worsens, so its reasons are needed).
 
     ``thresholds`` are the customers' segment's; ``severity`` is each open
     episode's severity index per :data:`WARNING_TYPES` (-1: none open);
-    ``probability`` the model's scores (None: rules only).
+    ``probability`` the model's scores (None: rules only), and ``churn_bounds`` the
+    probabilities the churn-risk warning opens at and resolves below.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _changing(columns, thresholds, severity, probability)
+        return _changing(columns, thresholds, severity, probability, churn_bounds)
 
 
 def _changing(
@@ -168,6 +170,7 @@ def _changing(
     thresholds: WarningThresholds,
     severity: npt.NDArray[np.int8],
     probability: npt.NDArray[np.float64] | None,
+    churn_bounds: tuple[float, float],
 ) -> tuple[BoolArray, BoolArray]:
     rules: dict[str, Callable[[BoolArray], tuple[BoolArray, IntArray]]] = {
         "sales_drop": lambda o: _sales_drop_many(columns, thresholds.sales_drop, thresholds, o),
@@ -189,8 +192,8 @@ def _changing(
         if warning_type != "churn_risk":
             active, grade = rules[warning_type](is_open)
         elif probability is not None:
-            t = thresholds.churn_risk
-            active = probability >= np.where(is_open, t.exit_probability, t.enter_probability)
+            enter, leave = churn_bounds
+            active = probability >= np.where(is_open, leave, enter)
             grade = _churn_grades(probability, columns["revenue_52w"], thresholds)
         else:
             continue

@@ -56,17 +56,45 @@ class ComplaintTroubleThresholds(Section):
     min_returns_amount: float = Field(200.0, ge=0)
 
 
-class ChurnRiskThresholds(Section):
-    """The model's churn-risk warning: opens at ``enter``, resolves below ``exit``."""
+#: The book's churn rate assumed for a model whose card does not say it.
+UNKNOWN_BOOK_CHURN_RATE = 0.5
 
-    enter_probability: float = Field(0.7, gt=0, lt=1)
-    exit_probability: float = Field(0.5, gt=0, lt=1)
+
+class ChurnRiskThresholds(Section):
+    """The model's churn-risk warning, relative to the book by default: it opens once
+    a customer's probability is ``enter_share`` of the way from the book's churn
+    rate (the model's training rows) to certainty, and resolves below
+    ``exit_share`` of the way. On a book where 46% churn, 0.1 and 0 open at 0.514
+    and resolve below 0.46; where 6% churn, at 0.154 and below 0.06: never silent
+    because the book churns little. ``enter_probability`` and
+    ``exit_probability`` set absolute thresholds instead (both or neither)."""
+
+    enter_share: float = Field(0.1, ge=0, lt=1)
+    exit_share: float = Field(0.0, ge=0, lt=1)
+    enter_probability: float | None = Field(None, gt=0, lt=1)
+    exit_probability: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _exit_below_enter(self) -> ChurnRiskThresholds:
-        if self.exit_probability > self.enter_probability:
+        if (self.enter_probability is None) != (self.exit_probability is None):
+            raise ValueError("set both enter_probability and exit_probability, or neither")
+        if self.exit_share > self.enter_share:
+            raise ValueError("exit_share must not be above enter_share")
+        if (
+            self.enter_probability is not None
+            and self.exit_probability is not None
+            and self.exit_probability > self.enter_probability
+        ):
             raise ValueError("exit_probability must not be above enter_probability")
         return self
+
+    def bounds(self, book_churn_rate: float | None) -> tuple[float, float]:
+        """(enter, exit) probabilities for a model trained on a book with this churn rate."""
+        if self.enter_probability is not None and self.exit_probability is not None:
+            return self.enter_probability, self.exit_probability
+        rate = UNKNOWN_BOOK_CHURN_RATE if book_churn_rate is None else book_churn_rate
+        rate = min(max(rate, 0.0), 0.99)
+        return rate + self.enter_share * (1 - rate), rate + self.exit_share * (1 - rate)
 
 
 class WarningThresholds(Section):

@@ -264,7 +264,9 @@ def test_sweeps_score_in_batches_and_raise_explained_churn_risk(trained, history
             calls.append(len(x))
             return model.estimator.predict_proba(x)
 
-    counting = type(model)(model.version, Counting(), model.usual, model.horizon_days)
+    counting = type(model)(
+        model.version, Counting(), model.usual, model.horizon_days, model.book_churn_rate
+    )
     states, _ = run_history(history[0], settings.warnings, 86400.0)
     last_order = max(s.last_order_at for s in states.values())
     changed = sweep(states, last_order + 86400, settings.warnings, counting, batch_size=50)
@@ -280,7 +282,10 @@ def test_sweeps_score_in_batches_and_raise_explained_churn_risk(trained, history
     record = risk[0]
     assert record.status == "opened"
     assert record.model_version == model.version
-    assert record.churn_probability >= settings.warnings.churn_risk.enter_probability
+    enter, _ = settings.warnings.churn_risk.bounds(model.book_churn_rate)
+    assert model.book_churn_rate is not None and enter > model.book_churn_rate
+    assert record.churn_probability >= enter
+    assert record.evidence["enter_probability"] == pytest.approx(enter, abs=5e-4)
     assert "main reasons:" in record.summary
     assert record.evidence["expected_loss"] == pytest.approx(
         record.churn_probability * record.evidence["revenue_52w"], rel=0.01, abs=1

@@ -111,3 +111,18 @@ def test_the_worker_store_takes_its_buffer_size_from_the_settings(tmp_path: Path
         assert options.write_buffer_size == 3 * 1024 * 1024
         assert options.block_cache_size == 3 * 1024 * 1024
         assert options.max_write_buffer_number == 2
+
+
+def test_churn_risk_opens_relative_to_the_book_so_a_low_churn_book_is_not_silent():
+    from churnwatch.core.thresholds import ChurnRiskThresholds
+
+    default = ChurnRiskThresholds()
+    assert default.bounds(0.06) == pytest.approx((0.154, 0.06))
+    assert default.bounds(0.46) == pytest.approx((0.514, 0.46))
+    assert default.bounds(None) == pytest.approx((0.55, 0.5))  # a card without the rate
+    fixed = ChurnRiskThresholds(enter_probability=0.7, exit_probability=0.5)
+    assert fixed.bounds(0.06) == (0.7, 0.5)
+    with pytest.raises(ValueError, match="both"):
+        ChurnRiskThresholds(enter_probability=0.7)
+    with pytest.raises(ValueError, match="exit_share"):
+        ChurnRiskThresholds(enter_share=0.1, exit_share=0.2)
