@@ -83,8 +83,9 @@ class PossibleCopy(ValueError):
 
 def _seen_before(state: CustomerState, event_id: str, ts: float) -> bool:
     """Whether this event was applied before (its id is in the customer's ring of
-    recent ids); else records it there. Raises :class:`PossibleCopy` when it
-    may be a copy of an event the ring no longer holds.
+    recent ids); else records it there (and its time as the newest, if it is).
+    Raises :class:`PossibleCopy` when it may be a copy of an event the ring no
+    longer holds.
 
     A copy carries its original's id and time. Events are applied about in
     event-time order, so the ids that left the ring are of the customer's older
@@ -98,21 +99,27 @@ def _seen_before(state: CustomerState, event_id: str, ts: float) -> bool:
     ids = col["event_ids"][row]
     if digest in (ids.tolist() if count >= RECENT_EVENT_IDS else ids[:count].tolist()):
         return True
-    evicted = float(col["evicted_event_at"][row])
-    newest = float(col["last_event_at"][row])
-    if evicted and math.floor(ts) <= evicted and ts < newest:
-        raise PossibleCopy(
-            f"possible copy: event {event_id!r} at {ts:.0f} is not among this customer's "
-            f"last {RECENT_EVENT_IDS} events but no newer than one of them that left "
-            "(a re-sent copy, or history back-filled out of order); not applied"
-        )
-    slot = count % RECENT_EVENT_IDS
     times = col["event_id_times"][row]
-    if count >= RECENT_EVENT_IDS:
-        col["evicted_event_at"][row] = max(evicted, float(times[slot]))
+    newest = col["last_event_at"]
+    if count >= RECENT_EVENT_IDS:  # (before the ring is full, nothing has left it)
+        evicted = float(col["evicted_event_at"][row])
+        if evicted and math.floor(ts) <= evicted and ts < newest[row]:
+            raise PossibleCopy(
+                f"possible copy: event {event_id!r} at {ts:.0f} is not among this customer's "
+                f"last {RECENT_EVENT_IDS} events but no newer than one of them that left "
+                "(a re-sent copy, or history back-filled out of order); not applied"
+            )
+        slot = count % RECENT_EVENT_IDS
+        leaving = float(times[slot])
+        if leaving > evicted:
+            col["evicted_event_at"][row] = leaving
+    else:
+        slot = count
     ids[slot] = digest
     times[slot] = math.floor(ts)
     col["event_ids_count"][row] = count + 1
+    if ts > newest[row]:
+        newest[row] = ts
     return False
 
 
@@ -128,7 +135,6 @@ def apply_event(state: CustomerState, event: CustomerEvent) -> bool:
     ts = event.epoch
     if _seen_before(state, event.event_id, ts):
         return False
-    state.last_event_at = max(state.last_event_at, ts)
     first_seen = state.first_seen_at
     if not first_seen or ts < first_seen:
         state.first_seen_at = ts
