@@ -92,6 +92,7 @@ def score(
     return {
         "warned": len({c for c, _ in opened}),
         "episodes": len(opened),
+        "judged": len(judged),
         "precision": round(hits / len(judged), 3) if judged else None,
         "recall": round(len(leads) / len(churns), 3) if churns else None,
         "median_lead_days": round(statistics.median(leads), 1) if leads else None,
@@ -140,6 +141,7 @@ def base_rate(
     horizon: float,
     since: float | None = None,
     active_days: float = 365,
+    until: float | None = None,
 ) -> float | None:
     """P(no order within the horizon) for an active customer on a random (weekly) day.
 
@@ -147,7 +149,7 @@ def base_rate(
     plain rule has not flagged). Days from a year into the data (when "ordered
     in the past year" means what it says), or from the start if the data is
     too short for that; ``since``: the days from then on instead (the period a
-    model served).
+    model served); ``until``: only the days before it.
     """
     hits = total = 0
     if since is not None:
@@ -156,7 +158,7 @@ def base_rate(
         day = data_start + 365 * DAY
     else:
         day = data_start + horizon
-    while day + horizon <= data_end:
+    while day + horizon <= data_end and (until is None or day < until):
         for times in orders.values():
             i = bisect.bisect_right(times, day)
             if i and day - times[i - 1] <= active_days * DAY:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,8 @@ import click
 from churnwatch.core.settings import Settings
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays fast
+    from tqdm import tqdm
+
     from pipeline.events import CustomerEvent
     from producers.loading import Loaded
 
@@ -18,40 +22,70 @@ if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays f
 from churnwatch.cli.base import cli, serve_metrics, settings_of, stop_on_signal
 
 
+def _over_history(command: Callable[..., None]) -> Callable[..., None]:
+    """The options of a command that runs the warnings over an export: the export,
+    its mapping, the churn horizon and the walk-forward model's retraining."""
+    for option in reversed(
+        [
+            click.option(
+                "--events",
+                "events_path",
+                required=True,
+                multiple=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="The export to run on (CSV or Parquet); repeat it for several tables.",
+            ),
+            click.option(
+                "--mapping",
+                required=True,
+                multiple=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="YAML mapping, as for replay: one per --events, in the same order "
+                "(or one for all).",
+            ),
+            click.option(
+                "--horizon-days",
+                type=click.FloatRange(min=1),
+                default=90.0,
+                show_default=True,
+                help="Churn = no order for this many days.",
+            ),
+            click.option(
+                "--retrain-every-days",
+                type=click.IntRange(min=1),
+                default=28,
+                show_default=True,
+                help="Walk-forward: how often the churn model is retrained on the history so far.",
+            ),
+            click.option(
+                "--no-model", is_flag=True, help="Rules only: no walk-forward churn model."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _history_bar(items: list[CustomerEvent]) -> tqdm[CustomerEvent]:
+    """A progress bar over a history (the time left is estimated from the events so
+    far, retrainings included)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc="history", unit="event", unit_scale=True, leave=False)
+
+
+def _note(message: str) -> None:
+    """A progress line that does not break the bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"  {message}", file=sys.stderr)
+
+
 @cli.command()
-@click.option(
-    "--events",
-    "events_path",
-    required=True,
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The export to backtest on (CSV or Parquet); repeat it for several tables.",
-)
-@click.option(
-    "--mapping",
-    required=True,
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="YAML mapping, as for replay: one per --events, in the same order (or one for all).",
-)
+@_over_history
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output dir."
 )
-@click.option(
-    "--horizon-days",
-    type=click.FloatRange(min=1),
-    default=90.0,
-    show_default=True,
-    help="Churn = no order for this many days.",
-)
-@click.option(
-    "--retrain-every-days",
-    type=click.IntRange(min=1),
-    default=28,
-    show_default=True,
-    help="Walk-forward: how often the churn model is retrained on the history so far.",
-)
-@click.option("--no-model", is_flag=True, help="Rules only: no walk-forward churn model.")
 @click.pass_context
 def backtest(
     ctx: click.Context,
@@ -67,19 +101,12 @@ def backtest(
     Every warning episode is scored against what the customer did next; see
     docs/features.md ("Backtest") for the definitions.
     """
-    from tqdm import tqdm
-
     from models.backtest import backtest as run_backtest
     from models.backtest import format_table
 
     settings = settings_of(ctx)
     events = _load_export(events_path, mapping)
     click.echo(f"backtesting {len(events)} events ...")
-
-    def bar(items: list[CustomerEvent]) -> tqdm[CustomerEvent]:
-        # the time left is estimated from the events so far (retrainings included)
-        return tqdm(items, desc="history", unit="event", unit_scale=True, leave=False)
-
     try:
         summary = run_backtest(
             events,
@@ -89,13 +116,93 @@ def backtest(
             out,
             model_settings=None if no_model else settings.model,
             retrain_every_days=retrain_every_days,
-            progress=lambda message: tqdm.write(f"  {message}", file=sys.stderr),
-            bar=bar,
+            progress=_note,
+            bar=_history_bar,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_table(summary))
     click.echo(f"wrote {out / 'warnings.csv'} and {out / 'summary.json'}")
+
+
+@cli.command()
+@_over_history
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The settings file to write: the current settings with the chosen thresholds.",
+)
+@click.option(
+    "--split-at",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Choose on episodes opened before this day, check on those from it on "
+    "(default: the middle of the period whose episodes can be judged).",
+)
+@click.option(
+    "--over-base",
+    type=click.FloatRange(min=0, max=1),
+    default=0.10,
+    show_default=True,
+    help="Goal: early-warning precision at least this far above the base rate.",
+)
+@click.option(
+    "--min-episodes",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="A rung counts only with this many judged early episodes on the earlier part.",
+)
+@click.pass_context
+def tune(
+    ctx: click.Context,
+    events_path: tuple[Path, ...],
+    mapping: tuple[Path, ...],
+    horizon_days: float,
+    retrain_every_days: int,
+    no_model: bool,
+    out: Path,
+    split_at: datetime | None,
+    over_base: float,
+    min_episodes: int,
+) -> None:
+    """Fit each warning's thresholds to this history: chosen on its earlier part,
+    checked on its later part.
+
+    Every warning type has a ladder of six threshold sets, strict to loose (the
+    third is the default). For each type, the rung that catches the most churns
+    early, among those whose early precision on the earlier part is --over-base
+    above the base rate, is written to --out with the figures of every rung on
+    both parts; serve it with `churnwatch --config OUT worker`. See
+    docs/features.md ("Tuning").
+    """
+    from churnwatch.core.settings import DEFAULT_CONFIG
+    from models.tuning import TuneError, format_tuning, write_settings
+    from models.tuning import tune as run_tune
+
+    settings = settings_of(ctx)
+    config = Path(ctx.find_root().params.get("config") or DEFAULT_CONFIG)
+    events = _load_export(events_path, mapping)
+    click.echo(f"tuning on {len(events)} events (six runs over the history) ...")
+    try:
+        tuning = run_tune(
+            events,
+            settings.warnings,
+            settings.clock.sweep_every_hours * 3600,
+            horizon_days,
+            None if no_model else settings.model,
+            split_at=None if split_at is None else split_at.replace(tzinfo=UTC),
+            over_base=over_base,
+            min_episodes=min_episodes,
+            retrain_every_days=retrain_every_days,
+            progress=_note,
+            bar=_history_bar,
+        )
+    except TuneError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_tuning(tuning))
+    write_settings(tuning, config, out, ", ".join(p.name for p in events_path))
+    click.echo(f"wrote {out}: use it with churnwatch --config {out} ...")
 
 
 def _load_export(paths: tuple[Path, ...], mappings: tuple[Path, ...]) -> list[CustomerEvent]:

@@ -1,0 +1,412 @@
+"""Fit the warnings' thresholds to a company's own history (``churnwatch tune``).
+
+Each warning type has a ladder of threshold sets, :data:`LADDERS`, from the
+strictest to the loosest, with today's defaults on it. The history runs
+through the worker's logic once per rung (every type on the same rung: the
+types do not read each other's thresholds, so one run scores them all), and
+each type's episodes are scored as the backtest's early warnings
+(:func:`models.outcomes.honest_score`) on two parts of the history: episodes
+opened before the split day (the **earlier** part, where the choice is made)
+and from it on (the **later** part, where the choice is checked).
+
+The goal: the rung that catches the most churns early (recall from the last
+order on; ties: the longer median lead) among those whose early precision on
+the earlier part is at least ``over_base`` above that part's base rate, with
+at least ``min_episodes`` judged episodes. A type no rung qualifies for keeps
+its current thresholds, and the summary says so.
+
+Outcomes of an episode opened near the split are seen in the later part's
+events: on a history of a year or two there is no room for a gap of a whole
+horizon between the parts. What keeps the check honest is that no episode
+that chose a rung is among those that check it.
+
+The churn model is retrained walk-forward once (:func:`models.backtest.walk_forward`),
+and the same models serve every rung: the warning thresholds do not change
+what the model learns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from churnwatch.core.settings import ModelSettings
+from churnwatch.core.thresholds import WarningThresholds, deep_merge
+from models.backtest import Bar, ServedModel, walk_forward
+from models.dataset import order_times
+from models.outcomes import Churn, base_rate, find_churns, honest_score
+from pipeline.events import CustomerEvent, WarningRecord
+from pipeline.processing import run_history
+from pipeline.scoring import ChurnModel
+from pipeline.state import DAY, to_epoch
+
+#: Each warning type's threshold sets, strictest first. The third rung is the
+#: default of configs/default.yaml; the others loosen or tighten every entry
+#: condition of the type together (and its exit condition with it, so an
+#: episode still closes below where it opened).
+LADDERS: dict[str, list[dict[str, float]]] = {
+    "sales_drop": [
+        {
+            "enter_ratio": enter,
+            "exit_ratio": exit_,
+            "enter_silence_ratio": silence,
+            "exit_silence_ratio": silence - 1,
+            "min_silence_days": days,
+            "longest_gap_margin": margin,
+        }
+        for enter, exit_, silence, days, margin in [
+            (0.2, 0.5, 4.0, 42, 1.5),
+            (0.3, 0.6, 3.5, 35, 1.35),
+            (0.4, 0.7, 3.0, 28, 1.2),
+            (0.5, 0.8, 2.5, 21, 1.1),
+            (0.6, 0.9, 2.0, 14, 1.0),
+            (0.7, 1.0, 1.5, 10, 0.9),
+        ]
+    ],
+    "overdue_debt": [
+        {"enter_days_past_due": enter, "exit_days_past_due": exit_}
+        for enter, exit_ in [(60, 20), (45, 15), (30, 10), (21, 7), (14, 5), (7, 2)]
+    ],
+    "cooling_engagement": [
+        {
+            "enter_ratio": enter,
+            "exit_ratio": exit_,
+            "enter_silence_days": days,
+            "exit_silence_days": exit_days,
+            "enter_silence_gaps": gaps,
+            "exit_silence_gaps": exit_gaps,
+        }
+        for enter, exit_, days, exit_days, gaps, exit_gaps in [
+            (0.1, 0.4, 90, 30, 6.0, 3.0),
+            (0.15, 0.45, 75, 25, 5.0, 2.5),
+            (0.2, 0.5, 60, 21, 4.0, 2.0),
+            (0.3, 0.6, 45, 14, 3.0, 1.5),
+            (0.4, 0.7, 30, 10, 2.5, 1.2),
+            (0.5, 0.8, 21, 7, 2.0, 1.0),
+        ]
+    ],
+    "complaint_trouble": [
+        {
+            "enter_complaints_4w": complaints,
+            "exit_complaints_4w": exit_complaints,
+            "surge_factor": surge,
+            "enter_unresolved_days": days,
+            "exit_unresolved_days": exit_days,
+            "enter_returns_share": share,
+            "exit_returns_share": exit_share,
+        }
+        for complaints, exit_complaints, surge, days, exit_days, share, exit_share in [
+            (5, 2, 5.0, 42, 14, 0.8, 0.4),
+            (4, 1, 4.0, 28, 10, 0.65, 0.3),
+            (3, 1, 3.0, 21, 10, 0.5, 0.25),
+            (2, 1, 2.0, 14, 7, 0.4, 0.2),
+            (2, 0, 1.5, 10, 5, 0.3, 0.15),
+            (1, 0, 1.0, 7, 3, 0.2, 0.1),
+        ]
+    ],
+    "churn_risk": [
+        {"enter_share": share, "exit_share": 0.0} for share in (0.3, 0.2, 0.1, 0.05, 0.02, 0.0)
+    ],
+}
+
+
+class TuneError(Exception):
+    """The history cannot be tuned on: the message says why."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """Episodes opened in [start, end) and the churns whose last order falls there."""
+
+    name: str
+    start: float
+    end: float
+
+    def holds(self, t: float) -> bool:
+        return self.start <= t < self.end
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One type's figures at one rung of its ladder, on both parts."""
+
+    level: int
+    values: dict[str, float]
+    earlier: dict[str, Any]
+    later: dict[str, Any]
+
+
+@dataclass
+class Tuning:
+    split: date
+    over_base: float
+    min_episodes: int
+    base_rates: dict[str, float | None]
+    rungs: dict[str, list[Rung]]
+    chosen: dict[str, Rung | None]  # None: no rung met the goal, current thresholds kept
+
+    def overrides(self) -> dict[str, dict[str, float]]:
+        """The ``warnings:`` keys the chosen rungs set."""
+        return {kind: dict(r.values) for kind, r in self.chosen.items() if r is not None}
+
+
+def rung_thresholds(base: WarningThresholds, level: int) -> WarningThresholds:
+    """``base`` with every type's thresholds at ``level`` of its ladder."""
+    values = {kind: ladder[level] for kind, ladder in LADDERS.items()}
+    return WarningThresholds(**deep_merge(base.model_dump(), values))
+
+
+def qualifies(figures: dict[str, Any], base: float | None, over_base: float, least: int) -> bool:
+    precision = figures["precision"]
+    return (
+        base is not None
+        and precision is not None
+        and figures["judged"] >= least
+        and precision >= base + over_base
+    )
+
+
+def choose(rungs: list[Rung], base: float | None, over_base: float, least: int) -> Rung | None:
+    """The rung with the highest early recall on the earlier part (ties: the longer
+    median lead, then the stricter rung) among those that meet the goal there."""
+    eligible = [r for r in rungs if qualifies(r.earlier, base, over_base, least)]
+    if not eligible:
+        return None
+    return max(
+        eligible,
+        key=lambda r: (r.earlier["recall"] or 0.0, r.earlier["median_lead_days"] or 0.0, -r.level),
+    )
+
+
+def part_figures(
+    opened: list[tuple[str, float]],
+    orders: dict[str, list[float]],
+    churns: list[Churn],
+    data_end: float,
+    horizon: float,
+    part: Part,
+    base: float | None,
+    unsteady: frozenset[float],
+) -> dict[str, Any]:
+    """One type's early-warning figures on one part of the history."""
+    mine = [(c, t) for c, t in opened if part.holds(t)]
+    result = honest_score(
+        mine,
+        orders,
+        [c for c in churns if part.holds(c.last_order)],
+        data_end,
+        horizon,
+        base,
+        unsteady,
+    )
+    return dict(result["early"])
+
+
+def tune(
+    events: list[CustomerEvent],
+    thresholds: WarningThresholds,
+    sweep_every_seconds: float,
+    horizon_days: float,
+    model_settings: ModelSettings | None,
+    split_at: datetime | None = None,
+    over_base: float = 0.10,
+    min_episodes: int = 20,
+    retrain_every_days: float = 28,
+    progress: Callable[[str], None] = lambda _message: None,
+    bar: Bar = iter,
+) -> Tuning:
+    """Score every rung of :data:`LADDERS` on ``events`` (time-ordered) and choose one
+    per type (see the module docstring). ``split_at`` defaults to the middle of the
+    period whose episodes can be judged (from when the first model serves, or 90
+    days in without a model, to a horizon before the data ends)."""
+    if not events:
+        raise TuneError("no events to tune on")
+    horizon = horizon_days * DAY
+    data_start, data_end = to_epoch(events[0].occurred_at), to_epoch(events[-1].occurred_at)
+    levels = len(next(iter(LADDERS.values())))
+    served: list[ServedModel] = []
+    opened_by_level: list[dict[str, list[tuple[str, float]]]] = []
+    for level in range(levels):
+        rung = rung_thresholds(thresholds, level)
+        progress(f"rung {level + 1} of {levels}: running the warnings over the history")
+        if level == 0 and model_settings is not None:
+            records, served = walk_forward(
+                events, rung, sweep_every_seconds, model_settings, retrain_every_days, progress, bar
+            )
+        else:
+            _, records = run_history(
+                bar(events), rung, sweep_every_seconds, model_at=_serving(served)
+            )
+        opened_by_level.append(_openings(records))
+    first_judged = served[0].serving_from if served else data_start + 90 * DAY
+    last_judged = data_end - horizon
+    if last_judged <= first_judged:
+        raise TuneError(
+            "the history is too short to tune on: no episode opened after "
+            f"{_day(first_judged)} can be judged {horizon_days:g} days later"
+        )
+    split = to_epoch(split_at) if split_at else (first_judged + last_judged) / 2
+    if not first_judged < split < last_judged:
+        raise TuneError(
+            f"the split day {_day(split)} must fall between {_day(first_judged)} and "
+            f"{_day(last_judged)} (the period whose episodes can be judged)"
+        )
+    parts = (Part("earlier", first_judged, split), Part("later", split, data_end))
+    orders = order_times(events)
+    churns = find_churns(orders, data_end, horizon)
+    bases = {p.name: _part_base_rate(orders, data_start, data_end, horizon, p) for p in parts}
+    unsteady = frozenset(
+        math.ceil(s.serving_from / sweep_every_seconds) * sweep_every_seconds for s in served
+    )
+    kinds = [k for k in LADDERS if k != "churn_risk" or served]
+    rungs: dict[str, list[Rung]] = {}
+    for kind in kinds:
+        rungs[kind] = [
+            Rung(
+                level,
+                LADDERS[kind][level],
+                *(
+                    part_figures(
+                        opened_by_level[level][kind],
+                        orders,
+                        churns,
+                        data_end,
+                        horizon,
+                        p,
+                        bases[p.name],
+                        unsteady,
+                    )
+                    for p in parts
+                ),
+            )
+            for level in range(levels)
+        ]
+    chosen = {k: choose(r, bases["earlier"], over_base, min_episodes) for k, r in rungs.items()}
+    return Tuning(
+        datetime.fromtimestamp(split, tz=UTC).date(),
+        over_base,
+        min_episodes,
+        bases,
+        rungs,
+        chosen,
+    )
+
+
+def _serving(served: list[ServedModel]) -> Callable[[float], ChurnModel | None] | None:
+    """The walk-forward model serving a sweep at ``boundary``, as it served the first run."""
+    if not served:
+        return None
+
+    def model_at(boundary: float) -> ChurnModel | None:
+        current = None
+        for s in served:
+            if s.serving_from <= boundary:
+                current = s.model
+        return current
+
+    return model_at
+
+
+def _openings(records: list[WarningRecord]) -> dict[str, list[tuple[str, float]]]:
+    opened: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for r in records:
+        if r.status == "opened":
+            opened[r.warning_type].append((r.customer_id, to_epoch(r.opened_at)))
+    return opened
+
+
+def _part_base_rate(
+    orders: dict[str, list[float]],
+    data_start: float,
+    data_end: float,
+    horizon: float,
+    part: Part,
+) -> float | None:
+    """The base rate (as the backtest's) over the part's days."""
+    return base_rate(orders, data_start, data_end, horizon, since=part.start, until=part.end)
+
+
+def _day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).date().isoformat()
+
+
+DEFAULT_LEVEL = 2  # the rung holding configs/default.yaml's values
+
+
+def _cells(figures: dict[str, Any], base: float | None) -> str:
+    precision = figures["precision"]
+    over = None if precision is None or base is None else round(precision - base, 3)
+    return (
+        f"{figures['judged']} | {precision} | {over} | {figures['recall']} "
+        f"| {figures['median_lead_days']}"
+    )
+
+
+def format_tuning(tuning: Tuning) -> str:
+    """Every rung's figures on both parts, the chosen one marked, as Markdown."""
+    earlier, later = tuning.base_rates["earlier"], tuning.base_rates["later"]
+    lines = [
+        f"split at {tuning.split}: base rate {earlier} before, {later} from then on; goal: "
+        f"early precision at least {tuning.over_base:g} over the base rate on the earlier "
+        f"part, with {tuning.min_episodes}+ judged episodes; then the most churns caught",
+    ]
+    for kind, rungs in tuning.rungs.items():
+        chosen = tuning.chosen[kind]
+        if not any(r.earlier["episodes"] or r.later["episodes"] for r in rungs):
+            lines += ["", f"{kind}: never opens on this history at any rung (nothing it reads?)"]
+            continue
+        if chosen is None:
+            verdict = "no rung meets the goal: thresholds left as they are"
+        else:
+            holds = qualifies(chosen.later, later, tuning.over_base, 1)
+            verdict = (
+                f"rung {chosen.level + 1}; on the later part precision "
+                f"{chosen.later['precision']} ({'meets' if holds else 'misses'} the goal), "
+                f"recall {chosen.later['recall']}"
+            )
+        lines += [
+            "",
+            f"{kind}: {verdict}",
+            "",
+            "| rung | earlier: judged | precision | over base | recall | lead (days) "
+            "| later: judged | precision | over base | recall | lead (days) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rungs:
+            mark = " (chosen)" if r is chosen else ""
+            mark += " (default)" if r.level == DEFAULT_LEVEL else ""
+            lines.append(
+                f"| {r.level + 1}{mark} | {_cells(r.earlier, earlier)} | {_cells(r.later, later)} |"
+            )
+    return "\n".join(lines)
+
+
+def write_settings(tuning: Tuning, config: Path, out: Path, source: str) -> None:
+    """``config``'s settings with the chosen thresholds, the figures in a comment on top.
+
+    Starts from the settings file's own text, never from the loaded settings, so
+    nothing set from the environment (a password) is written out."""
+    raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    overrides = tuning.overrides()
+    raw = deep_merge(raw, {"warnings": overrides})
+    WarningThresholds(**raw["warnings"])  # what is written must load
+    header = [
+        f"# Thresholds fitted by `churnwatch tune` on {source}",
+        f"# ({datetime.now(UTC).date()}), starting from {config.name}.",
+        "# Chosen on the episodes opened before the split day, checked on those after.",
+        "#",
+    ]
+    header += [f"# {line}" if line else "#" for line in format_tuning(tuning).splitlines()]
+    header += ["#", f"# tuned: {', '.join(overrides) or 'nothing'}", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        "\n".join(header) + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from churnwatch.core.settings import load_settings
+from models.tuning import DEFAULT_LEVEL, LADDERS, Rung, choose
+
+
+def test_the_default_rung_holds_the_default_thresholds(settings):
+    for kind, ladder in LADDERS.items():
+        current = getattr(settings.warnings, kind).model_dump()
+        assert {k: current[k] for k in ladder[DEFAULT_LEVEL]} == ladder[DEFAULT_LEVEL], kind
+
+
+def _rung(level, precision, recall, judged=50):
+    figures = {"precision": precision, "recall": recall, "median_lead_days": 10.0}
+    return Rung(level, {}, {**figures, "judged": judged}, figures)
+
+
+def test_the_loosest_rung_that_keeps_the_precision_goal_is_chosen():
+    rungs = [_rung(0, 0.8, 0.1), _rung(1, 0.7, 0.3), _rung(2, 0.55, 0.5), _rung(3, 0.9, 0.9, 5)]
+    # base 0.5 + 0.1: rung 2 misses the precision, rung 3 has too few episodes
+    assert choose(rungs, 0.5, 0.10, 20) is rungs[1]
+    assert choose(rungs, 0.5, 0.40, 20) is None
+
+
+def test_tune_writes_settings_that_load_and_meet_the_goal_on_the_earlier_part(tmp_path, settings):
+    from churnwatch.core.settings import DEFAULT_CONFIG
+    from models.tuning import TuneError, qualifies, tune, write_settings
+    from pipeline.events import decode_event
+    from producers.simulator import parse_start, simulate
+
+    sent, _ = simulate(150, 11, parse_start("2024-10-07"), 540, 3, 0)
+    events = [decode_event(e.payload) for e in sent]
+    # a small book: few episodes per rung, so a low bar for how many
+    tuning = tune(events, settings.warnings, 86_400, 90, settings.model, min_episodes=5)
+    assert set(tuning.rungs) == set(LADDERS)  # churn_risk too: a model served
+    for kind, chosen in tuning.chosen.items():
+        if chosen is not None:
+            assert qualifies(chosen.earlier, tuning.base_rates["earlier"], 0.10, 5), kind
+    assert tuning.overrides(), "some rung meets the goal on the simulated book"
+
+    out = tmp_path / "tuned.yaml"
+    write_settings(tuning, DEFAULT_CONFIG, out, "simulated")
+    tuned = load_settings(out)
+    for kind, values in tuning.overrides().items():
+        section = getattr(tuned.warnings, kind).model_dump()
+        assert {k: section[k] for k in values} == values
+    assert tuned.kafka == settings.kafka  # the rest of the settings kept
+    assert f"split at {tuning.split}" in out.read_text()
+
+    with pytest.raises(TuneError, match="must fall between"):
+        tune(
+            events,
+            settings.warnings,
+            86_400,
+            90,
+            None,
+            split_at=parse_start("2024-10-08"),
+        )
