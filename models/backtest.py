@@ -237,10 +237,7 @@ def backtest(
     data_end = to_epoch(events[-1].occurred_at)
     churns = find_churns(orders, data_end, horizon)
 
-    opened: dict[str, list[tuple[str, float]]] = defaultdict(list)
-    for record in records:
-        if record.status == "opened":
-            opened[record.warning_type].append((record.customer_id, to_epoch(record.opened_at)))
+    opened = openings(records)
     rate = base_rate(orders, data_start, data_end, horizon)
     unflagged = base_rate(orders, data_start, data_end, horizon, active_days=horizon_days)
     rules: dict[str, dict[str, Any]] = {
@@ -257,10 +254,6 @@ def backtest(
         unflagged_since = base_rate(
             orders, data_start, data_end, horizon, since, active_days=horizon_days
         )
-        # The sweep each model served first: its backlog opens there at once.
-        first_sweeps = frozenset(
-            math.ceil(s.serving_from / sweep_every_seconds) * sweep_every_seconds for s in served
-        )
         rules["churn_risk"] = honest_score(
             opened["churn_risk"],
             orders,
@@ -268,7 +261,7 @@ def backtest(
             data_end,
             horizon,
             rate_since,
-            first_sweeps,
+            first_sweeps(served, sweep_every_seconds),
             unflagged_since,
         )
         model_summary = {
@@ -304,6 +297,22 @@ def backtest(
     write_warnings_csv(records, out / "warnings.csv")
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def openings(records: list[WarningRecord]) -> dict[str, list[tuple[str, float]]]:
+    """Each warning type's episode openings as (customer, epoch seconds)."""
+    opened: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for record in records:
+        if record.status == "opened":
+            opened[record.warning_type].append((record.customer_id, to_epoch(record.opened_at)))
+    return opened
+
+
+def first_sweeps(served: list[ServedModel], sweep_every_seconds: float) -> frozenset[float]:
+    """The sweep each model served first: its backlog opens there at once (not steady)."""
+    return frozenset(
+        math.ceil(s.serving_from / sweep_every_seconds) * sweep_every_seconds for s in served
+    )
 
 
 def write_warnings_csv(records: list[WarningRecord], path: Path) -> None:

@@ -27,8 +27,6 @@ what the model learns.
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -39,10 +37,10 @@ import yaml
 
 from churnwatch.core.settings import ModelSettings
 from churnwatch.core.thresholds import WarningThresholds, deep_merge
-from models.backtest import Bar, ServedModel, walk_forward
+from models.backtest import Bar, ServedModel, first_sweeps, openings, walk_forward
 from models.dataset import order_times
 from models.outcomes import Churn, base_rate, find_churns, honest_score
-from pipeline.events import CustomerEvent, WarningRecord
+from pipeline.events import CustomerEvent
 from pipeline.processing import run_history
 from pipeline.scoring import ChurnModel
 from pipeline.state import DAY, to_epoch
@@ -115,6 +113,8 @@ LADDERS: dict[str, list[dict[str, float]]] = {
         {"enter_share": share, "exit_share": 0.0} for share in (0.3, 0.2, 0.1, 0.05, 0.02, 0.0)
     ],
 }
+
+DEFAULT_LEVEL = 2  # the rung holding configs/default.yaml's values
 
 
 class TuneError(Exception):
@@ -244,7 +244,7 @@ def tune(
             _, records = run_history(
                 bar(events), rung, sweep_every_seconds, model_at=_serving(served)
             )
-        opened_by_level.append(_openings(records))
+        opened_by_level.append(openings(records))
     first_judged = served[0].serving_from if served else data_start + 90 * DAY
     last_judged = data_end - horizon
     if last_judged <= first_judged:
@@ -261,10 +261,11 @@ def tune(
     parts = (Part("earlier", first_judged, split), Part("later", split, data_end))
     orders = order_times(events)
     churns = find_churns(orders, data_end, horizon)
-    bases = {p.name: _part_base_rate(orders, data_start, data_end, horizon, p) for p in parts}
-    unsteady = frozenset(
-        math.ceil(s.serving_from / sweep_every_seconds) * sweep_every_seconds for s in served
-    )
+    bases = {
+        p.name: base_rate(orders, data_start, data_end, horizon, since=p.start, until=p.end)
+        for p in parts
+    }
+    unsteady = first_sweeps(served, sweep_every_seconds)
     kinds = [k for k in LADDERS if k != "churn_risk" or served]
     rungs: dict[str, list[Rung]] = {}
     for kind in kinds:
@@ -314,30 +315,8 @@ def _serving(served: list[ServedModel]) -> Callable[[float], ChurnModel | None] 
     return model_at
 
 
-def _openings(records: list[WarningRecord]) -> dict[str, list[tuple[str, float]]]:
-    opened: dict[str, list[tuple[str, float]]] = defaultdict(list)
-    for r in records:
-        if r.status == "opened":
-            opened[r.warning_type].append((r.customer_id, to_epoch(r.opened_at)))
-    return opened
-
-
-def _part_base_rate(
-    orders: dict[str, list[float]],
-    data_start: float,
-    data_end: float,
-    horizon: float,
-    part: Part,
-) -> float | None:
-    """The base rate (as the backtest's) over the part's days."""
-    return base_rate(orders, data_start, data_end, horizon, since=part.start, until=part.end)
-
-
 def _day(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).date().isoformat()
-
-
-DEFAULT_LEVEL = 2  # the rung holding configs/default.yaml's values
 
 
 def _cells(figures: dict[str, Any], base: float | None) -> str:
