@@ -22,7 +22,9 @@ that chose a rung is among those that check it.
 
 The churn model is retrained walk-forward once (:func:`models.backtest.walk_forward`),
 and the same models serve every rung: the warning thresholds do not change
-what the model learns.
+what the model learns. Before the rungs run, the pace a customer with few
+orders is judged by (``sales_drop.prior_gap_days``) is set to the book's own
+before the split (:func:`book_pace`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import yaml
@@ -54,18 +57,18 @@ LADDERS: dict[str, list[dict[str, float]]] = {
         {
             "enter_ratio": enter,
             "exit_ratio": exit_,
-            "enter_silence_ratio": silence,
-            "exit_silence_ratio": silence - 1,
+            "enter_silence_chance": chance,
+            "exit_silence_chance": exit_chance,
             "min_silence_days": days,
             "longest_gap_margin": margin,
         }
-        for enter, exit_, silence, days, margin in [
-            (0.2, 0.5, 4.0, 42, 1.5),
-            (0.3, 0.6, 3.5, 35, 1.35),
-            (0.4, 0.7, 3.0, 28, 1.2),
-            (0.5, 0.8, 2.5, 21, 1.1),
-            (0.6, 0.9, 2.0, 14, 1.0),
-            (0.7, 1.0, 1.5, 10, 0.9),
+        for enter, exit_, chance, exit_chance, days, margin in [
+            (0.2, 0.5, 0.01, 0.05, 42, 1.5),
+            (0.3, 0.6, 0.02, 0.1, 35, 1.35),
+            (0.4, 0.7, 0.05, 0.2, 28, 1.2),
+            (0.5, 0.8, 0.1, 0.3, 21, 1.1),
+            (0.6, 0.9, 0.2, 0.4, 14, 1.0),
+            (0.7, 1.0, 0.3, 0.5, 10, 0.9),
         ]
     ],
     "overdue_debt": [
@@ -151,10 +154,14 @@ class Tuning:
     base_rates: dict[str, float | None]
     rungs: dict[str, list[Rung]]
     chosen: dict[str, Rung | None]  # None: no rung met the goal, current thresholds kept
+    pace: float | None  # the book's usual gap (days) before the split; None: too few customers
 
     def overrides(self) -> dict[str, dict[str, float]]:
-        """The ``warnings:`` keys the chosen rungs set."""
-        return {kind: dict(r.values) for kind, r in self.chosen.items() if r is not None}
+        """The ``warnings:`` keys the chosen rungs and the book's pace set."""
+        values = {kind: dict(r.values) for kind, r in self.chosen.items() if r is not None}
+        if self.pace is not None:
+            values.setdefault("sales_drop", {})["prior_gap_days"] = self.pace
+        return values
 
 
 def rung_thresholds(base: WarningThresholds, level: int) -> WarningThresholds:
@@ -232,19 +239,19 @@ def tune(
     data_start, data_end = to_epoch(events[0].occurred_at), to_epoch(events[-1].occurred_at)
     levels = len(next(iter(LADDERS.values())))
     served: list[ServedModel] = []
-    opened_by_level: list[dict[str, list[tuple[str, float]]]] = []
-    for level in range(levels):
-        rung = rung_thresholds(thresholds, level)
-        progress(f"rung {level + 1} of {levels}: running the warnings over the history")
-        if level == 0 and model_settings is not None:
-            records, served = walk_forward(
-                events, rung, sweep_every_seconds, model_settings, retrain_every_days, progress, bar
-            )
-        else:
-            _, records = run_history(
-                bar(events), rung, sweep_every_seconds, model_at=_serving(served)
-            )
-        opened_by_level.append(openings(records))
+    if model_settings is not None:
+        # The models do not read the warning thresholds: train them once, first,
+        # so the split (from the first model's day) is known before the rungs run.
+        progress("training the churn model walk-forward")
+        _, served = walk_forward(
+            events,
+            thresholds,
+            sweep_every_seconds,
+            model_settings,
+            retrain_every_days,
+            progress,
+            bar,
+        )
     first_judged = served[0].serving_from if served else data_start + 90 * DAY
     last_judged = data_end - horizon
     if last_judged <= first_judged:
@@ -258,8 +265,23 @@ def tune(
             f"the split day {_day(split)} must fall between {_day(first_judged)} and "
             f"{_day(last_judged)} (the period whose episodes can be judged)"
         )
-    parts = (Part("earlier", first_judged, split), Part("later", split, data_end))
     orders = order_times(events)
+    pace = book_pace(orders, split)
+    if pace is not None:
+        thresholds = WarningThresholds(
+            **deep_merge(thresholds.model_dump(), {"sales_drop": {"prior_gap_days": pace}})
+        )
+    opened_by_level: list[dict[str, list[tuple[str, float]]]] = []
+    for level in range(levels):
+        progress(f"rung {level + 1} of {levels}: running the warnings over the history")
+        _, records = run_history(
+            bar(events),
+            rung_thresholds(thresholds, level),
+            sweep_every_seconds,
+            model_at=_serving(served),
+        )
+        opened_by_level.append(openings(records))
+    parts = (Part("earlier", first_judged, split), Part("later", split, data_end))
     churns = find_churns(orders, data_end, horizon)
     bases = {
         p.name: base_rate(orders, data_start, data_end, horizon, since=p.start, until=p.end)
@@ -297,11 +319,31 @@ def tune(
         bases,
         rungs,
         chosen,
+        pace,
     )
 
 
+#: Fewest customers with two orders or more before the split for :func:`book_pace`.
+PACE_CUSTOMERS = 30
+
+
+def book_pace(orders: dict[str, list[float]], until: float) -> float | None:
+    """The book's usual days between orders before ``until``: the median of the
+    mean gaps of the customers with two orders or more by then (None with fewer
+    than :data:`PACE_CUSTOMERS` of them). What a customer with a thin history
+    is assumed to do (``sales_drop.prior_gap_days``)."""
+    gaps = []
+    for times in orders.values():
+        before = [t for t in times if t < until]
+        if len(before) >= 2 and before[-1] > before[0]:
+            gaps.append((before[-1] - before[0]) / (len(before) - 1) / DAY)
+    if len(gaps) < PACE_CUSTOMERS:
+        return None
+    return round(float(median(gaps)), 1)
+
+
 def _serving(served: list[ServedModel]) -> Callable[[float], ChurnModel | None] | None:
-    """The walk-forward model serving a sweep at ``boundary``, as it served the first run."""
+    """The walk-forward model serving a sweep at ``boundary``, as it served the walk-forward run."""
     if not served:
         return None
 
@@ -336,6 +378,11 @@ def format_tuning(tuning: Tuning) -> str:
         f"early precision at least {tuning.over_base:g} over the base rate on the earlier "
         f"part, with {tuning.min_episodes}+ judged episodes; then the most churns caught",
     ]
+    if tuning.pace is not None:
+        lines.append(
+            f"the book's usual gap before the split: {tuning.pace:g} days between orders "
+            "(sales_drop.prior_gap_days, what a customer with few orders is judged by)"
+        )
     for kind, rungs in tuning.rungs.items():
         chosen = tuning.chosen[kind]
         if not any(r.earlier["episodes"] or r.later["episodes"] for r in rungs):

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from churnwatch.core.thresholds import (
     ChurnRiskThresholds,
@@ -51,6 +54,35 @@ def _grade(base: int, revenue_52w: float, thresholds: WarningThresholds) -> Seve
     return SEVERITIES[max(0, min(base, len(SEVERITIES) - 1))]
 
 
+def silence_chance(
+    days_silent: Any,
+    orders_total: Any,
+    usual_gap_days: Any,
+    regularity: Any,
+    t: SalesDropThresholds,
+) -> tuple[Any, Any]:
+    """How often a pause of ``days_silent`` would come at the customer's own pace,
+    and that pace (days per order); floats or arrays of one value per customer.
+
+    The customer's orders are taken to arrive at a steady rate that is not known
+    exactly: before its own orders the rate is the prior's (one every
+    ``prior_gap_days``, as sure as ``prior_gaps`` gaps of its own), and each gap
+    it shows moves the estimate towards its usual gap (a gamma prior on a
+    Poisson rate). The chance of no order for ``d`` days is then
+    ``(scale / (scale + d)) ** shape``: after many regular orders close to
+    ``exp(-d / gap)``, after one or two much less sure, so a customer with a
+    thin history is judged by the prior and warned only after a long pause.
+    """
+    gaps = np.where(usual_gap_days > 0, np.maximum(orders_total - 1, 0), 0)
+    # Gaps more uneven than a steady rate's (coefficient of variation above 1)
+    # say less about the rate: they count for less (a bursty customer's long
+    # pause is less surprising).
+    gaps = gaps / np.maximum(1.0, np.nan_to_num(regularity, nan=1.0) ** 2)
+    shape = t.prior_gaps + gaps
+    scale = t.prior_gaps * t.prior_gap_days + gaps * usual_gap_days
+    return np.exp(-shape * np.log1p(days_silent / scale)), scale / shape
+
+
 def sales_drop(
     f: Features,
     t: SalesDropThresholds,
@@ -58,21 +90,22 @@ def sales_drop(
     is_open: bool,
     explain: bool = False,
 ) -> Verdict:
-    """Orders below the customer's own baseline, or silence far beyond its usual gap."""
+    """Orders below the customer's own baseline, or a silence unlikely at its own pace."""
     expected_orders = f.orders_baseline_per_week * all_t.recent_weeks
     expected_amount = f.amount_baseline_per_week * all_t.recent_weeks
     baseline_known = f.history_weeks >= all_t.recent_weeks + all_t.baseline_weeks
     comparable = baseline_known and expected_orders >= t.min_expected_orders
     ratio = f.amount_recent / expected_amount if comparable and expected_amount > 0 else None
 
-    silence_ratio = None
-    if (
-        f.days_since_last_order is not None
-        and f.mean_order_gap_days > 0
-        and f.orders_total >= 4
-        and f.history_weeks >= all_t.baseline_weeks
-    ):
-        silence_ratio = f.days_since_last_order / f.mean_order_gap_days
+    chance = pace = None
+    if f.days_since_last_order is not None:
+        chance, pace = silence_chance(
+            f.days_since_last_order,
+            f.orders_total,
+            f.mean_order_gap_days,
+            np.nan if f.order_regularity is None else f.order_regularity,
+            t,
+        )
 
     # A quiet season is not a drop: when the same weeks last year are known and
     # either this year holds up against them, or last year was just as far
@@ -84,17 +117,17 @@ def sales_drop(
     )
     # Silence counts once it is longer than any pause of the past year too
     # (a customer that always pauses in winter is not silent in winter).
-    silence_limit = max(
-        t.min_silence_days,
-        t.enter_silence_ratio * f.mean_order_gap_days,
-        t.longest_gap_margin * f.longest_gap_past_year_days,
-    )
+    silence_limit = max(t.min_silence_days, t.longest_gap_margin * f.longest_gap_past_year_days)
     if is_open:
         dropped = ratio is not None and ratio < t.exit_ratio
-        silent = silence_ratio is not None and silence_ratio >= t.exit_silence_ratio
+        silent = chance is not None and chance <= t.exit_silence_chance
     else:
         dropped = ratio is not None and ratio <= t.enter_ratio
-        silent = silence_ratio is not None and (f.days_since_last_order or 0) >= silence_limit
+        silent = (
+            chance is not None
+            and chance <= t.enter_silence_chance
+            and (f.days_since_last_order or 0) >= silence_limit
+        )
     active = (dropped or silent) and not seasonal
     if active == is_open and not explain:
         return NO_CHANGE[active]
@@ -108,23 +141,25 @@ def sales_drop(
     }
     if ratio is not None:
         evidence["amount_change_pct"] = round((ratio - 1) * 100, 1)
-    if f.days_since_last_order is not None:
+    if chance is not None and pace is not None and f.days_since_last_order is not None:
         evidence["days_since_last_order"] = round(f.days_since_last_order, 1)
-        evidence["usual_gap_days"] = round(f.mean_order_gap_days, 1)
+        evidence["usual_gap_days"] = round(float(pace), 1)
+        evidence["chance_of_such_a_pause_pct"] = round(float(chance) * 100, 2)
         evidence["longest_gap_past_year_days"] = round(f.longest_gap_past_year_days, 1)
     if f.amount_same_weeks_last_year is not None:
         evidence["amount_same_weeks_last_year"] = round(f.amount_same_weeks_last_year, 2)
 
     weeks = all_t.recent_weeks
-    if silent and silence_ratio is not None and not dropped:
+    if silent and chance is not None and not dropped:
         summary = text(
             all_t.language,
             "sales_drop.silence",
             days=f.days_since_last_order or 0,
-            gap=f.mean_order_gap_days,
+            gap=pace,
+            odds=1 / max(float(chance), 1e-9),
             longest=f.longest_gap_past_year_days,
         )
-        base = 2 if silence_ratio >= 2 * t.enter_silence_ratio else 1
+        base = 2 if chance <= t.enter_silence_chance / 10 else 1
     else:
         change = f"{(ratio - 1) * 100:+.0f}%" if ratio is not None else "n/a"
         summary = text(

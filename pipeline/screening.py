@@ -25,6 +25,7 @@ from churnwatch.core.thresholds import (
 )
 from pipeline.events import WARNING_TYPES
 from pipeline.features import FeatureColumns
+from pipeline.rules import silence_chance
 from pipeline.state import SEVERITIES
 
 BoolArray = npt.NDArray[np.bool_]
@@ -47,14 +48,9 @@ def _sales_drop_many(
     ratio = np.where(
         comparable & (expected_amount > 0), c["amount_recent"] / expected_amount, np.nan
     )
-    since, gap = c["days_since_last_order"], c["mean_order_gap_days"]
-    silence_ratio = np.where(
-        ~np.isnan(since)
-        & (gap > 0)
-        & (c["orders_total"] >= 4)
-        & (c["history_weeks"] >= all_t.baseline_weeks),
-        since / gap,
-        np.nan,
+    since = c["days_since_last_order"]
+    chance, _ = silence_chance(
+        since, c["orders_total"], c["mean_order_gap_days"], c["order_regularity"], t
     )
     last_year = c["amount_same_weeks_last_year"]
     seasonal = ~np.isnan(last_year) & (
@@ -62,20 +58,19 @@ def _sales_drop_many(
         | (last_year <= t.enter_ratio * expected_amount)
     )
     silence_limit = np.maximum(
-        np.maximum(t.min_silence_days, t.enter_silence_ratio * gap),
-        t.longest_gap_margin * c["longest_gap_past_year_days"],
+        t.min_silence_days, t.longest_gap_margin * c["longest_gap_past_year_days"]
     )
     dropped = np.where(is_open, ratio < t.exit_ratio, ratio <= t.enter_ratio)
     silent = np.where(
         is_open,
-        silence_ratio >= t.exit_silence_ratio,
-        ~np.isnan(silence_ratio) & (np.nan_to_num(since) >= silence_limit),
+        chance <= t.exit_silence_chance,
+        (chance <= t.enter_silence_chance) & (np.nan_to_num(since) >= silence_limit),
     )
     active = (dropped | silent) & ~seasonal
-    silence_path = silent & ~np.isnan(silence_ratio) & ~dropped
+    silence_path = silent & ~dropped
     base = np.where(
         silence_path,
-        1 + (silence_ratio >= 2 * t.enter_silence_ratio),
+        1 + (chance <= t.enter_silence_chance / 10),
         1 + (ratio <= t.enter_ratio / 2),
     )
     return active, _grades(base, c["revenue_52w"], all_t)

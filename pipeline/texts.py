@@ -15,8 +15,9 @@ TEXTS: dict[str, dict[str, str]] = {
     "en": {
         "separator": "; ",
         "sales_drop.silence": (
-            "no order for {days:.0f} days; usually one every {gap:.0f} days, "
-            "longest pause in the past year {longest:.0f} days"
+            "no order for {days:.0f} days; usually one every {gap:.0f} days, so a pause "
+            "this long comes about 1 time in {odds:,.0f}; longest pause in the past year "
+            "{longest:.0f} days"
         ),
         "sales_drop.drop": (
             "{orders:.0f} orders worth {amount:,.0f} in the last {weeks} weeks, "
@@ -66,7 +67,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "separator": "；",
         "sales_drop.silence": (
             "已 {days:.0f} 天没有下单；通常每 {gap:.0f} 天下单一次，"
-            "过去一年最长间隔 {longest:.0f} 天"
+            "这么长的间隔约 {odds:,.0f} 次中才有 1 次；过去一年最长间隔 {longest:.0f} 天"
         ),
         "sales_drop.drop": (
             "最近 {weeks} 周下单 {orders:.0f} 笔，金额 {amount:,.0f}；"

@@ -22,11 +22,19 @@ class SalesDropThresholds(Section):
     min_expected_orders: float = Field(5.0, gt=0)
     enter_ratio: float = Field(0.4, gt=0, lt=1)
     exit_ratio: float = Field(0.7, gt=0, le=1)
-    enter_silence_ratio: float = Field(3.0, gt=1)
-    exit_silence_ratio: float = Field(2.0, gt=0)
+    enter_silence_chance: float = Field(0.05, gt=0, lt=1)
+    exit_silence_chance: float = Field(0.2, gt=0, lt=1)
+    prior_gap_days: float = Field(30.0, gt=0)
+    prior_gaps: float = Field(1.0, gt=0)
     min_silence_days: float = Field(28.0, gt=0)
     longest_gap_margin: float = Field(1.2, ge=0)
     seasonal_tolerance: float = Field(0.4, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _exit_above_enter(self) -> SalesDropThresholds:
+        if self.exit_silence_chance < self.enter_silence_chance:
+            raise ValueError("exit_silence_chance must not be below enter_silence_chance")
+        return self
 
 
 class OverdueDebtThresholds(Section):

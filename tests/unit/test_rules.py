@@ -131,3 +131,82 @@ def test_an_episode_stays_open_for_the_minimum_length(settings, event_factory):
     opened_at, resolved_at = [r.at for r in records if r.warning_type == "overdue_debt"]
     # paid 2 days after opening, but the episode lasts the minimum 14 days
     assert (resolved_at - opened_at).days == 14
+
+
+def _silent_after(event_factory, gaps_days, customer_id="C1", segment=None):
+    """Orders ``gaps_days`` apart, then silence; another customer keeps time moving."""
+    from pipeline.events import CustomerUpdated
+
+    at = T0
+    events = (
+        []
+        if segment is None
+        else [
+            CustomerUpdated(
+                event_id=f"cust-{customer_id}",
+                customer_id=customer_id,
+                occurred_at=T0,
+                name="Acme",
+                segment=segment,
+            )
+        ]
+    )
+    events.append(event_factory("order", customer_id=customer_id, at=at, amount=100.0))
+    for gap in gaps_days:
+        at += timedelta(days=gap)
+        events.append(event_factory("order", customer_id=customer_id, at=at, amount=100.0))
+    events += [
+        event_factory("contact", customer_id="C2", at=at + timedelta(days=d))
+        for d in range(1, 400, 3)
+    ]
+    return sorted(events, key=lambda e: e.occurred_at)
+
+
+def _silence_at_warning(records) -> float | None:
+    drops = opened(records, "sales_drop")
+    return drops[0].evidence["days_since_last_order"] if drops else None
+
+
+def test_a_thin_history_is_judged_by_the_book_pace_and_warned_only_after_a_long_pause(
+    settings, event_factory
+):
+    # Two orders a month apart say little: judged with the prior (monthly, worth
+    # one gap), the pause is 1 in 20 only after about 208 days. Twenty orders at
+    # the same pace are sure of it: about 97 days.
+    _, thin = run_history(_silent_after(event_factory, [30]), settings.warnings, DAY)
+    _, long = run_history(_silent_after(event_factory, [30] * 19), settings.warnings, DAY)
+    assert 205 <= _silence_at_warning(thin) <= 212
+    assert 95 <= _silence_at_warning(long) <= 100
+    (warning,) = opened(thin, "sales_drop")
+    assert warning.evidence["usual_gap_days"] == 30.0
+    assert warning.evidence["chance_of_such_a_pause_pct"] <= 5
+    assert "1 time in 2" in warning.summary  # "1 time in 20": the odds are in the text
+
+
+def test_a_segment_pace_judges_its_thin_histories(event_factory):
+    from churnwatch.core.settings import load_settings
+
+    settings = load_settings(
+        warnings={"segments": {"weekly": {"sales_drop": {"prior_gap_days": 7}}}}
+    )
+    _, book = run_history(_silent_after(event_factory, [30]), settings.warnings, DAY)
+    _, weekly = run_history(
+        _silent_after(event_factory, [30], segment="weekly"), settings.warnings, DAY
+    )
+    # the weekly segment's prior makes two monthly orders a faster pace (18.5 days)
+    assert _silence_at_warning(weekly) < _silence_at_warning(book) - 50
+
+
+def test_an_uneven_rhythm_makes_a_long_pause_less_surprising(settings):
+    import math
+
+    from pipeline.rules import silence_chance
+
+    t = settings.warnings.sales_drop
+    steady, _ = silence_chance(60.0, 21, 14.0, 0.3, t)
+    bursty, _ = silence_chance(60.0, 21, 14.0, 2.0, t)
+    assert bursty > 2 * steady
+    # with many steady gaps the chance is close to a Poisson rate's
+    many, pace = silence_chance(60.0, 2001, 14.0, 0.3, t)
+    assert pace == pytest.approx(14.0, rel=0.01)
+    assert many == pytest.approx(math.exp(-60 / 14), rel=0.05)
