@@ -90,20 +90,24 @@ def calibration_table(labels: Vector, scores: Vector, bins: int = 10) -> list[di
     return table
 
 
-def make_model(groups: Vector, labels: Vector) -> CalibratedClassifierCV:
-    booster = HistGradientBoostingClassifier(
-        # Small, well-regularised trees: a churn history has a few thousand
-        # customers per cutoff, and the test period is later than any training row.
-        learning_rate=0.1,
-        max_iter=60,
-        max_depth=3,
-        min_samples_leaf=100,
-        l2_regularization=1.0,
-        early_stopping=True,
-        validation_fraction=0.15,
-        n_iter_no_change=20,
-        random_state=0,
-    )
+#: Small, well-regularised trees: a churn history has a few thousand customers
+#: per cutoff, and the test period is later than any training row.
+BOOSTER: dict[str, Any] = {
+    "learning_rate": 0.1,
+    "max_iter": 60,
+    "max_depth": 3,
+    "min_samples_leaf": 100,
+    "l2_regularization": 1.0,
+    "early_stopping": True,
+    "validation_fraction": 0.15,
+    "n_iter_no_change": 20,
+    "random_state": 0,
+}
+
+
+def make_model(groups: Vector, labels: Vector, **changes: Any) -> CalibratedClassifierCV:
+    """The churn model, unfitted: :data:`BOOSTER` (with ``changes``) calibrated per fold."""
+    booster = HistGradientBoostingClassifier(**(BOOSTER | changes))
     folds = list(GroupKFold(n_splits=3).split(np.zeros(len(labels)), labels, groups))
     # One calibrated booster per fold, averaged: a little bagging, which ranks
     # better than one booster on all rows; 3 x 60 small trees stay cheap to
