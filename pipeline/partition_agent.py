@@ -140,7 +140,6 @@ class PartitionAgent(Evaluator[Held]):
         self.received_at = time.time()  # when the messages in hand were produced
         self.due = False  # the clock moves at the end of the fetch
         self._resumed = False
-        self._refusing = False  # the event in hand was refused (see refuse)
         self._wall_last_sweep = 0.0
         self._stall = Stall(WAITING_REPORT_SECONDS)
 
@@ -248,7 +247,7 @@ class PartitionAgent(Evaluator[Held]):
     def apply(self, item: Held, late: bool = False) -> CustomerState | None:
         decoded, message = item
         state = None
-        self._refusing = False
+        refused = self.refused
         try:
             if not self._stored_already(decoded, message):
                 # None: seen before (redelivered after a restart, or sent twice)
@@ -257,7 +256,7 @@ class PartitionAgent(Evaluator[Held]):
             log.exception("could not apply %s", decoded.event_id)
             self.dead_letter(message, f"processing error: {exc!r}", "processing_error")
         else:
-            if state is None and not self._refusing:
+            if state is None and self.refused == refused:  # not refused: a duplicate
                 metrics.EVENTS_DUPLICATE.inc()
             else:
                 self.newest = max(self.newest, decoded.epoch)
@@ -274,7 +273,6 @@ class PartitionAgent(Evaluator[Held]):
 
     def refuse(self, item: Held, reason: str) -> None:
         super().refuse(item, reason)
-        self._refusing = True
         self.dead_letter(item[1], reason, "possible_copy")
 
     def sweep(

@@ -207,7 +207,8 @@ class Evaluator(Generic[T]):
         return cast(CustomerEvent, item)
 
     def refuse(self, item: T, reason: str) -> None:
-        """An item not applied: it may be a copy of an older event (counted here)."""
+        """An item not applied: it may be a copy of an older event (counted in
+        ``refused``; the worker's agent also dead-letters it)."""
         self.refused += 1
 
     def run(self, steps: Iterable[Apply[T] | Sweep]) -> list[WarningRecord]:

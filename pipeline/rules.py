@@ -351,9 +351,10 @@ class Risk:
     model_version: str
     horizon_days: float
     explain: Callable[[], str]
-    #: The probabilities the warning opens at and resolves below (for this model's book).
-    enter: float = 0.7
-    exit: float = 0.5
+    #: The probabilities the warning opens at and resolves below (for this model's
+    #: book: :meth:`ChurnRiskThresholds.bounds`).
+    enter: float
+    exit: float
 
 
 def churn_risk(

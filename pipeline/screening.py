@@ -145,8 +145,8 @@ def changing(
     columns: FeatureColumns,
     thresholds: WarningThresholds,
     severity: npt.NDArray[np.int8],
-    probability: npt.NDArray[np.float64] | None = None,
-    churn_bounds: tuple[float, float] = (0.7, 0.5),
+    probability: npt.NDArray[np.float64] | None,
+    churn_bounds: tuple[float, float],
 ) -> tuple[BoolArray, BoolArray]:
     """Which customers' episodes change: (any episode opens, resolves or worsens;
     the churn-risk episode opens or worsens, so its reasons are needed).
@@ -154,7 +154,8 @@ def changing(
     ``thresholds`` are the customers' segment's; ``severity`` is each open
     episode's severity index per :data:`WARNING_TYPES` (-1: none open);
     ``probability`` the model's scores (None: rules only), and ``churn_bounds`` the
-    probabilities the churn-risk warning opens at and resolves below.
+    probabilities the churn-risk warning opens at and resolves below
+    (:meth:`ChurnRiskThresholds.bounds` for the serving model's book).
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         return _changing(columns, thresholds, severity, probability, churn_bounds)

@@ -30,6 +30,20 @@ class SalesDropThresholds(Section):
     longest_gap_margin: float = Field(1.2, ge=0)
     seasonal_tolerance: float = Field(0.4, gt=0, le=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, values: Any) -> Any:
+        # Settings files written before the silence was judged by its chance.
+        if isinstance(values, dict):
+            for old in ("enter_silence_ratio", "exit_silence_ratio"):
+                if old in values:
+                    new = old.replace("ratio", "chance")
+                    raise ValueError(
+                        f"{old} was replaced by {new}: a silence is judged by how unlikely "
+                        "it is at the customer's own pace (docs/features.md, Sales drop)"
+                    )
+        return values
+
     @model_validator(mode="after")
     def _exit_above_enter(self) -> SalesDropThresholds:
         if self.exit_silence_chance < self.enter_silence_chance:

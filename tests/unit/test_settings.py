@@ -26,6 +26,15 @@ def test_bad_value_names_the_key(tmp_path: Path):
         load_settings(config)
 
 
+def test_a_replaced_key_says_what_replaced_it(tmp_path: Path):
+    config = tmp_path / "old.yaml"
+    config.write_text("warnings:\n  sales_drop:\n    enter_silence_ratio: 3.0\n")
+    with pytest.raises(
+        ConfigError, match=r"enter_silence_ratio was replaced by enter_silence_chance"
+    ):
+        load_settings(config)
+
+
 def test_environment_overrides_the_file(monkeypatch):
     monkeypatch.setenv("CHURNWATCH_KAFKA__PARTITIONS", "8")
     monkeypatch.setenv("CHURNWATCH_CLOCK__MODE", "wall")
