@@ -24,7 +24,7 @@ The churn model is retrained walk-forward once (:func:`models.backtest.walk_forw
 and the same models serve every rung: the warning thresholds do not change
 what the model learns. Before the rungs run, the pace a customer with few
 orders is judged by (``sales_drop.prior_gap_days``) is set to the book's own
-before the split (:func:`book_pace`).
+before the split (:func:`book_paces`), and each segment's.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from churnwatch.core.thresholds import WarningThresholds, deep_merge
 from models.backtest import Bar, ServedModel, first_sweeps, openings, walk_forward
 from models.dataset import order_times
 from models.outcomes import Churn, base_rate, find_churns, honest_score
-from pipeline.events import CustomerEvent
+from pipeline.events import CustomerEvent, CustomerUpdated
 from pipeline.processing import run_history
 from pipeline.scoring import ChurnModel
 from pipeline.state import DAY, to_epoch
@@ -154,14 +154,16 @@ class Tuning:
     base_rates: dict[str, float | None]
     rungs: dict[str, list[Rung]]
     chosen: dict[str, Rung | None]  # None: no rung met the goal, current thresholds kept
-    pace: float | None  # the book's usual gap (days) before the split; None: too few customers
+    #: The usual gap (days) before the split: "" the whole book's, and each
+    #: segment's with enough customers (:func:`book_paces`).
+    paces: dict[str, float]
 
-    def overrides(self) -> dict[str, dict[str, float]]:
-        """The ``warnings:`` keys the chosen rungs and the book's pace set."""
-        values = {kind: dict(r.values) for kind, r in self.chosen.items() if r is not None}
-        if self.pace is not None:
-            values.setdefault("sales_drop", {})["prior_gap_days"] = self.pace
-        return values
+    def overrides(self) -> dict[str, Any]:
+        """The ``warnings:`` keys the chosen rungs and the paces set."""
+        values: dict[str, Any] = {
+            kind: dict(r.values) for kind, r in self.chosen.items() if r is not None
+        }
+        return deep_merge(values, pace_overrides(self.paces))
 
 
 def rung_thresholds(base: WarningThresholds, level: int) -> WarningThresholds:
@@ -266,11 +268,8 @@ def tune(
             f"{_day(last_judged)} (the period whose episodes can be judged)"
         )
     orders = order_times(events)
-    pace = book_pace(orders, split)
-    if pace is not None:
-        thresholds = WarningThresholds(
-            **deep_merge(thresholds.model_dump(), {"sales_drop": {"prior_gap_days": pace}})
-        )
+    paces = book_paces(orders, split, segments_before(events, split))
+    thresholds = WarningThresholds(**deep_merge(thresholds.model_dump(), pace_overrides(paces)))
     opened_by_level: list[dict[str, list[tuple[str, float]]]] = []
     for level in range(levels):
         progress(f"rung {level + 1} of {levels}: running the warnings over the history")
@@ -319,27 +318,55 @@ def tune(
         bases,
         rungs,
         chosen,
-        pace,
+        paces,
     )
 
 
-#: Fewest customers with two orders or more before the split for :func:`book_pace`.
+#: Fewest customers with two orders or more before the split for a pace.
 PACE_CUSTOMERS = 30
 
 
-def book_pace(orders: dict[str, list[float]], until: float) -> float | None:
-    """The book's usual days between orders before ``until``: the median of the
-    mean gaps of the customers with two orders or more by then (None with fewer
-    than :data:`PACE_CUSTOMERS` of them). What a customer with a thin history
-    is assumed to do (``sales_drop.prior_gap_days``)."""
-    gaps = []
-    for times in orders.values():
+def segments_before(events: list[CustomerEvent], until: float) -> dict[str, str]:
+    """Each customer's segment as its last profile before ``until`` gave it."""
+    segments = {}
+    for event in events:
+        if isinstance(event, CustomerUpdated) and event.epoch < until and event.segment:
+            segments[event.customer_id] = event.segment
+    return segments
+
+
+def book_paces(
+    orders: dict[str, list[float]], until: float, segments: dict[str, str]
+) -> dict[str, float]:
+    """The usual days between orders before ``until``: the median of the mean gaps
+    of the customers with two orders or more by then, for the whole book ("")
+    and for each segment, wherever at least :data:`PACE_CUSTOMERS` customers
+    have them. What a customer with a thin history is assumed to do
+    (``sales_drop.prior_gap_days``)."""
+    gaps: dict[str, list[float]] = {"": []}
+    for customer, times in orders.items():
         before = [t for t in times if t < until]
         if len(before) >= 2 and before[-1] > before[0]:
-            gaps.append((before[-1] - before[0]) / (len(before) - 1) / DAY)
-    if len(gaps) < PACE_CUSTOMERS:
-        return None
-    return round(float(median(gaps)), 1)
+            gap = (before[-1] - before[0]) / (len(before) - 1) / DAY
+            gaps[""].append(gap)
+            if customer in segments:
+                gaps.setdefault(segments[customer], []).append(gap)
+    return {
+        group: round(float(median(values)), 1)
+        for group, values in gaps.items()
+        if len(values) >= PACE_CUSTOMERS
+    }
+
+
+def pace_overrides(paces: dict[str, float]) -> dict[str, Any]:
+    """The ``warnings:`` keys that set the paces as ``sales_drop.prior_gap_days``."""
+    values: dict[str, Any] = {}
+    if "" in paces:
+        values["sales_drop"] = {"prior_gap_days": paces[""]}
+    segments = {s: {"sales_drop": {"prior_gap_days": p}} for s, p in paces.items() if s}
+    if segments:
+        values["segments"] = segments
+    return values
 
 
 def _serving(served: list[ServedModel]) -> Callable[[float], ChurnModel | None] | None:
@@ -378,10 +405,13 @@ def format_tuning(tuning: Tuning) -> str:
         f"early precision at least {tuning.over_base:g} over the base rate on the earlier "
         f"part, with {tuning.min_episodes}+ judged episodes; then the most churns caught",
     ]
-    if tuning.pace is not None:
+    if tuning.paces:
+        each = ", ".join(
+            f"{segment or 'the whole book'} {pace:g}" for segment, pace in tuning.paces.items()
+        )
         lines.append(
-            f"the book's usual gap before the split: {tuning.pace:g} days between orders "
-            "(sales_drop.prior_gap_days, what a customer with few orders is judged by)"
+            f"usual days between orders before the split: {each} "
+            "(sales_drop.prior_gap_days: what a customer with few orders is judged by)"
         )
     for kind, rungs in tuning.rungs.items():
         chosen = tuning.chosen[kind]

@@ -13,7 +13,10 @@ then and prints each ranking's ROC-AUC on the test cutoff's customers:
 - ``model + BG/NBD inputs``: today's booster with BG/NBD's P(alive) and
   P(no order in the horizon) as two more inputs;
 - ``rank blend``: the mean rank of the model, the logistic regression and
-  BG/NBD.
+  BG/NBD;
+- ``sales_drop's silence chance``: how unlikely the customer's silence is at
+  its own pace (``pipeline.rules.silence_chance``, default settings), as a
+  ranking of its own.
 
 Run from the repository (about 3 minutes on Online Retail)::
 
@@ -36,14 +39,22 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from churnwatch.core.settings import load_settings
+from churnwatch.core.thresholds import WarningThresholds
 from models.baselines import BGNBD, LABEL, all_baselines, p_alive, p_no_order
 from models.dataset import build_training_set, cutoffs_every
 from models.train import fit_model, make_model
+from pipeline.rules import silence_chance
 from pipeline.scoring import INPUT_FEATURES
 from producers.loading import load_exports
 
 HORIZON_DAYS = 90
 BG_INPUTS = ["bg_p_alive", "bg_p_no_order"]
+SILENCE_INPUTS = [
+    "days_since_last_order",
+    "orders_total",
+    "mean_order_gap_days",
+    "order_regularity",
+]
 
 
 def _matrix(rows: pd.DataFrame, inputs: list[str], empty: np.ndarray) -> np.ndarray:
@@ -69,7 +80,9 @@ def _with_bgnbd(bg: BGNBD, rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def scores_at(data: pd.DataFrame, cutoff: pd.Timestamp) -> dict[str, float]:
+def scores_at(
+    data: pd.DataFrame, cutoff: pd.Timestamp, thresholds: WarningThresholds
+) -> dict[str, float]:
     """Every ranking's ROC-AUC on ``cutoff``'s rows, fitted on the rows labelled by then."""
     test = data[data.cutoff == cutoff]
     train = data[data.cutoff + timedelta(days=HORIZON_DAYS) <= cutoff]
@@ -94,6 +107,10 @@ def scores_at(data: pd.DataFrame, cutoff: pd.Timestamp) -> dict[str, float]:
     with_bg = _booster_fit(_with_bgnbd(bg, train), list(INPUT_FEATURES) + BG_INPUTS)
     raw["model + BG/NBD inputs"] = with_bg(_with_bgnbd(bg, test))
     raw["rank blend"] = sum(rankdata(raw[k]) for k in ("model", "logistic", "bgnbd"))
+    chance, _ = silence_chance(
+        *(test[c].to_numpy(dtype=float) for c in SILENCE_INPUTS), thresholds.sales_drop
+    )
+    raw["sales_drop's silence chance"] = -chance
     return {name: float(roc_auc_score(labels, values)) for name, values in raw.items()}
 
 
@@ -107,11 +124,12 @@ def main() -> None:
     cutoffs = cutoffs_every(events, 7, HORIZON_DAYS)
     tests = [cutoffs[-1], cutoffs[-5], cutoffs[-9]]
     print(f"building the training set: {len(cutoffs)} weekly cutoffs ...", flush=True)
-    data = build_training_set(events, cutoffs, HORIZON_DAYS, load_settings().warnings)
+    settings = load_settings()
+    data = build_training_set(events, cutoffs, HORIZON_DAYS, settings.warnings)
     columns = {}
     for cutoff in tests:
         print(f"fitting for the test cutoff {cutoff.date()} ...", flush=True)
-        columns[str(cutoff.date())] = scores_at(data, pd.Timestamp(cutoff))
+        columns[str(cutoff.date())] = scores_at(data, pd.Timestamp(cutoff), settings.warnings)
     table = pd.DataFrame(columns)
     table["mean"] = table.mean(axis=1)
     best = table.loc[["recency", "frequency", "logistic", "bgnbd"], "mean"].max()

@@ -195,6 +195,8 @@ def test_a_segment_pace_judges_its_thin_histories(event_factory):
     )
     # the weekly segment's prior makes two monthly orders a faster pace (18.5 days)
     assert _silence_at_warning(weekly) < _silence_at_warning(book) - 50
+    (warning,) = opened(weekly, "sales_drop")
+    assert warning.evidence["usual_gap_days"] == 18.5  # (7 + 30) / 2: prior and own gap
 
 
 def test_an_uneven_rhythm_makes_a_long_pause_less_surprising(settings):

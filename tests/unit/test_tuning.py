@@ -39,15 +39,18 @@ def test_tune_writes_settings_that_load_and_meet_the_goal_on_the_earlier_part(tm
         if chosen is not None:
             assert qualifies(chosen.earlier, tuning.base_rates["earlier"], 0.10, 5), kind
     assert any(tuning.chosen.values()), "some rung meets the goal on the simulated book"
-    assert tuning.pace is not None  # the book's usual gap, fitted before the split
+    assert "" in tuning.paces  # the book's usual gap, fitted before the split
 
     out = tmp_path / "tuned.yaml"
     write_settings(tuning, DEFAULT_CONFIG, out, "simulated")
     tuned = load_settings(out)
-    for kind, values in tuning.overrides().items():
-        section = getattr(tuned.warnings, kind).model_dump()
-        assert {k: section[k] for k in values} == values
-    assert tuned.warnings.sales_drop.prior_gap_days == tuning.pace
+    for kind, chosen in tuning.chosen.items():
+        if chosen is not None:
+            section = getattr(tuned.warnings, kind).model_dump()
+            assert {k: section[k] for k in chosen.values} == chosen.values
+    assert tuned.warnings.sales_drop.prior_gap_days == tuning.paces[""]
+    for segment, pace in tuning.paces.items():
+        assert tuned.warnings.for_segment(segment).sales_drop.prior_gap_days == pace
     assert tuned.kafka == settings.kafka  # the rest of the settings kept
     assert f"split at {tuning.split}" in out.read_text()
 
@@ -62,17 +65,21 @@ def test_tune_writes_settings_that_load_and_meet_the_goal_on_the_earlier_part(tm
         )
 
 
-def test_the_book_pace_is_the_median_gap_of_customers_with_two_orders_before_the_split():
-    from models.tuning import PACE_CUSTOMERS, book_pace
+def test_the_paces_are_the_median_gaps_of_customers_with_two_orders_before_the_split():
+    from models.tuning import PACE_CUSTOMERS, book_paces
 
     day, split = 86_400.0, 1000 * 86_400.0
-    # 20 customers ordering every 10 days, 15 every 40 days, 10 with one order;
-    # after the split everyone orders daily, which must not count
+    # 20 customers ordering every 10 days, 15 every 40 days (the segment "slow"),
+    # 10 with one order; after the split everyone orders daily, which must not count
     orders = {f"a{i}": [split - 30 * day, split - 20 * day, split - 10 * day] for i in range(20)}
     orders |= {f"b{i}": [split - 80 * day, split - 40 * day] for i in range(15)}
     orders |= {f"c{i}": [split - 5 * day] for i in range(10)}
     for times in orders.values():
         times += [split + k * day for k in range(1, 30)]
-    assert book_pace(orders, split) == 10.0
+    slow = {f"b{i}": "slow" for i in range(15)}
+    assert book_paces(orders, split, slow) == {"": 10.0}  # 15 are too few for a segment pace
+    slow |= {f"a{i}": "slow" for i in range(20, 35)}
+    orders |= {f"a{i}": [split - 90 * day, split - 50 * day] for i in range(20, 35)}
+    assert book_paces(orders, split, slow) == {"": 40.0, "slow": 40.0}
     few = dict(list(orders.items())[: PACE_CUSTOMERS - 1])
-    assert book_pace(few, split) is None
+    assert book_paces(few, split, {}) == {}
