@@ -151,13 +151,18 @@ def sales_drop(
 
     weeks = all_t.recent_weeks
     if silent and chance is not None and not dropped:
+        # With no more gaps of its own than the prior is worth, the pace is
+        # mostly the book's (or segment's): say so.
+        thin = f.orders_total - 1 <= t.prior_gaps
         summary = text(
             all_t.language,
-            "sales_drop.silence",
+            "sales_drop.silence_thin" if thin else "sales_drop.silence",
             days=f.days_since_last_order or 0,
             gap=pace,
             odds=1 / max(float(chance), 1e-9),
             longest=f.longest_gap_past_year_days,
+            orders=f.orders_total,
+            prior=t.prior_gap_days,
         )
         base = 2 if chance <= t.enter_silence_chance / 10 else 1
     else:

@@ -19,6 +19,11 @@ TEXTS: dict[str, dict[str, str]] = {
             "this long comes about 1 time in {odds:,.0f}; longest pause in the past year "
             "{longest:.0f} days"
         ),
+        "sales_drop.silence_thin": (
+            "no order for {days:.0f} days after only {orders} order(s); customers like it "
+            "order about every {prior:.0f} days, so a pause this long comes about 1 time "
+            "in {odds:,.0f}"
+        ),
         "sales_drop.drop": (
             "{orders:.0f} orders worth {amount:,.0f} in the last {weeks} weeks, "
             "usually {expected_orders:.0f} worth {expected_amount:,.0f}; {change}"
@@ -68,6 +73,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "sales_drop.silence": (
             "已 {days:.0f} 天没有下单；通常每 {gap:.0f} 天下单一次，"
             "这么长的间隔约 {odds:,.0f} 次中才有 1 次；过去一年最长间隔 {longest:.0f} 天"
+        ),
+        "sales_drop.silence_thin": (
+            "仅下过 {orders} 笔订单，已 {days:.0f} 天没有下单；"
+            "同类客户约每 {prior:.0f} 天下单一次，这么长的间隔约 {odds:,.0f} 次中才有 1 次"
         ),
         "sales_drop.drop": (
             "最近 {weeks} 周下单 {orders:.0f} 笔，金额 {amount:,.0f}；"

@@ -181,6 +181,9 @@ def test_a_thin_history_is_judged_by_the_book_pace_and_warned_only_after_a_long_
     assert warning.evidence["usual_gap_days"] == 30.0
     assert warning.evidence["chance_of_such_a_pause_pct"] <= 5
     assert "1 time in 2" in warning.summary  # "1 time in 20": the odds are in the text
+    assert "after only 2 order(s); customers like it order about every 30 days" in (warning.summary)
+    (regular,) = opened(long, "sales_drop")
+    assert "usually one every 30 days" in regular.summary  # its own pace, not the book's
 
 
 def test_a_segment_pace_judges_its_thin_histories(event_factory):
