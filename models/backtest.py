@@ -34,7 +34,7 @@ from churnwatch.core.settings import ModelSettings
 from churnwatch.core.thresholds import WarningThresholds
 from models.baselines import LABEL
 from models.dataset import build_training_set, cutoffs_every, order_times, training_rows
-from models.outcomes import base_rate, find_churns, honest_score
+from models.outcomes import RHYTHMS, base_rate, find_churns, honest_score, rhythm_base_rates
 from models.train import fit_model, usual_values
 from pipeline.boosters import CompiledBoosters, probe_rows
 from pipeline.events import CustomerEvent, WarningRecord
@@ -240,9 +240,18 @@ def backtest(
     opened = openings(records)
     rate = base_rate(orders, data_start, data_end, horizon)
     unflagged = base_rate(orders, data_start, data_end, horizon, active_days=horizon_days)
+    # Early warnings are about customers not yet flagged: like them, the same rhythm.
+    rhythms = rhythm_base_rates(orders, data_start, data_end, horizon, active_days=horizon_days)
     rules: dict[str, dict[str, Any]] = {
         r: honest_score(
-            opened[r], orders, churns, data_end, horizon, rate, unflagged_base=unflagged
+            opened[r],
+            orders,
+            churns,
+            data_end,
+            horizon,
+            rate,
+            unflagged_base=unflagged,
+            rhythm_rates=rhythms,
         )
         for r in RULES
     }
@@ -263,6 +272,9 @@ def backtest(
             rate_since,
             first_sweeps(served, sweep_every_seconds),
             unflagged_since,
+            rhythm_base_rates(
+                orders, data_start, data_end, horizon, since, active_days=horizon_days
+            ),
         )
         model_summary = {
             "retrain_every_days": retrain_every_days,
@@ -282,7 +294,7 @@ def backtest(
     plain = [(c.customer_id, c.flagged_at) for c in churns]
     rules["plain_90_day" if horizon_days == 90 else f"plain_{horizon_days:g}_day"] = honest_score(
         plain, orders, churns, data_end, horizon, rate, unflagged_base=unflagged
-    )
+    )  # (never early: no customers-like-them figure)
     summary = {
         "horizon_days": horizon_days,
         "customers": len({e.customer_id for e in events}),
@@ -290,6 +302,9 @@ def backtest(
         "churns": len(churns),
         "base_rate": rate,
         "unflagged_base_rate": unflagged,
+        "rhythm_base_rates": {
+            label: round(rhythms[g], 3) for g, label in enumerate(RHYTHMS) if g in rhythms
+        },
         "rules": rules,
         "model": model_summary,
     }
@@ -374,16 +389,18 @@ def format_table(summary: dict[str, Any]) -> str:
         "order on:",
         "",
         "| rule | lost-customer notices | early episodes | precision | over base rate "
-        "| over not yet flagged | recall | median lead (days) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| over not yet flagged | over customers like them | recall | median lead (days) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in summary["rules"].items():
         e = r["early"]
         lines.append(
             f"| {name} | {r['lost_customer_notices']} | {e['episodes']} | {e['precision']} "
-            f"| {e['precision_over_base']} | {e['precision_over_unflagged']} | {e['recall']} "
-            f"| {e['median_lead_days']} |"
+            f"| {e['precision_over_base']} | {e['precision_over_unflagged']} "
+            f"| {e['precision_over_like']} | {e['recall']} | {e['median_lead_days']} |"
         )
+    rhythms = ", ".join(f"{k} {v}" for k, v in summary["rhythm_base_rates"].items())
+    lines += ["", f"not yet flagged, by orders in the past year: {rhythms}"]
     model = summary.get("model")
     if model:
         lines += [

@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +109,7 @@ def honest_score(
     base: float | None,
     unsteady: frozenset[float] = frozenset(),
     unflagged_base: float | None = None,
+    rhythm_rates: dict[int, float] | None = None,
 ) -> dict[str, Any]:
     """:func:`score` as a sales team would judge the warnings: today's figures, then
     ``lost_customer_notices`` (openings about customers already silent past the
@@ -116,14 +118,24 @@ def honest_score(
     opens a backlog at once), with recall and lead counted from the last order
     on, and the precision's margin over the ``base`` rate and over the
     ``unflagged_base`` (the churn rate of customers the plain rule has not
-    flagged: those an early warning is about)."""
+    flagged: those an early warning is about) and, with ``rhythm_rates``
+    (:func:`rhythm_base_rates`), over the base rate of customers like the ones
+    warned (``like_base_rate``: the same rhythm on the day)."""
     gone = [is_lost(orders.get(c, []), t, horizon) for c, t in opened]
     steady = [
         (c, t) for (c, t), lost in zip(opened, gone, strict=True) if not lost and t not in unsteady
     ]
     early = score(steady, orders, churns, data_end, horizon, from_last_order=True)
     precision = early["precision"]
-    for name, rate in (("precision_over_base", base), ("precision_over_unflagged", unflagged_base)):
+    like = None
+    if rhythm_rates is not None:
+        judged = [(c, t) for c, t in steady if t + horizon <= data_end]
+        like = early["like_base_rate"] = like_base_rate(judged, orders, rhythm_rates)
+    for name, rate in (
+        ("precision_over_base", base),
+        ("precision_over_unflagged", unflagged_base),
+        ("precision_over_like", like),
+    ):
         early[name] = (
             round(precision - rate, 3) if precision is not None and rate is not None else None
         )
@@ -132,6 +144,31 @@ def honest_score(
         "lost_customer_notices": sum(gone),
         "early": early,
     }
+
+
+def _active_on_weekly_days(
+    orders: dict[str, list[float]],
+    data_start: float,
+    data_end: float,
+    horizon: float,
+    since: float | None,
+    active_days: float,
+    until: float | None,
+) -> Iterator[tuple[float, list[float], bool]]:
+    """Every (weekly day, active customer's order times, churned within the horizon)
+    that :func:`base_rate` counts (see there for which days and customers)."""
+    if since is not None:
+        day = since
+    elif data_end - data_start > 365 * DAY + horizon:
+        day = data_start + 365 * DAY
+    else:
+        day = data_start + horizon
+    while day + horizon <= data_end and (until is None or day < until):
+        for times in orders.values():
+            i = bisect.bisect_right(times, day)
+            if i and day - times[i - 1] <= active_days * DAY:
+                yield day, times, not (i < len(times) and times[i] <= day + horizon)
+        day += 7 * DAY
 
 
 def base_rate(
@@ -152,17 +189,52 @@ def base_rate(
     model served); ``until``: only the days before it.
     """
     hits = total = 0
-    if since is not None:
-        day = since
-    elif data_end - data_start > 365 * DAY + horizon:
-        day = data_start + 365 * DAY
-    else:
-        day = data_start + horizon
-    while day + horizon <= data_end and (until is None or day < until):
-        for times in orders.values():
-            i = bisect.bisect_right(times, day)
-            if i and day - times[i - 1] <= active_days * DAY:
-                total += 1
-                hits += not (i < len(times) and times[i] <= day + horizon)
-        day += 7 * DAY
+    for _, _, churned in _active_on_weekly_days(
+        orders, data_start, data_end, horizon, since, active_days, until
+    ):
+        total += 1
+        hits += churned
     return round(hits / total, 3) if total else None
+
+
+#: Orders in the past year from which customers are of the next rhythm:
+#: 1 order, 2-4, 5-11, 12 or more (:func:`rhythm`).
+RHYTHM_BOUNDS = (2, 5, 12)
+#: The rhythms' names, in :func:`rhythm`'s order.
+RHYTHMS = ("1 order", "2-4 orders", "5-11 orders", "12+ orders")
+
+
+def rhythm(times: list[float], at: float) -> int:
+    """Which rhythm a customer with these order times has at ``at``: the index of
+    its number of orders in the past year among :data:`RHYTHM_BOUNDS`."""
+    count = bisect.bisect_right(times, at) - bisect.bisect_right(times, at - 365 * DAY)
+    return bisect.bisect_right(RHYTHM_BOUNDS, count)
+
+
+def rhythm_base_rates(
+    orders: dict[str, list[float]],
+    data_start: float,
+    data_end: float,
+    horizon: float,
+    since: float | None = None,
+    active_days: float = 365,
+) -> dict[int, float]:
+    """:func:`base_rate` for the customers of each :func:`rhythm` apart."""
+    hits: dict[int, int] = defaultdict(int)
+    total: dict[int, int] = defaultdict(int)
+    for day, times, churned in _active_on_weekly_days(
+        orders, data_start, data_end, horizon, since, active_days, None
+    ):
+        group = rhythm(times, day)
+        total[group] += 1
+        hits[group] += churned
+    return {group: hits[group] / total[group] for group in total}
+
+
+def like_base_rate(
+    opened: list[tuple[str, float]], orders: dict[str, list[float]], rates: dict[int, float]
+) -> float | None:
+    """The base rate of customers like the ones warned: the mean, over the
+    openings, of the rate of the warned customer's rhythm on the day."""
+    known = [rates[g] for c, t in opened if (g := rhythm(orders.get(c, []), t)) in rates]
+    return round(sum(known) / len(known), 3) if known else None

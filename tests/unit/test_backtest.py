@@ -83,6 +83,28 @@ def test_the_base_rate_since_a_day_counts_from_that_day():
     assert unflagged is not None and unflagged < since
 
 
+def test_warnings_are_also_judged_against_customers_of_the_same_rhythm():
+    from models.outcomes import rhythm, rhythm_base_rates
+
+    # 20 weekly buyers (for a year already) who never stop, 20 one-order buyers
+    # who never come back
+    weekly = {f"W{i}": [d * DAY for d in range(-420, 700, 7)] for i in range(20)}
+    once = {f"O{i}": [float(100 + i) * DAY] for i in range(20)}
+    orders = weekly | once
+    assert rhythm(orders["W0"], 400 * DAY) == 3 and rhythm(orders["O0"], 130 * DAY) == 0
+    rates = rhythm_base_rates(orders, 0.0, 700 * DAY, H, since=0.0, active_days=90)
+    assert rates == {3: 0.0, 0: 1.0}  # weekly buyers never churn, one-order buyers always
+    # warning one-order buyers 30 days after their order: every warning right, and
+    # yet no better than any one-order buyer on any day
+    opened = [(c, t[0] + 30 * DAY) for c, t in once.items()]
+    churns = find_churns(orders, 700 * DAY, H)
+    result = honest_score(opened, orders, churns, 700 * DAY, H, base=0.5, rhythm_rates=rates)[
+        "early"
+    ]
+    assert result["precision"] == 1.0 and result["precision_over_base"] == 0.5
+    assert result["like_base_rate"] == 1.0 and result["precision_over_like"] == 0.0
+
+
 def test_backtest_writes_summary_and_every_episode(tmp_path, settings):
     from datetime import timedelta
 
