@@ -218,12 +218,13 @@ def rhythm_base_rates(
     horizon: float,
     since: float | None = None,
     active_days: float = 365,
+    until: float | None = None,
 ) -> dict[int, float]:
     """:func:`base_rate` for the customers of each :func:`rhythm` apart."""
     hits: dict[int, int] = defaultdict(int)
     total: dict[int, int] = defaultdict(int)
     for day, times, churned in _active_on_weekly_days(
-        orders, data_start, data_end, horizon, since, active_days, None
+        orders, data_start, data_end, horizon, since, active_days, until
     ):
         group = rhythm(times, day)
         total[group] += 1

@@ -42,7 +42,7 @@ from churnwatch.core.settings import ModelSettings
 from churnwatch.core.thresholds import WarningThresholds, deep_merge
 from models.backtest import Bar, ServedModel, first_sweeps, openings, walk_forward
 from models.dataset import order_times
-from models.outcomes import Churn, base_rate, find_churns, honest_score
+from models.outcomes import Churn, base_rate, find_churns, honest_score, rhythm_base_rates
 from pipeline.events import CustomerEvent, CustomerUpdated
 from pipeline.processing import run_history
 from pipeline.scoring import ChurnModel
@@ -203,6 +203,7 @@ def part_figures(
     part: Part,
     base: float | None,
     unsteady: frozenset[float],
+    rhythm_rates: dict[int, float],
 ) -> dict[str, Any]:
     """One type's early-warning figures on one part of the history."""
     mine = [(c, t) for c, t in opened if part.holds(t)]
@@ -214,6 +215,7 @@ def part_figures(
         horizon,
         base,
         unsteady,
+        rhythm_rates=rhythm_rates,
     )
     return dict(result["early"])
 
@@ -286,6 +288,13 @@ def tune(
         p.name: base_rate(orders, data_start, data_end, horizon, since=p.start, until=p.end)
         for p in parts
     }
+    # customers like the ones warned: not yet flagged, the same rhythm (as the backtest)
+    rhythms = {
+        p.name: rhythm_base_rates(
+            orders, data_start, data_end, horizon, p.start, horizon_days, until=p.end
+        )
+        for p in parts
+    }
     unsteady = first_sweeps(served, sweep_every_seconds)
     kinds = [k for k in LADDERS if k != "churn_risk" or served]
     rungs: dict[str, list[Rung]] = {}
@@ -304,6 +313,7 @@ def tune(
                         p,
                         bases[p.name],
                         unsteady,
+                        rhythms[p.name],
                     )
                     for p in parts
                 ),
@@ -392,8 +402,8 @@ def _cells(figures: dict[str, Any], base: float | None) -> str:
     precision = figures["precision"]
     over = None if precision is None or base is None else round(precision - base, 3)
     return (
-        f"{figures['judged']} | {precision} | {over} | {figures['recall']} "
-        f"| {figures['median_lead_days']}"
+        f"{figures['judged']} | {precision} | {over} | {figures['precision_over_like']} "
+        f"| {figures['recall']} | {figures['median_lead_days']}"
     )
 
 
@@ -431,9 +441,10 @@ def format_tuning(tuning: Tuning) -> str:
             "",
             f"{kind}: {verdict}",
             "",
-            "| rung | earlier: judged | precision | over base | recall | lead (days) "
-            "| later: judged | precision | over base | recall | lead (days) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| rung | earlier: judged | precision | over base | over like them | recall "
+            "| lead (days) | later: judged | precision | over base | over like them | recall "
+            "| lead (days) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rungs:
             mark = " (chosen)" if r is chosen else ""

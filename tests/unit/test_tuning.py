@@ -38,6 +38,7 @@ def test_tune_writes_settings_that_load_and_meet_the_goal_on_the_earlier_part(tm
     for kind, chosen in tuning.chosen.items():
         if chosen is not None:
             assert qualifies(chosen.earlier, tuning.base_rates["earlier"], 0.10, 5), kind
+            assert chosen.earlier["precision_over_like"] is not None  # shown beside it
     assert any(tuning.chosen.values()), "some rung meets the goal on the simulated book"
     assert "" in tuning.paces  # the book's usual gap, fitted before the split
 
