@@ -173,8 +173,10 @@ def tune(
     third is the default). For each type, the rung that catches the most churns
     early, among those whose early precision on the earlier part is --over-base
     above the base rate, is written to --out with the figures of every rung on
-    both parts; serve it with `churnwatch --config OUT worker`. See
-    docs/features.md ("Tuning").
+    both parts; serve it with `churnwatch --config OUT worker`. The file also
+    sets the pace a customer with few orders is judged by to the book's (and
+    each segment's) usual gap before the split. See docs/features.md
+    ("Fitting the thresholds to your history").
     """
     from churnwatch.core.settings import DEFAULT_CONFIG
     from models.tuning import TuneError, format_tuning, write_settings
@@ -183,7 +185,8 @@ def tune(
     settings = settings_of(ctx)
     config = Path(ctx.find_root().params.get("config") or DEFAULT_CONFIG)
     events = _load_export(events_path, mapping)
-    click.echo(f"tuning on {len(events)} events (six runs over the history) ...")
+    runs = "six runs" if no_model else "a walk-forward training run, then six runs"
+    click.echo(f"tuning on {len(events)} events ({runs} over the history) ...")
     try:
         tuning = run_tune(
             events,
