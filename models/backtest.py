@@ -34,7 +34,7 @@ from churnwatch.core.settings import ModelSettings
 from churnwatch.core.thresholds import WarningThresholds
 from models.baselines import LABEL
 from models.dataset import build_training_set, cutoffs_every, order_times, training_rows
-from models.outcomes import RHYTHMS, base_rate, find_churns, honest_score, rhythm_base_rates
+from models.outcomes import RHYTHMS, base_rate, base_rates, find_churns, honest_score
 from models.train import fit_model, usual_values
 from pipeline.boosters import CompiledBoosters, probe_rows
 from pipeline.events import CustomerEvent, WarningRecord
@@ -239,9 +239,8 @@ def backtest(
 
     opened = openings(records)
     rate = base_rate(orders, data_start, data_end, horizon)
-    unflagged = base_rate(orders, data_start, data_end, horizon, active_days=horizon_days)
     # Early warnings are about customers not yet flagged: like them, the same rhythm.
-    rhythms = rhythm_base_rates(orders, data_start, data_end, horizon, active_days=horizon_days)
+    unflagged, rhythms = base_rates(orders, data_start, data_end, horizon, active_days=horizon_days)
     rules: dict[str, dict[str, Any]] = {
         r: honest_score(
             opened[r],
@@ -260,7 +259,7 @@ def backtest(
         since = served[0].serving_from
         later = [c for c in churns if c.flagged_at >= since]
         rate_since = base_rate(orders, data_start, data_end, horizon, since)
-        unflagged_since = base_rate(
+        unflagged_since, rhythms_since = base_rates(
             orders, data_start, data_end, horizon, since, active_days=horizon_days
         )
         rules["churn_risk"] = honest_score(
@@ -272,9 +271,7 @@ def backtest(
             rate_since,
             first_sweeps(served, sweep_every_seconds),
             unflagged_since,
-            rhythm_base_rates(
-                orders, data_start, data_end, horizon, since, active_days=horizon_days
-            ),
+            rhythms_since,
         )
         model_summary = {
             "retrain_every_days": retrain_every_days,

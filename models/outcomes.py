@@ -24,7 +24,6 @@ from __future__ import annotations
 import bisect
 import statistics
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +118,7 @@ def honest_score(
     on, and the precision's margin over the ``base`` rate and over the
     ``unflagged_base`` (the churn rate of customers the plain rule has not
     flagged: those an early warning is about) and, with ``rhythm_rates``
-    (:func:`rhythm_base_rates`), over the base rate of customers like the ones
+    (the second of :func:`base_rates`), over the base rate of customers like the ones
     warned (``like_base_rate``: the same rhythm on the day)."""
     gone = [is_lost(orders.get(c, []), t, horizon) for c, t in opened]
     steady = [
@@ -146,57 +145,6 @@ def honest_score(
     }
 
 
-def _active_on_weekly_days(
-    orders: dict[str, list[float]],
-    data_start: float,
-    data_end: float,
-    horizon: float,
-    since: float | None,
-    active_days: float,
-    until: float | None,
-) -> Iterator[tuple[float, list[float], bool]]:
-    """Every (weekly day, active customer's order times, churned within the horizon)
-    that :func:`base_rate` counts (see there for which days and customers)."""
-    if since is not None:
-        day = since
-    elif data_end - data_start > 365 * DAY + horizon:
-        day = data_start + 365 * DAY
-    else:
-        day = data_start + horizon
-    while day + horizon <= data_end and (until is None or day < until):
-        for times in orders.values():
-            i = bisect.bisect_right(times, day)
-            if i and day - times[i - 1] <= active_days * DAY:
-                yield day, times, not (i < len(times) and times[i] <= day + horizon)
-        day += 7 * DAY
-
-
-def base_rate(
-    orders: dict[str, list[float]],
-    data_start: float,
-    data_end: float,
-    horizon: float,
-    since: float | None = None,
-    active_days: float = 365,
-    until: float | None = None,
-) -> float | None:
-    """P(no order within the horizon) for an active customer on a random (weekly) day.
-
-    Active: an order in the past ``active_days`` (with the horizon: customers the
-    plain rule has not flagged). Days from a year into the data (when "ordered
-    in the past year" means what it says), or from the start if the data is
-    too short for that; ``since``: the days from then on instead (the period a
-    model served); ``until``: only the days before it.
-    """
-    hits = total = 0
-    for _, _, churned in _active_on_weekly_days(
-        orders, data_start, data_end, horizon, since, active_days, until
-    ):
-        total += 1
-        hits += churned
-    return round(hits / total, 3) if total else None
-
-
 #: Orders in the past year from which customers are of the next rhythm:
 #: 1 order, 2-4, 5-11, 12 or more (:func:`rhythm`).
 RHYTHM_BOUNDS = (2, 5, 12)
@@ -211,7 +159,7 @@ def rhythm(times: list[float], at: float) -> int:
     return bisect.bisect_right(RHYTHM_BOUNDS, count)
 
 
-def rhythm_base_rates(
+def base_rates(
     orders: dict[str, list[float]],
     data_start: float,
     data_end: float,
@@ -219,17 +167,48 @@ def rhythm_base_rates(
     since: float | None = None,
     active_days: float = 365,
     until: float | None = None,
-) -> dict[int, float]:
-    """:func:`base_rate` for the customers of each :func:`rhythm` apart."""
+) -> tuple[float | None, dict[int, float]]:
+    """P(no order within the horizon) for an active customer on a random (weekly)
+    day, and the same for the customers of each :func:`rhythm` apart, in one pass.
+
+    Active: an order in the past ``active_days`` (with the horizon: customers the
+    plain rule has not flagged). Days from a year into the data (when "ordered
+    in the past year" means what it says), or from the start if the data is
+    too short for that; ``since``: the days from then on instead (the period a
+    model served); ``until``: only the days before it.
+    """
     hits: dict[int, int] = defaultdict(int)
     total: dict[int, int] = defaultdict(int)
-    for day, times, churned in _active_on_weekly_days(
-        orders, data_start, data_end, horizon, since, active_days, until
-    ):
-        group = rhythm(times, day)
-        total[group] += 1
-        hits[group] += churned
-    return {group: hits[group] / total[group] for group in total}
+    if since is not None:
+        day = since
+    elif data_end - data_start > 365 * DAY + horizon:
+        day = data_start + 365 * DAY
+    else:
+        day = data_start + horizon
+    while day + horizon <= data_end and (until is None or day < until):
+        for times in orders.values():
+            i = bisect.bisect_right(times, day)
+            if i and day - times[i - 1] <= active_days * DAY:
+                group = rhythm(times, day)
+                total[group] += 1
+                hits[group] += not (i < len(times) and times[i] <= day + horizon)
+        day += 7 * DAY
+    overall = sum(total.values())
+    rate = round(sum(hits.values()) / overall, 3) if overall else None
+    return rate, {group: hits[group] / total[group] for group in total}
+
+
+def base_rate(
+    orders: dict[str, list[float]],
+    data_start: float,
+    data_end: float,
+    horizon: float,
+    since: float | None = None,
+    active_days: float = 365,
+    until: float | None = None,
+) -> float | None:
+    """The whole book's rate of :func:`base_rates`."""
+    return base_rates(orders, data_start, data_end, horizon, since, active_days, until)[0]
 
 
 def like_base_rate(

@@ -42,7 +42,7 @@ from churnwatch.core.settings import ModelSettings
 from churnwatch.core.thresholds import WarningThresholds, deep_merge
 from models.backtest import Bar, ServedModel, first_sweeps, openings, walk_forward
 from models.dataset import order_times
-from models.outcomes import Churn, base_rate, find_churns, honest_score, rhythm_base_rates
+from models.outcomes import Churn, base_rate, base_rates, find_churns, honest_score
 from pipeline.events import CustomerEvent, CustomerUpdated
 from pipeline.processing import run_history
 from pipeline.scoring import ChurnModel
@@ -290,9 +290,9 @@ def tune(
     }
     # customers like the ones warned: not yet flagged, the same rhythm (as the backtest)
     rhythms = {
-        p.name: rhythm_base_rates(
+        p.name: base_rates(
             orders, data_start, data_end, horizon, p.start, horizon_days, until=p.end
-        )
+        )[1]
         for p in parts
     }
     unsteady = first_sweeps(served, sweep_every_seconds)

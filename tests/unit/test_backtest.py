@@ -84,7 +84,7 @@ def test_the_base_rate_since_a_day_counts_from_that_day():
 
 
 def test_warnings_are_also_judged_against_customers_of_the_same_rhythm():
-    from models.outcomes import rhythm, rhythm_base_rates
+    from models.outcomes import base_rates, rhythm
 
     # 20 weekly buyers (for a year already) who never stop, 20 one-order buyers
     # who never come back
@@ -92,7 +92,7 @@ def test_warnings_are_also_judged_against_customers_of_the_same_rhythm():
     once = {f"O{i}": [float(100 + i) * DAY] for i in range(20)}
     orders = weekly | once
     assert rhythm(orders["W0"], 400 * DAY) == 3 and rhythm(orders["O0"], 130 * DAY) == 0
-    rates = rhythm_base_rates(orders, 0.0, 700 * DAY, H, since=0.0, active_days=90)
+    _, rates = base_rates(orders, 0.0, 700 * DAY, H, since=0.0, active_days=90)
     assert rates == {3: 0.0, 0: 1.0}  # weekly buyers never churn, one-order buyers always
     # warning one-order buyers 30 days after their order: every warning right, and
     # yet no better than any one-order buyer on any day
