@@ -1,19 +1,21 @@
 # churnwatch application image (worker, dispatcher, archiver, simulator, CLI).
-# Dependencies are pinned by requirements.lock (regenerate with
+# The builder turns the checkout into a wheel; the image installs only that wheel
+# (code, default settings and web assets are its package data), so no source is
+# copied into it. Dependencies are pinned by requirements.lock (regenerate with
 # `pip freeze --exclude-editable` from a fresh `pip install .`).
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY . .
+RUN pip wheel --no-cache-dir --no-deps -w /wheels .
+
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 churnwatch
-WORKDIR /app
-COPY pyproject.toml README.md requirements.lock ./
-COPY churnwatch ./churnwatch
-COPY pipeline ./pipeline
-COPY producers ./producers
-COPY consumers ./consumers
-COPY models ./models
-COPY configs ./configs
-RUN pip install --no-cache-dir -c requirements.lock . \
+COPY requirements.lock /tmp/requirements.lock
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir -c /tmp/requirements.lock /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels /tmp/requirements.lock \
     && mkdir -p /data /models /archive /ledger \
     && chown churnwatch /data /models /archive /ledger
-ENV CHURNWATCH_CONFIG=/app/configs/default.yaml
 USER churnwatch
+WORKDIR /data
 CMD ["churnwatch", "--help"]

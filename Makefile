@@ -55,7 +55,7 @@ browser:
 check: $(TEST_STAMP)  ## lint, format check, types, the layers (no upward import, no cycle)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy churnwatch pipeline producers consumers models
+	$(BIN)/mypy churnwatch
 	$(BIN)/lint-imports
 
 docs: $(STAMP)  ## regenerate docs/events.md from the record declarations

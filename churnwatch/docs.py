@@ -1,4 +1,4 @@
-"""Generate ``docs/events.md`` from the record declarations in :mod:`pipeline.events`.
+"""Generate ``docs/events.md`` from the record declarations in :mod:`churnwatch.pipeline.events`.
 
 Run: ``churnwatch docs events`` (``--check`` fails when the file is stale).
 """
@@ -10,11 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from churnwatch.core.settings import PROJECT_ROOT
 from churnwatch.core.topics import Topic
-from pipeline import events as ev
-
-EVENTS_MD = PROJECT_ROOT / "docs" / "events.md"
+from churnwatch.pipeline import events as ev
 
 _TOPIC_RECORDS: list[tuple[Topic, list[type[BaseModel]], str]] = [
     (Topic.ORDERS, [ev.OrderPlaced], "Orders placed."),

@@ -28,8 +28,14 @@ from kafka import KafkaConsumer
 
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import EVENT_TOPICS
-from pipeline import metrics
-from pipeline.events import CustomerEvent, InvalidEvent, decode_event, decode_message, encode_event
+from churnwatch.pipeline import metrics
+from churnwatch.pipeline.events import (
+    CustomerEvent,
+    InvalidEvent,
+    decode_event,
+    decode_message,
+    encode_event,
+)
 
 log = logging.getLogger(__name__)
 

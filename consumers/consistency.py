@@ -18,15 +18,15 @@ from dataclasses import asdict, dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
 
+from churnwatch.consumers.archiver import read_archive
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import end_offsets
-from consumers.archiver import read_archive
-from pipeline import metrics
-from pipeline.apply import apply_event
-from pipeline.events import CustomerEvent
-from pipeline.features import read_features
-from pipeline.state import CustomerState, StateBlock, new_state, to_epoch
-from pipeline.state_format import decode_state
+from churnwatch.pipeline import metrics
+from churnwatch.pipeline.apply import apply_event
+from churnwatch.pipeline.events import CustomerEvent
+from churnwatch.pipeline.features import read_features
+from churnwatch.pipeline.state import CustomerState, StateBlock, new_state, to_epoch
+from churnwatch.pipeline.state_format import decode_state
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Topic
-from pipeline.events import WarningRecord
+from churnwatch.pipeline.events import WarningRecord
 
 STATUS_MARK = {"opened": "OPEN ", "resolved": "CLOSE", "escalated": "WORSE"}
 

@@ -32,16 +32,16 @@ import pandas as pd
 
 from churnwatch.core.settings import ModelSettings
 from churnwatch.core.thresholds import WarningThresholds
-from models.baselines import LABEL
-from models.dataset import build_training_set, cutoffs_every, order_times, training_rows
-from models.outcomes import RHYTHMS, base_rate, base_rates, find_churns, honest_score
-from models.train import fit_model, usual_values
-from pipeline.boosters import CompiledBoosters, probe_rows
-from pipeline.events import CustomerEvent, WarningRecord
-from pipeline.processing import run_history
-from pipeline.rules import RULES
-from pipeline.scoring import ChurnModel
-from pipeline.state import DAY, StateBlock, to_epoch
+from churnwatch.models.baselines import LABEL
+from churnwatch.models.dataset import build_training_set, cutoffs_every, order_times, training_rows
+from churnwatch.models.outcomes import RHYTHMS, base_rate, base_rates, find_churns, honest_score
+from churnwatch.models.train import fit_model, usual_values
+from churnwatch.pipeline.boosters import CompiledBoosters, probe_rows
+from churnwatch.pipeline.events import CustomerEvent, WarningRecord
+from churnwatch.pipeline.processing import run_history
+from churnwatch.pipeline.rules import RULES
+from churnwatch.pipeline.scoring import ChurnModel
+from churnwatch.pipeline.state import DAY, StateBlock, to_epoch
 
 #: Iterates a history's events, e.g. with a progress bar (tqdm fits).
 Bar = Callable[[list[CustomerEvent]], Iterable[CustomerEvent]]

@@ -37,7 +37,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.scoring import INPUT_FEATURES
+from churnwatch.pipeline.scoring import INPUT_FEATURES
 
 Vector = npt.NDArray[np.float64]
 LABEL = "churned"

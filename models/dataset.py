@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from churnwatch.core.thresholds import WarningThresholds
-from pipeline.apply import apply_event
-from pipeline.events import CustomerEvent, OrderPlaced
-from pipeline.processing import read_segmented
-from pipeline.scoring import INPUT_FEATURES, feature_matrix
-from pipeline.state import DAY, StateBlock, to_epoch
+from churnwatch.pipeline.apply import apply_event
+from churnwatch.pipeline.events import CustomerEvent, OrderPlaced
+from churnwatch.pipeline.processing import read_segmented
+from churnwatch.pipeline.scoring import INPUT_FEATURES, feature_matrix
+from churnwatch.pipeline.state import DAY, StateBlock, to_epoch
 
 ACTIVE_DAYS = 365
 

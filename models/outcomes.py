@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.state import DAY
+from churnwatch.pipeline.state import DAY
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import pandas as pd  # noqa: E402
 from sklearn.inspection import permutation_importance  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from models.baselines import LABEL  # noqa: E402
-from pipeline.scoring import INPUT_FEATURES  # noqa: E402
-from pipeline.texts import FEATURE_LABELS  # noqa: E402
+from churnwatch.models.baselines import LABEL  # noqa: E402
+from churnwatch.pipeline.scoring import INPUT_FEATURES  # noqa: E402
+from churnwatch.pipeline.texts import FEATURE_LABELS  # noqa: E402
 
 Vector = npt.NDArray[np.float64]
 TOP_FEATURES = 15

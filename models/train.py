@@ -30,11 +30,11 @@ from sklearn.model_selection import GroupKFold
 
 from churnwatch.core.registry import MODEL_FILE, new_version, write_card
 from churnwatch.core.settings import Settings
-from models.baselines import LABEL, all_baselines
-from models.dataset import build_training_set, cutoffs_every
-from pipeline.drift import DRIFT_FEATURES, drift_reference
-from pipeline.events import CustomerEvent
-from pipeline.scoring import INPUT_FEATURES
+from churnwatch.models.baselines import LABEL, all_baselines
+from churnwatch.models.dataset import build_training_set, cutoffs_every
+from churnwatch.pipeline.drift import DRIFT_FEATURES, drift_reference
+from churnwatch.pipeline.events import CustomerEvent
+from churnwatch.pipeline.scoring import INPUT_FEATURES
 
 Vector = npt.NDArray[np.float64]
 TOP_SHARE = 0.10
@@ -242,7 +242,7 @@ def train(
     }
 
     progress("writing the report")
-    from models.report import write_report
+    from churnwatch.models.report import write_report
 
     card["report"] = write_report(folder, card, model, test_rows, scores, baseline_scores)
     write_card(folder, card)

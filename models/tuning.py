@@ -40,13 +40,13 @@ import yaml
 
 from churnwatch.core.settings import ModelSettings
 from churnwatch.core.thresholds import WarningThresholds, deep_merge
-from models.backtest import Bar, ServedModel, first_sweeps, openings, walk_forward
-from models.dataset import order_times
-from models.outcomes import Churn, base_rate, base_rates, find_churns, honest_score
-from pipeline.events import CustomerEvent, CustomerUpdated
-from pipeline.processing import run_history
-from pipeline.scoring import ChurnModel
-from pipeline.state import DAY, to_epoch
+from churnwatch.models.backtest import Bar, ServedModel, first_sweeps, openings, walk_forward
+from churnwatch.models.dataset import order_times
+from churnwatch.models.outcomes import Churn, base_rate, base_rates, find_churns, honest_score
+from churnwatch.pipeline.events import CustomerEvent, CustomerUpdated
+from churnwatch.pipeline.processing import run_history
+from churnwatch.pipeline.scoring import ChurnModel
+from churnwatch.pipeline.state import DAY, to_epoch
 
 #: Each warning type's threshold sets, strictest first. The third rung is the
 #: default of configs/default.yaml; the others loosen or tighten every entry

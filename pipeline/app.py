@@ -19,8 +19,8 @@ from faust.types import TableT, TopicT
 
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import EVENT_TOPICS, Topic
-from pipeline.recovery import TableManager
-from pipeline.transport import Transport
+from churnwatch.pipeline.recovery import TableManager
+from churnwatch.pipeline.transport import Transport
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from pipeline.events import (
+from churnwatch.pipeline.events import (
     ComplaintOpened,
     ComplaintResolved,
     Contact,
@@ -24,7 +24,7 @@ from pipeline.events import (
     OrderPlaced,
     PaymentReceived,
 )
-from pipeline.state import (
+from churnwatch.pipeline.state import (
     BIG_ORDER_CAP,
     DAY,
     EWMA_ALPHA,

@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.kernels import LARGEST, tree_sums
+from churnwatch.pipeline.kernels import LARGEST, tree_sums
 
 Matrix = npt.NDArray[np.float64]
 

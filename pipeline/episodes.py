@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from churnwatch.core.thresholds import WarningThresholds
-from pipeline.events import Severity, WarningRecord, WarningType
-from pipeline.features import Features, read_features
-from pipeline.rules import (
+from churnwatch.pipeline.events import Severity, WarningRecord, WarningType
+from churnwatch.pipeline.features import Features, read_features
+from churnwatch.pipeline.rules import (
     RULES,
     Risk,
     Verdict,
@@ -27,7 +27,7 @@ from pipeline.rules import (
     overdue_debt,
     sales_drop,
 )
-from pipeline.state import DAY, SEVERITIES, CustomerState, warning_id
+from churnwatch.pipeline.state import DAY, SEVERITIES, CustomerState, warning_id
 
 
 def features_for(state: CustomerState, as_of: float, thresholds: WarningThresholds) -> Features:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.kernels import window_max, window_sums
-from pipeline.state import (
+from churnwatch.pipeline.kernels import window_max, window_sums
+from churnwatch.pipeline.state import (
     DAY,
     PAST_YEAR_WEEKS,
     RING_WEEKS,

@@ -36,8 +36,8 @@ from faust.types import Message
 
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import EVENT_TOPICS, Topic
-from pipeline import metrics
-from pipeline.events import (
+from churnwatch.pipeline import metrics
+from churnwatch.pipeline.events import (
     TOPIC_OF_TYPE,
     CustomerEvent,
     InvalidEvent,
@@ -46,13 +46,13 @@ from pipeline.events import (
     decode_message,
     encode_event,
 )
-from pipeline.ordering import ReadAhead, Stall, Watermark, due_sweeps
-from pipeline.processing import Evaluator
-from pipeline.progress import Outgoing, PartitionProgress, holds, stamp
-from pipeline.scoring import INPUT_FEATURES, ChurnModel, Matrix, ModelHolder
-from pipeline.state import CustomerState, to_epoch
-from pipeline.state_format import decode_state, encode_state
-from pipeline.transport import InOrderAcks
+from churnwatch.pipeline.ordering import ReadAhead, Stall, Watermark, due_sweeps
+from churnwatch.pipeline.processing import Evaluator
+from churnwatch.pipeline.progress import Outgoing, PartitionProgress, holds, stamp
+from churnwatch.pipeline.scoring import INPUT_FEATURES, ChurnModel, Matrix, ModelHolder
+from churnwatch.pipeline.state import CustomerState, to_epoch
+from churnwatch.pipeline.state_format import decode_state, encode_state
+from churnwatch.pipeline.transport import InOrderAcks
 
 log = logging.getLogger(__name__)
 

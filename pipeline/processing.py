@@ -18,15 +18,15 @@ import numpy as np
 import numpy.typing as npt
 
 from churnwatch.core.thresholds import WarningThresholds
-from pipeline.apply import PossibleCopy, apply_event
-from pipeline.episodes import evaluate
-from pipeline.events import CustomerEvent, WarningRecord
-from pipeline.features import FeatureColumns, features_of, read_many
-from pipeline.ordering import Apply, Sequencer, Sweep
-from pipeline.rules import Risk
-from pipeline.scoring import ChurnModel, Matrix, feature_matrix
-from pipeline.screening import changing
-from pipeline.state import CustomerState, StateBlock
+from churnwatch.pipeline.apply import PossibleCopy, apply_event
+from churnwatch.pipeline.episodes import evaluate
+from churnwatch.pipeline.events import CustomerEvent, WarningRecord
+from churnwatch.pipeline.features import FeatureColumns, features_of, read_many
+from churnwatch.pipeline.ordering import Apply, Sequencer, Sweep
+from churnwatch.pipeline.rules import Risk
+from churnwatch.pipeline.scoring import ChurnModel, Matrix, feature_matrix
+from churnwatch.pipeline.screening import changing
+from churnwatch.pipeline.state import CustomerState, StateBlock
 
 T = TypeVar("T")
 

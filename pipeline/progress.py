@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from churnwatch.core.topics import Topic
-from pipeline.state import StateBlock
+from churnwatch.pipeline.state import StateBlock
 
 #: A record for an output topic: (topic, key, value).
 Outgoing = tuple[Topic, bytes | None, bytes]

@@ -24,10 +24,10 @@ from churnwatch.core.thresholds import (
     SalesDropThresholds,
     WarningThresholds,
 )
-from pipeline.events import Severity, WarningType
-from pipeline.features import Features
-from pipeline.state import SEVERITIES
-from pipeline.texts import text
+from churnwatch.pipeline.events import Severity, WarningType
+from churnwatch.pipeline.features import Features
+from churnwatch.pipeline.state import SEVERITIES
+from churnwatch.pipeline.texts import text
 
 
 @dataclass(frozen=True, slots=True)

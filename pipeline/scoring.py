@@ -25,10 +25,10 @@ import numpy as np
 import numpy.typing as npt
 
 from churnwatch.core.registry import CARD_FILE, MODEL_FILE, RegistryError, promoted_version
-from pipeline.boosters import CompiledBoosters, probe_rows
-from pipeline.drift import psi
-from pipeline.features import QUADRANTS, FeatureColumns, Features
-from pipeline.texts import FEATURE_LABELS, Language, text
+from churnwatch.pipeline.boosters import CompiledBoosters, probe_rows
+from churnwatch.pipeline.drift import psi
+from churnwatch.pipeline.features import QUADRANTS, FeatureColumns, Features
+from churnwatch.pipeline.texts import FEATURE_LABELS, Language, text
 
 log = logging.getLogger(__name__)
 

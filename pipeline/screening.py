@@ -23,10 +23,10 @@ from churnwatch.core.thresholds import (
     SalesDropThresholds,
     WarningThresholds,
 )
-from pipeline.events import WARNING_TYPES
-from pipeline.features import FeatureColumns
-from pipeline.rules import silence_chance
-from pipeline.state import SEVERITIES
+from churnwatch.pipeline.events import WARNING_TYPES
+from churnwatch.pipeline.features import FeatureColumns
+from churnwatch.pipeline.rules import silence_chance
+from churnwatch.pipeline.state import SEVERITIES
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from churnwatch.core.topics import EVENT_TOPICS
-from pipeline.events import (
+from churnwatch.pipeline.events import (
     WARNING_TYPES,
     Severity,
 )

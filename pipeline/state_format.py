@@ -14,8 +14,8 @@ import zlib
 import numpy as np
 import numpy.typing as npt
 
-from pipeline import state as layout  # its format version and dtypes, read at each call
-from pipeline.state import CustomerState, StateBlock, stored_payload
+from churnwatch.pipeline import state as layout  # its format version and dtypes, read at each call
+from churnwatch.pipeline.state import CustomerState, StateBlock, stored_payload
 
 _HEADER = struct.Struct("<2sBH")  # magic, format version, partition
 _MAGIC = b"CS"

@@ -19,10 +19,15 @@ from faust.types import Message
 
 from churnwatch.core.settings import FAULT_EXIT_ENV
 from churnwatch.core.topics import Topic
-from pipeline.app import Pipeline
-from pipeline.partition_agent import PartitionAgent
-from pipeline.progress import note_delivered, note_records, note_unsent_customers, read_floor_key
-from pipeline.transport import storing_for
+from churnwatch.pipeline.app import Pipeline
+from churnwatch.pipeline.partition_agent import PartitionAgent
+from churnwatch.pipeline.progress import (
+    note_delivered,
+    note_records,
+    note_unsent_customers,
+    read_floor_key,
+)
+from churnwatch.pipeline.transport import storing_for
 
 log = logging.getLogger(__name__)
 

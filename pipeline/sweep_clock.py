@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from churnwatch.core.topics import Topic
-from pipeline.app import Pipeline
-from pipeline.events import Tick, encode_event
+from churnwatch.pipeline.app import Pipeline
+from churnwatch.pipeline.events import Tick, encode_event
 
 
 def register(p: Pipeline) -> None:

@@ -31,14 +31,14 @@ from faust.types import TP, Message
 from kafka import TopicPartition
 
 from churnwatch.core.topics import Topic, committed_offsets
-from pipeline import metrics
-from pipeline.app import Pipeline
-from pipeline.events import WARNING_TYPES
-from pipeline.partition_agent import PartitionAgent, Wiring
-from pipeline.scoring import ChurnModel, Matrix, ModelHolder
-from pipeline.state_format import stored_partition
-from pipeline.storing import Store
-from pipeline.transport import on_batches
+from churnwatch.pipeline import metrics
+from churnwatch.pipeline.app import Pipeline
+from churnwatch.pipeline.events import WARNING_TYPES
+from churnwatch.pipeline.partition_agent import PartitionAgent, Wiring
+from churnwatch.pipeline.scoring import ChurnModel, Matrix, ModelHolder
+from churnwatch.pipeline.state_format import stored_partition
+from churnwatch.pipeline.storing import Store
+from churnwatch.pipeline.transport import on_batches
 
 log = logging.getLogger(__name__)
 

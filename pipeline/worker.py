@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Topic
-from pipeline import sweep_clock, track_customers
-from pipeline.app import Pipeline, faust_app, input_topics, raw_topic
+from churnwatch.pipeline import sweep_clock, track_customers
+from churnwatch.pipeline.app import Pipeline, faust_app, input_topics, raw_topic
 
 
 def store_options(settings: Settings) -> dict[str, int]:

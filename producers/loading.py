@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline.events import CustomerEvent
-from producers.mapping import (
+from churnwatch.pipeline.events import CustomerEvent
+from churnwatch.producers.mapping import (
     Condition,
     EventSpec,
     FieldSpec,

@@ -58,7 +58,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.events import TOPIC_OF_TYPE
+from churnwatch.pipeline.events import TOPIC_OF_TYPE
 
 
 class MappingError(ValueError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from kafka import KafkaProducer
 
 from churnwatch.core.settings import Settings
-from producers.simulator import SimEvent
+from churnwatch.producers.simulator import SimEvent
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import json
 
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Topic
-from pipeline.events import TOPIC_OF_TYPE, CustomerEvent, dead_letter_for, encode_event
-from producers.loading import Rejected
-from producers.produce import make_producer
-from producers.simulator import SimEvent
+from churnwatch.pipeline.events import TOPIC_OF_TYPE, CustomerEvent, dead_letter_for, encode_event
+from churnwatch.producers.loading import Rejected
+from churnwatch.producers.produce import make_producer
+from churnwatch.producers.simulator import SimEvent
 
 
 def as_messages(events: list[CustomerEvent]) -> list[SimEvent]:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from churnwatch.core.topics import Topic
-from pipeline.events import (
+from churnwatch.pipeline.events import (
     TOPIC_OF_TYPE,
     ComplaintOpened,
     ComplaintResolved,

@@ -6,7 +6,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.events import (
+from churnwatch.pipeline.events import (
     ComplaintOpened,
     Contact,
     InvoiceIssued,

@@ -12,7 +12,7 @@ from typing import Any
 
 from churnwatch.bench.probes import machine
 from churnwatch.core.settings import Settings
-from producers.simulator import parse_start, simulate
+from churnwatch.producers.simulator import parse_start, simulate
 
 
 def run_backtest_bench(
@@ -23,8 +23,8 @@ def run_backtest_bench(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Time a backtest of the simulated history, as ``churnwatch backtest`` runs it."""
-    from models.backtest import backtest
-    from pipeline.events import decode_event
+    from churnwatch.models.backtest import backtest
+    from churnwatch.pipeline.events import decode_event
 
     sim = settings.simulator
     events, _truth = simulate(
@@ -74,13 +74,13 @@ def run_web_bench(
 
     import requests
 
-    from consumers.alerts.ledger import Customer, Episode, open_ledger
-    from consumers.web.app import WebServer
-    from consumers.web.live import LiveStates
-    from consumers.web.users import add_user
-    from pipeline.apply import apply_event
-    from pipeline.events import WARNING_TYPES, CustomerUpdated, decode_event
-    from pipeline.state import to_epoch
+    from churnwatch.consumers.alerts.ledger import Customer, Episode, open_ledger
+    from churnwatch.consumers.web.app import WebServer
+    from churnwatch.consumers.web.live import LiveStates
+    from churnwatch.consumers.web.users import add_user
+    from churnwatch.pipeline.apply import apply_event
+    from churnwatch.pipeline.events import WARNING_TYPES, CustomerUpdated, decode_event
+    from churnwatch.pipeline.state import to_epoch
 
     sim = settings.simulator
     events, truth = simulate(customers, sim.seed, parse_start(sim.start), days, sim.owners, 0)

@@ -33,9 +33,9 @@ from churnwatch.bench.probes import (
 from churnwatch.core.broker import EmbeddedBroker, free_port, start_child, stop_child
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import EVENT_TOPICS, ensure_topics
-from pipeline.app import event_loop_factory
-from producers.produce import produce
-from producers.simulator import SimEvent, iter_paced, parse_start, simulate
+from churnwatch.pipeline.app import event_loop_factory
+from churnwatch.producers.produce import produce
+from churnwatch.producers.simulator import SimEvent, iter_paced, parse_start, simulate
 
 #: How often a drain reads the workers' event counters: a drain's end is known
 #: to within this (0.5 s put about 8% on a 12 s drain).

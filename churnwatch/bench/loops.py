@@ -15,7 +15,7 @@ from typing import Any
 from churnwatch.bench.probes import POLL_SECONDS
 from churnwatch.core.broker import start_child, stop_child
 from churnwatch.core.settings import Settings
-from pipeline.app import faust_app, input_topics, use_event_loop
+from churnwatch.pipeline.app import faust_app, input_topics, use_event_loop
 
 
 async def bare_loop(bootstrap: str, topics: list[str], total: int) -> float:

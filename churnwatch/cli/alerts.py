@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from churnwatch.consumers.alerts.ledger import NOTIFICATION_KINDS, VERDICTS
 from churnwatch.core.settings import Settings
-from consumers.alerts.ledger import NOTIFICATION_KINDS, VERDICTS
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays fast
     pass
@@ -28,7 +28,7 @@ def alerts() -> None:
 
 
 def _dispatcher_parts(ctx: click.Context) -> tuple[Settings, Any]:
-    from consumers.alerts.ledger import open_ledger
+    from churnwatch.consumers.alerts.ledger import open_ledger
 
     settings = settings_of(ctx)
     return settings, open_ledger(settings.alerts.ledger_url)
@@ -38,8 +38,8 @@ def _dispatcher_parts(ctx: click.Context) -> tuple[Settings, Any]:
 @click.pass_context
 def alerts_run(ctx: click.Context) -> None:
     """Consume warnings, route and deliver notifications until Ctrl-C."""
-    from consumers.alerts.dispatcher import make_dispatcher, run_dispatcher
-    from consumers.alerts.routing import RoutingError
+    from churnwatch.consumers.alerts.dispatcher import make_dispatcher, run_dispatcher
+    from churnwatch.consumers.alerts.routing import RoutingError
 
     settings = settings_of(ctx)
     try:
@@ -81,7 +81,7 @@ def alerts_list(
     limit: int,
 ) -> None:
     """Notifications in the ledger, newest first."""
-    from consumers.alerts.ledger import find_notifications
+    from churnwatch.consumers.alerts.ledger import find_notifications
 
     _, sessions = _dispatcher_parts(ctx)
     with sessions() as session:
@@ -113,7 +113,7 @@ def alerts_snooze(
     """Record but do not send CUSTOMER's notifications until a date."""
     from datetime import UTC, datetime
 
-    from consumers.alerts.ledger import LedgerError, add_snooze
+    from churnwatch.consumers.alerts.ledger import LedgerError, add_snooze
 
     _, sessions = _dispatcher_parts(ctx)
     end = until.replace(tzinfo=UTC)
@@ -132,7 +132,7 @@ def alerts_unsnooze(ctx: click.Context, customer: str) -> None:
     """Lift CUSTOMER's snoozes (new notifications are sent again)."""
     from datetime import UTC, datetime
 
-    from consumers.alerts.ledger import lift_snoozes
+    from churnwatch.consumers.alerts.ledger import lift_snoozes
 
     _, sessions = _dispatcher_parts(ctx)
     with sessions.begin() as session:
@@ -149,7 +149,7 @@ def alerts_feedback(ctx: click.Context, short_id: str, verdict: str, note: str) 
     """Record what came of notification SHORT_ID (the id in its subject)."""
     from datetime import UTC, datetime
 
-    from consumers.alerts.ledger import add_feedback, notification_by_short_id
+    from churnwatch.consumers.alerts.ledger import add_feedback, notification_by_short_id
 
     _, sessions = _dispatcher_parts(ctx)
     with sessions.begin() as session:

@@ -17,8 +17,8 @@ import click
 from churnwatch.core.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays fast
-    from producers.produce import ProduceStats
-    from producers.simulator import SimEvent
+    from churnwatch.producers.produce import ProduceStats
+    from churnwatch.producers.simulator import SimEvent
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -62,7 +62,7 @@ def serve_metrics(port: int, host: str, owner: str) -> None:
     if port:
         from prometheus_client import start_http_server
 
-        from pipeline import metrics
+        from churnwatch.pipeline import metrics
 
         start_http_server(port, addr=host, registry=getattr(metrics, owner))
 
@@ -81,8 +81,8 @@ def produce_with_progress(
     settings: Settings, messages: list[SimEvent], days_per_second: float, label: str
 ) -> ProduceStats:
     """Produce ``messages`` on the accelerated clock with a progress bar; SIGTERM stops."""
-    from producers.produce import produce
-    from producers.simulator import iter_paced
+    from churnwatch.producers.produce import produce
+    from churnwatch.producers.simulator import iter_paced
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

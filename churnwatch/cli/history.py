@@ -15,8 +15,8 @@ from churnwatch.core.settings import Settings
 if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays fast
     from tqdm import tqdm
 
-    from pipeline.events import CustomerEvent
-    from producers.loading import Loaded
+    from churnwatch.pipeline.events import CustomerEvent
+    from churnwatch.producers.loading import Loaded
 
 
 from churnwatch.cli.base import cli, serve_metrics, settings_of, stop_on_signal
@@ -101,8 +101,8 @@ def backtest(
     Every warning episode is scored against what the customer did next; see
     docs/features.md ("Backtest") for the definitions.
     """
-    from models.backtest import backtest as run_backtest
-    from models.backtest import format_table
+    from churnwatch.models.backtest import backtest as run_backtest
+    from churnwatch.models.backtest import format_table
 
     settings = settings_of(ctx)
     events = _load_export(events_path, mapping)
@@ -179,8 +179,8 @@ def tune(
     ("Fitting the thresholds to your history").
     """
     from churnwatch.core.settings import DEFAULT_CONFIG
-    from models.tuning import TuneError, format_tuning, write_settings
-    from models.tuning import tune as run_tune
+    from churnwatch.models.tuning import TuneError, format_tuning, write_settings
+    from churnwatch.models.tuning import tune as run_tune
 
     settings = settings_of(ctx)
     config = Path(ctx.find_root().params.get("config") or DEFAULT_CONFIG)
@@ -211,8 +211,8 @@ def tune(
 def _load_export(paths: tuple[Path, ...], mappings: tuple[Path, ...]) -> list[CustomerEvent]:
     """Events from exports and their mappings (one each, or one for all), merged in
     event-time order; what each gave is reported, bad mappings exit 2."""
-    from producers.loading import load_exports
-    from producers.mapping import MappingError
+    from churnwatch.producers.loading import load_exports
+    from churnwatch.producers.mapping import MappingError
 
     if len(mappings) not in (1, len(paths)):
         raise click.UsageError(
@@ -247,7 +247,7 @@ def _load_history(
         events = _load_export(events_path, mapping)
         names = ", ".join(p.name for p in events_path)
         return events, f"{names} (mapping {', '.join(m.name for m in mapping)})"
-    from consumers.archiver import read_archive
+    from churnwatch.consumers.archiver import read_archive
 
     events = read_archive(settings.archive.path)
     if not events:
@@ -309,9 +309,9 @@ def train(
 
     from tqdm import tqdm
 
-    from models.report import format_comparison
-    from models.train import TrainingError, beats_baselines
-    from models.train import train as run_training
+    from churnwatch.models.report import format_comparison
+    from churnwatch.models.train import TrainingError, beats_baselines
+    from churnwatch.models.train import train as run_training
 
     settings = settings_of(ctx)
     registry = _registry(settings, out)
@@ -345,7 +345,7 @@ def train(
     if promote:
         from churnwatch.core.registry import RegistryError
         from churnwatch.core.registry import promote as promote_version
-        from pipeline.scoring import ModelError, load_model
+        from churnwatch.pipeline.scoring import ModelError, load_model
 
         try:
             promote_version(registry, result.version, check=load_model)
@@ -395,7 +395,7 @@ def models_list(ctx: click.Context, registry: Path | None) -> None:
 def models_show(ctx: click.Context, version: str | None, registry: Path | None) -> None:
     """The card of VERSION (default: the promoted one)."""
     from churnwatch.core.registry import RegistryError, promoted_version, read_card
-    from models.report import format_comparison
+    from churnwatch.models.report import format_comparison
 
     folder = _registry(settings_of(ctx), registry)
     try:
@@ -425,7 +425,7 @@ def models_show(ctx: click.Context, version: str | None, registry: Path | None) 
 def models_promote(ctx: click.Context, version: str, registry: Path | None) -> None:
     """Serve VERSION: running workers load it within model.reload_seconds."""
     from churnwatch.core.registry import RegistryError, promote
-    from pipeline.scoring import ModelError, load_model
+    from churnwatch.pipeline.scoring import ModelError, load_model
 
     folder = _registry(settings_of(ctx), registry)
     try:
@@ -471,7 +471,7 @@ def check_consistency_command(
 
     Exit code 1 when a compared customer differs (the features are listed).
     """
-    from consumers.consistency import check_consistency
+    from churnwatch.consumers.consistency import check_consistency
 
     settings = settings_of(ctx)
     stop = stop_on_signal()

@@ -61,8 +61,8 @@ def worker(ctx: click.Context) -> None:
     from faust import Worker
     from threadpoolctl import threadpool_limits
 
-    from pipeline.app import fewer_gc_passes, use_event_loop
-    from pipeline.worker import create_app
+    from churnwatch.pipeline.app import fewer_gc_passes, use_event_loop
+    from churnwatch.pipeline.worker import create_app
 
     # The model scores a partition's customers per sweep: small batches, for
     # which one thread is faster than a pool that competes with Kafka I/O.
@@ -113,8 +113,8 @@ def simulate(
     ground_truth: Path | None,
 ) -> None:
     """Produce simulated customers' events (with known ground truth) to Kafka."""
-    from producers.simulator import parse_start, write_ground_truth
-    from producers.simulator import simulate as run_simulation
+    from churnwatch.producers.simulator import parse_start, write_ground_truth
+    from churnwatch.producers.simulator import simulate as run_simulation
 
     settings = settings_of(ctx)
     sim = settings.simulator
@@ -164,9 +164,9 @@ def simulate(
 @click.pass_context
 def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> None:
     """Replay a real export (CSV or Parquet) to Kafka in event-time order."""
-    from producers.loading import load_export
-    from producers.mapping import MappingError
-    from producers.replay import as_messages, send_rejected
+    from churnwatch.producers.loading import load_export
+    from churnwatch.producers.mapping import MappingError
+    from churnwatch.producers.replay import as_messages, send_rejected
 
     settings = settings_of(ctx)
     try:
@@ -188,7 +188,7 @@ def replay(ctx: click.Context, path: Path, mapping: Path, speedup: float) -> Non
 @click.pass_context
 def archive(ctx: click.Context) -> None:
     """Archive every customer event to Parquet by event date (Ctrl-C flushes and stops)."""
-    from consumers.archiver import ArchiveStats, run_archiver
+    from churnwatch.consumers.archiver import ArchiveStats, run_archiver
 
     settings = settings_of(ctx)
     ensure_topics_or_fail(settings)
@@ -215,7 +215,7 @@ def warnings() -> None:
 @click.pass_context
 def warnings_tail(ctx: click.Context, from_beginning: bool) -> None:
     """Print warnings readably as they arrive (Ctrl-C stops)."""
-    from consumers.warnings_view import format_warning, tail_warnings
+    from churnwatch.consumers.warnings_view import format_warning, tail_warnings
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -210,16 +210,23 @@ def docs() -> None:
 
 
 @docs.command("events")
-@click.option("--check", is_flag=True, help="Fail if docs/events.md is out of date.")
-def docs_events(check: bool) -> None:
+@click.option("--check", is_flag=True, help="Fail if the file is out of date.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="docs/events.md",
+    show_default=True,
+    help="The file to write (run from the checkout's top folder).",
+)
+def docs_events(check: bool, out: Path) -> None:
     """Write docs/events.md from the record declarations."""
-    from churnwatch.docs import EVENTS_MD, render_events_md
+    from churnwatch.docs import render_events_md
 
     text = render_events_md()
     if check:
-        if not EVENTS_MD.exists() or EVENTS_MD.read_text(encoding="utf-8") != text:
-            raise click.ClickException(f"{EVENTS_MD} is out of date: run churnwatch docs events")
-        click.echo(f"{EVENTS_MD} is up to date")
+        if not out.exists() or out.read_text(encoding="utf-8") != text:
+            raise click.ClickException(f"{out} is out of date: run churnwatch docs events")
+        click.echo(f"{out} is up to date")
         return
-    EVENTS_MD.write_text(text, encoding="utf-8")
-    click.echo(f"wrote {EVENTS_MD}")
+    out.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {out}")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from consumers.alerts.ledger import ROLES
+from churnwatch.consumers.alerts.ledger import ROLES
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so --help stays fast
     pass
@@ -24,7 +24,7 @@ def web(ctx: click.Context, host: str | None, port: int | None) -> None:
     """The sales team's web inbox (serves until Ctrl-C); `web users` manages who may sign in."""
     if ctx.invoked_subcommand is not None:
         return
-    from consumers.web.app import WebServer
+    from churnwatch.consumers.web.app import WebServer
 
     settings = settings_of(ctx)
     server = WebServer(settings, host, port)
@@ -33,7 +33,7 @@ def web(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 
 def _ledger(ctx: click.Context) -> Any:
-    from consumers.alerts.ledger import open_ledger
+    from churnwatch.consumers.alerts.ledger import open_ledger
 
     return open_ledger(settings_of(ctx).alerts.ledger_url)
 
@@ -77,7 +77,7 @@ def web_users_add(
     password_stdin: bool,
 ) -> None:
     """Add a user who signs in as USERNAME."""
-    from consumers.web.users import UserError, add_user
+    from churnwatch.consumers.web.users import UserError, add_user
 
     sessions = _ledger(ctx)
     password = _new_password(_stdin_password(password_stdin))
@@ -93,7 +93,7 @@ def web_users_add(
 @click.pass_context
 def web_users_list(ctx: click.Context) -> None:
     """Every user, with role, owner and team (never a password)."""
-    from consumers.web.users import list_users
+    from churnwatch.consumers.web.users import list_users
 
     with _ledger(ctx).begin() as session:
         users = list_users(session)
@@ -107,7 +107,7 @@ def web_users_list(ctx: click.Context) -> None:
 @click.pass_context
 def web_users_remove(ctx: click.Context, username: str) -> None:
     """Remove USERNAME (what they did stays in the ledger)."""
-    from consumers.web.users import UserError, remove_user
+    from churnwatch.consumers.web.users import UserError, remove_user
 
     with _ledger(ctx).begin() as session:
         try:
@@ -123,7 +123,7 @@ def web_users_remove(ctx: click.Context, username: str) -> None:
 @click.pass_context
 def web_users_passwd(ctx: click.Context, username: str, password_stdin: bool) -> None:
     """Set USERNAME's password."""
-    from consumers.web.users import UserError, set_password
+    from churnwatch.consumers.web.users import UserError, set_password
 
     sessions = _ledger(ctx)
     password = _new_password(_stdin_password(password_stdin))

@@ -1,15 +1,18 @@
 """The one settings object of churnwatch.
 
-Loaded from a YAML file (``configs/default.yaml`` unless ``--config`` or
-``CHURNWATCH_CONFIG`` names another) with ``CHURNWATCH_`` environment
-overrides, ``__`` for nesting: ``CHURNWATCH_KAFKA__PARTITIONS=8``.
+Loaded from a YAML file (``configs/default.yaml``, shipped inside the package,
+unless ``--config`` or ``CHURNWATCH_CONFIG`` names another) with ``CHURNWATCH_``
+environment overrides, ``__`` for nesting: ``CHURNWATCH_KAFKA__PARTITIONS=8``.
 Unknown keys are errors, so a typo never silently falls back to a default.
+Runtime data (worker stores, archive, ledger, model registry) goes under
+``.churnwatch/`` in the working directory unless the settings say otherwise.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
@@ -26,8 +29,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from churnwatch.core.thresholds import Section as _Section
 from churnwatch.core.thresholds import WarningThresholds, deep_merge
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]  # churnwatch/core/settings.py -> the repository
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+#: The settings shipped with churnwatch (package data: ``configs/`` of the checkout).
+CONFIGS = Path(str(resources.files("churnwatch") / "configs"))
+DEFAULT_CONFIG = CONFIGS / "default.yaml"
+#: Keys holding a file path that a settings file may give relative to itself.
+_RELATIVE_TO_FILE = (("alerts", "routing"),)
 #: Environment variables that override settings: ``CHURNWATCH_SECTION__KEY``.
 ENV_PREFIX = "CHURNWATCH_"
 #: Fault injection for the crash tests, not a setting: a worker started with this
@@ -115,7 +121,7 @@ class ArchiveSettings(_Section):
 class ModelSettings(_Section):
     """The churn model: where the registry is, how it is trained and served."""
 
-    registry: str = "models/registry"
+    registry: str = ".churnwatch/registry"
     horizon_days: float = Field(90.0, ge=7)
     cutoff_every_days: int = Field(14, ge=1)
     reload_seconds: float = Field(10.0, gt=0)
@@ -137,7 +143,7 @@ class SmtpSettings(_Section):
 class AlertSettings(_Section):
     """``churnwatch alerts``: routing, channels, noise control, ledger."""
 
-    routing: str = "configs/routing.yaml"
+    routing: str = str(CONFIGS / "routing.yaml")
     ledger_url: str = "sqlite:///.churnwatch/alerts.db"
     group_id: str = "churnwatch-alerts"
     smtp: SmtpSettings = SmtpSettings()
@@ -274,11 +280,23 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     if not isinstance(raw, dict):
         raise ConfigError(f"settings file {config_path} must hold a mapping at the top level")
     _check_environment(os.environ)
-    merged = deep_merge(raw, overrides)
+    merged = deep_merge(_relative_to(config_path.parent, raw), overrides)
     try:
         return Settings(**merged)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(str(config_path), exc)) from exc
+
+
+def _relative_to(folder: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """A relative path in a settings file means beside that file (as Prometheus reads
+    its rule files), so the shipped ``routing: routing.yaml`` works wherever
+    churnwatch is installed; paths from the environment stay relative to the
+    working directory."""
+    for section, key in _RELATIVE_TO_FILE:
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            raw = deep_merge(raw, {section: {key: str(folder / value)}})
+    return raw
 
 
 def _check_environment(environ: Mapping[str, str]) -> None:

@@ -28,6 +28,9 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
+from churnwatch.consumers.alerts.ledger import open_ledger
+from churnwatch.consumers.warnings_view import format_warning, tail_warnings
+from churnwatch.consumers.web.app import WebServer
 from churnwatch.core.broker import EmbeddedBroker, free_port, port_is_free, start_child, stop_child
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.settings import Settings
@@ -42,13 +45,10 @@ from churnwatch.demo.tally import (
     summarise,
     warnings_not_taken,
 )
-from consumers.alerts.ledger import open_ledger
-from consumers.warnings_view import format_warning, tail_warnings
-from consumers.web.app import WebServer
-from models.train import beats_baselines
-from pipeline.events import WarningRecord
-from producers.produce import ProduceStats, produce
-from producers.simulator import iter_paced, parse_start, simulate, write_ground_truth
+from churnwatch.models.train import beats_baselines
+from churnwatch.pipeline.events import WarningRecord
+from churnwatch.producers.produce import ProduceStats, produce
+from churnwatch.producers.simulator import iter_paced, parse_start, simulate, write_ground_truth
 
 #: How often the demo prints its progress.
 PROGRESS_SECONDS = 5.0

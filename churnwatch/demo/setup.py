@@ -7,13 +7,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from churnwatch.consumers.alerts.ledger import open_ledger
+from churnwatch.consumers.web.app import WebServer
+from churnwatch.consumers.web.users import add_user
 from churnwatch.core.settings import Settings
-from consumers.alerts.ledger import open_ledger
-from consumers.web.app import WebServer
-from consumers.web.users import add_user
-from models.train import TrainResult
-from pipeline.events import decode_event
-from producers.simulator import parse_start, simulate
+from churnwatch.models.train import TrainResult
+from churnwatch.pipeline.events import decode_event
+from churnwatch.producers.simulator import parse_start, simulate
 
 #: The simulator streams live while the worker reads: an event still in the
 #: producer's batch when the worker finds a topic read to the end would arrive
@@ -44,7 +44,7 @@ DEMO_MODEL_HISTORY_FACTOR = 2
 def train_demo_model(settings: Settings, customers: int, registry: Path) -> TrainResult:
     """Train and promote a churn model on a simulated past; deterministic."""
     from churnwatch.core.registry import promote
-    from models.train import train
+    from churnwatch.models.train import train
 
     sim = settings.simulator
     past, _ = simulate(

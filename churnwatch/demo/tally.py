@@ -15,13 +15,13 @@ from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
+from churnwatch.consumers.alerts.ledger import due_notifications, notifications_by_status
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Topic, end_offsets
-from consumers.alerts.ledger import due_notifications, notifications_by_status
-from pipeline.events import WarningRecord
-from producers.produce import ProduceStats
-from producers.simulator import GroundTruth
+from churnwatch.pipeline.events import WarningRecord
+from churnwatch.producers.produce import ProduceStats
+from churnwatch.producers.simulator import GroundTruth
 
 
 @dataclass

@@ -29,9 +29,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from churnwatch.core.settings import AlertSettings, Settings
-from churnwatch.core.topics import Topic
-from consumers.alerts.ledger import (
+from churnwatch.consumers.alerts.ledger import (
     TELLS_OPEN,
     Customer,
     Episode,
@@ -40,12 +38,14 @@ from consumers.alerts.ledger import (
     open_ledger,
     short_id,
 )
-from consumers.alerts.messages import digest_message, episode_message, page_link
-from consumers.alerts.outbox import Clock, Outbox, Sender, apprise_send
-from consumers.alerts.policy import Policy
-from consumers.alerts.routing import Channel, Recipient, Routing, load_routing
-from pipeline import metrics
-from pipeline.events import CustomerUpdated, WarningRecord, decode_message
+from churnwatch.consumers.alerts.messages import digest_message, episode_message, page_link
+from churnwatch.consumers.alerts.outbox import Clock, Outbox, Sender, apprise_send
+from churnwatch.consumers.alerts.policy import Policy
+from churnwatch.consumers.alerts.routing import Channel, Recipient, Routing, load_routing
+from churnwatch.core.settings import AlertSettings, Settings
+from churnwatch.core.topics import Topic
+from churnwatch.pipeline import metrics
+from churnwatch.pipeline.events import CustomerUpdated, WarningRecord, decode_message
 
 log = logging.getLogger(__name__)
 

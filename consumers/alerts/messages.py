@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from consumers.alerts.ledger import Episode
-from pipeline.texts import Language
+from churnwatch.consumers.alerts.ledger import Episode
+from churnwatch.pipeline.texts import Language
 
 TITLES: dict[Language, dict[str, str]] = {
     "en": {

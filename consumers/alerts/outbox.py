@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from churnwatch.consumers.alerts.ledger import Attempt, Episode, Notification, NotificationKind
+from churnwatch.consumers.alerts.messages import Message
+from churnwatch.consumers.alerts.routing import Routing, RoutingError
 from churnwatch.core.settings import AlertSettings
-from consumers.alerts.ledger import Attempt, Episode, Notification, NotificationKind
-from consumers.alerts.messages import Message
-from consumers.alerts.routing import Routing, RoutingError
-from pipeline import metrics
+from churnwatch.pipeline import metrics
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from churnwatch.core.settings import AlertSettings
-from consumers.alerts.ledger import (
+from churnwatch.consumers.alerts.ledger import (
     TELLS_OPEN,
     Customer,
     Episode,
@@ -26,7 +25,8 @@ from consumers.alerts.ledger import (
     active_snoozes,
     current_owner,
 )
-from consumers.alerts.routing import Recipient, Routing
+from churnwatch.consumers.alerts.routing import Recipient, Routing
+from churnwatch.core.settings import AlertSettings
 
 
 class Policy:

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from churnwatch.core.settings import SmtpSettings
-from pipeline.events import Severity, WarningType
+from churnwatch.pipeline.events import Severity, WarningType
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: What an address in a routing file or a customer's ``owner`` may look like.

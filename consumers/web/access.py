@@ -23,12 +23,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from consumers.alerts.ledger import User
-from consumers.web.texts import LANGUAGE_NAMES, LANGUAGES, translator
-from consumers.web.users import authenticate
-from pipeline.events import WARNING_TYPES
-from pipeline.state import SEVERITIES
-from pipeline.texts import Language
+from churnwatch.consumers.alerts.ledger import User
+from churnwatch.consumers.web.texts import LANGUAGE_NAMES, LANGUAGES, translator
+from churnwatch.consumers.web.users import authenticate
+from churnwatch.pipeline.events import WARNING_TYPES
+from churnwatch.pipeline.state import SEVERITIES
+from churnwatch.pipeline.texts import Language
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent

@@ -27,9 +27,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from churnwatch.core.broker import free_port
-from churnwatch.core.settings import Settings
-from consumers.alerts.ledger import (
+from churnwatch.consumers.alerts.ledger import (
     NOTE_LIMIT,
     OUTCOMES,
     Action,
@@ -42,8 +40,8 @@ from consumers.alerts.ledger import (
     lift_snoozes,
     open_ledger,
 )
-from consumers.web import charts, queries, team
-from consumers.web.access import (
+from churnwatch.consumers.web import charts, queries, team
+from churnwatch.consumers.web.access import (
     HERE,
     Refused,
     language_of,
@@ -55,11 +53,13 @@ from consumers.web.access import (
     signed_in,
     utc_now,
 )
-from consumers.web.live import LiveStates
-from consumers.web.texts import translator
-from consumers.web.users import list_users
-from pipeline.events import WARNING_TYPES
-from pipeline.state import SEVERITIES
+from churnwatch.consumers.web.live import LiveStates
+from churnwatch.consumers.web.texts import translator
+from churnwatch.consumers.web.users import list_users
+from churnwatch.core.broker import free_port
+from churnwatch.core.settings import Settings
+from churnwatch.pipeline.events import WARNING_TYPES
+from churnwatch.pipeline.state import SEVERITIES
 
 log = logging.getLogger(__name__)
 #: The longest snooze a page accepts.

@@ -24,11 +24,11 @@ import numpy.typing as npt
 from kafka import KafkaConsumer, TopicPartition
 
 from churnwatch.core.settings import Settings
-from pipeline.features import Features as FeatureValues
-from pipeline.features import features_of, weekly_history
-from pipeline.processing import read_segmented
-from pipeline.state import StateBlock
-from pipeline.state_format import StateFormatError, decode_state
+from churnwatch.pipeline.features import Features as FeatureValues
+from churnwatch.pipeline.features import features_of, weekly_history
+from churnwatch.pipeline.processing import read_segmented
+from churnwatch.pipeline.state import StateBlock
+from churnwatch.pipeline.state_format import StateFormatError, decode_state
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consumers.alerts.ledger import (
+from churnwatch.consumers.alerts.ledger import (
     Action,
     Customer,
     Episode,
@@ -27,9 +27,9 @@ from consumers.alerts.ledger import (
     active_snoozes,
     current_owner,
 )
-from consumers.alerts.messages import loss
-from consumers.web.live import LiveStates, Summary
-from pipeline.events import WARNING_TYPES
+from churnwatch.consumers.alerts.messages import loss
+from churnwatch.consumers.web.live import LiveStates, Summary
+from churnwatch.pipeline.events import WARNING_TYPES
 
 
 def owners_in_view(session: Session, user: User) -> set[str] | None:

@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from consumers.alerts.ledger import ROLES, User
-from consumers.web import queries
-from consumers.web.access import Refused, page, posted_form
-from consumers.web.texts import LANGUAGES
-from consumers.web.users import UserError, add_user, list_users, remove_user
+from churnwatch.consumers.alerts.ledger import ROLES, User
+from churnwatch.consumers.web import queries
+from churnwatch.consumers.web.access import Refused, page, posted_form
+from churnwatch.consumers.web.texts import LANGUAGES
+from churnwatch.consumers.web.users import UserError, add_user, list_users, remove_user
 
 log = logging.getLogger(__name__)
 

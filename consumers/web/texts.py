@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from consumers.alerts.messages import TITLES
-from pipeline.texts import Language
+from churnwatch.consumers.alerts.messages import TITLES
+from churnwatch.pipeline.texts import Language
 
 LANGUAGES: tuple[Language, ...] = ("en", "zh-CN")
 LANGUAGE_NAMES = {"en": "English", "zh-CN": "简体中文"}

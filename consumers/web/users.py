@@ -9,7 +9,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consumers.alerts.ledger import ROLES, User
+from churnwatch.consumers.alerts.ledger import ROLES, User
 
 _HASHER = PasswordHasher()
 MIN_PASSWORD = 8

@@ -43,14 +43,14 @@ from sklearn.metrics import roc_auc_score
 
 from churnwatch.core.settings import load_settings
 from churnwatch.core.thresholds import WarningThresholds
-from models.baselines import BGNBD, LABEL, all_baselines, p_alive, p_no_order
-from models.dataset import build_training_set, cutoffs_every
-from models.train import fit_model, make_model
-from pipeline.events import decode_event
-from pipeline.rules import silence_chance
-from pipeline.scoring import INPUT_FEATURES
-from producers.loading import load_exports
-from producers.simulator import parse_start, simulate
+from churnwatch.models.baselines import BGNBD, LABEL, all_baselines, p_alive, p_no_order
+from churnwatch.models.dataset import build_training_set, cutoffs_every
+from churnwatch.models.train import fit_model, make_model
+from churnwatch.pipeline.events import decode_event
+from churnwatch.pipeline.rules import silence_chance
+from churnwatch.pipeline.scoring import INPUT_FEATURES
+from churnwatch.producers.loading import load_exports
+from churnwatch.producers.simulator import parse_start, simulate
 
 HORIZON_DAYS = 90
 BG_INPUTS = ["bg_p_alive", "bg_p_no_order"]

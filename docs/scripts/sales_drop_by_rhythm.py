@@ -22,9 +22,9 @@ from collections import Counter
 from pathlib import Path
 
 from churnwatch.core.settings import load_settings
-from models.backtest import backtest
-from pipeline.events import OrderPlaced
-from producers.loading import load_exports
+from churnwatch.models.backtest import backtest
+from churnwatch.pipeline.events import OrderPlaced
+from churnwatch.producers.loading import load_exports
 
 FIGURES = ("episodes", "judged", "precision", "precision_over_base", "recall", "median_lead_days")
 

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from churnwatch.core.settings import load_settings
-from models.backtest import backtest
-from pipeline.events import decode_event
-from producers.simulator import parse_start, simulate
+from churnwatch.models.backtest import backtest
+from churnwatch.pipeline.events import decode_event
+from churnwatch.producers.simulator import parse_start, simulate
 
 FIGURES = ("episodes", "judged", "precision", "recall", "median_lead_days", "precision_over_base")
 

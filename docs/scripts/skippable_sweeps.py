@@ -21,11 +21,11 @@ import numpy as np
 
 from churnwatch.core.settings import load_settings
 from churnwatch.demo.setup import train_demo_model
-from pipeline.events import decode_event
-from pipeline.processing import read_segmented, run_history
-from pipeline.scoring import INPUT_FEATURES, ModelHolder, feature_matrix
-from pipeline.state import StateBlock
-from producers.simulator import parse_start, simulate
+from churnwatch.pipeline.events import decode_event
+from churnwatch.pipeline.processing import read_segmented, run_history
+from churnwatch.pipeline.scoring import INPUT_FEATURES, ModelHolder, feature_matrix
+from churnwatch.pipeline.state import StateBlock
+from churnwatch.producers.simulator import parse_start, simulate
 
 
 def main() -> None:

@@ -16,15 +16,15 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from churnwatch.consumers.consistency import live_states
 from churnwatch.core.broker import EmbeddedBroker, free_port, start_child, stop_child
 from churnwatch.core.settings import Settings, load_settings
 from churnwatch.core.topics import Topic, end_offsets, ensure_topics
 from churnwatch.demo.tally import events_processed
-from consumers.consistency import live_states
-from pipeline.events import WarningRecord, decode_event
-from pipeline.processing import run_history
-from pipeline.state import STATE_DTYPE, STREAM_FIELDS
-from producers.simulator import SimEvent
+from churnwatch.pipeline.events import WarningRecord, decode_event
+from churnwatch.pipeline.processing import run_history
+from churnwatch.pipeline.state import STATE_DTYPE, STREAM_FIELDS
+from churnwatch.producers.simulator import SimEvent
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import time
 from churnwatch.core.broker import start_child, stop_child
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.topics import Topic
-from pipeline.events import CustomerUpdated, encode_event
+from churnwatch.pipeline.events import CustomerUpdated, encode_event
 from tests.integration.conftest import produce_raw, settings_env, wait_for
 from tests.unit.test_alerts import record
 

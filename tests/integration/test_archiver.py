@@ -12,11 +12,11 @@ import time
 import pandas as pd
 import pytest
 
+from churnwatch.consumers.archiver import ArchiveStats, read_archive, run_archiver
 from churnwatch.core.broker import start_child, stop_child
-from consumers.archiver import ArchiveStats, read_archive, run_archiver
-from pipeline.events import decode_event
-from producers.produce import produce
-from producers.simulator import iter_paced, parse_start, simulate
+from churnwatch.pipeline.events import decode_event
+from churnwatch.producers.produce import produce
+from churnwatch.producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import settings_env
 
 pytestmark = pytest.mark.integration

@@ -78,8 +78,8 @@ def test_a_worker_whose_broker_lost_its_data_rebuilds_from_the_changelog(tmp_pat
 
     from churnwatch.core.broker import start_child, stop_child
     from churnwatch.core.topics import ensure_topics
-    from producers.produce import produce
-    from producers.simulator import iter_paced, parse_start, simulate
+    from churnwatch.producers.produce import produce
+    from churnwatch.producers.simulator import iter_paced, parse_start, simulate
     from tests.integration.conftest import (
         isolated_settings,
         samples,

@@ -30,11 +30,11 @@ def batch_summary(customers: int, days_per_second: float, tmp_path) -> dict:
     from churnwatch.core.settings import load_settings
     from churnwatch.demo.setup import lateness_hours, train_demo_model
     from churnwatch.demo.tally import Tally, summarise
-    from pipeline.events import decode_event
-    from pipeline.processing import run_history
-    from pipeline.scoring import load_model
-    from producers.produce import ProduceStats
-    from producers.simulator import parse_start, simulate
+    from churnwatch.pipeline.events import decode_event
+    from churnwatch.pipeline.processing import run_history
+    from churnwatch.pipeline.scoring import load_model
+    from churnwatch.producers.produce import ProduceStats
+    from churnwatch.producers.simulator import parse_start, simulate
 
     s = load_settings()
     sim = s.simulator

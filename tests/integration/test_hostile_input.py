@@ -10,8 +10,8 @@ from kafka import KafkaProducer
 
 from churnwatch.bench.probes import rss_mb
 from churnwatch.core.topics import Topic
-from pipeline.events import DEAD_LETTER_PAYLOAD_CHARS, DeadLetter, decode_event
-from producers.simulator import parse_start, simulate
+from churnwatch.pipeline.events import DEAD_LETTER_PAYLOAD_CHARS, DeadLetter, decode_event
+from churnwatch.producers.simulator import parse_start, simulate
 from tests.integration.conftest import assert_same_as_batch, read_topic, wait_processed
 
 

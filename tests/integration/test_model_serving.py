@@ -6,10 +6,10 @@ import shutil
 
 from churnwatch.core.registry import MODEL_FILE, promote
 from churnwatch.core.topics import Topic
-from models.train import train
-from pipeline.events import WarningRecord, decode_event
-from producers.produce import produce
-from producers.simulator import iter_paced, parse_start, simulate
+from churnwatch.models.train import train
+from churnwatch.pipeline.events import WarningRecord, decode_event
+from churnwatch.producers.produce import produce
+from churnwatch.producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (
     isolated_settings,
     read_topic,

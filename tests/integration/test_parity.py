@@ -12,27 +12,27 @@ import zlib
 
 import pytest
 
-from churnwatch.core.settings import PROJECT_ROOT
+from churnwatch.consumers.consistency import compare, live_states
 from churnwatch.core.topics import Topic
-from consumers.consistency import compare, live_states
-from pipeline.events import WarningRecord
-from pipeline.features import read_features
-from pipeline.processing import run_history
-from pipeline.state import to_epoch
-from producers.loading import load_events
-from producers.produce import produce
-from producers.replay import as_messages
-from producers.simulator import iter_paced
+from churnwatch.pipeline.events import WarningRecord
+from churnwatch.pipeline.features import read_features
+from churnwatch.pipeline.processing import run_history
+from churnwatch.pipeline.state import to_epoch
+from churnwatch.producers.loading import load_events
+from churnwatch.producers.produce import produce
+from churnwatch.producers.replay import as_messages
+from churnwatch.producers.simulator import iter_paced
 from tests.integration.conftest import read_topic, wait_processed
+from tests.paths import REPO
 
 pytestmark = pytest.mark.integration
 
-DATA = PROJECT_ROOT.parent / "shared" / "data" / "online_retail" / "invoices.csv.gz"
+DATA = REPO.parent / "shared" / "data" / "online_retail" / "invoices.csv.gz"
 
 
 @pytest.mark.skipif(not DATA.exists(), reason="../shared/data is absent (CI always has it)")
 def test_online_retail_stream_and_batch_agree(stream_settings, worker):
-    events, _ = load_events(DATA, PROJECT_ROOT / "configs" / "mappings" / "online_retail.yaml")
+    events, _ = load_events(DATA, REPO / "configs" / "mappings" / "online_retail.yaml")
     events = [e for e in events if zlib.crc32(e.customer_id.encode()) % 6 == 0]
     assert len({e.customer_id for e in events}) > 500
 

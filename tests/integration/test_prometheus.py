@@ -20,12 +20,11 @@ import yaml
 from churnwatch.core.broker import free_port, start_child, stop_child
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.registry import promote
-from churnwatch.core.settings import PROJECT_ROOT
 from churnwatch.core.topics import Topic
-from models.train import train
-from pipeline.events import decode_event
-from producers.produce import produce
-from producers.simulator import iter_paced, parse_start, simulate
+from churnwatch.models.train import train
+from churnwatch.pipeline.events import decode_event
+from churnwatch.producers.produce import produce
+from churnwatch.producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (
     isolated_settings,
     read_topic,
@@ -34,10 +33,11 @@ from tests.integration.conftest import (
     wait_for,
     wait_processed,
 )
+from tests.paths import REPO
 from tests.unit.test_grafana import dashboard
 
 PROMETHEUS = shutil.which("prometheus")
-RULES = PROJECT_ROOT / "configs" / "prometheus" / "rules"
+RULES = REPO / "configs" / "prometheus" / "rules"
 
 
 def api(port: int, path: str, **params: str) -> dict:

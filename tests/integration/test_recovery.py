@@ -20,8 +20,8 @@ from kafka import KafkaConsumer, TopicPartition
 from churnwatch.core.broker import free_port, start_child, stop_child
 from churnwatch.core.settings import FAULT_EXIT_ENV, Settings
 from churnwatch.core.topics import EVENT_TOPICS, committed_offsets
-from producers.produce import produce
-from producers.simulator import iter_paced, parse_start, simulate
+from churnwatch.producers.produce import produce
+from churnwatch.producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (
     assert_same_as_batch,
     isolated_settings,

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from churnwatch.core.topics import Topic
-from pipeline.events import DeadLetter, decode_event
+from churnwatch.pipeline.events import DeadLetter, decode_event
 from tests.integration.conftest import read_topic, settings_env
 
 pytestmark = pytest.mark.integration

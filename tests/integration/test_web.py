@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from churnwatch.consumers.alerts.ledger import Customer, Episode, Notification, open_ledger
 from churnwatch.core.broker import free_port, start_child, stop_child
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.topics import Topic
-from consumers.alerts.ledger import Customer, Episode, Notification, open_ledger
-from pipeline.events import WarningRecord, encode_event
-from producers.produce import produce
-from producers.simulator import iter_paced, parse_start, simulate
+from churnwatch.pipeline.events import WarningRecord, encode_event
+from churnwatch.producers.produce import produce
+from churnwatch.producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (
     isolated_settings,
     produce_raw,

@@ -7,10 +7,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from churnwatch.core.topics import Topic
-from pipeline.events import DeadLetter, WarningRecord, decode_event, encode_event
-from pipeline.processing import run_history
-from producers.produce import produce
-from producers.simulator import iter_paced, parse_start, simulate
+from churnwatch.pipeline.events import DeadLetter, WarningRecord, decode_event, encode_event
+from churnwatch.pipeline.processing import run_history
+from churnwatch.producers.produce import produce
+from churnwatch.producers.simulator import iter_paced, parse_start, simulate
 from tests.factories import T0, make_event
 from tests.integration.conftest import (
     isolated_settings,

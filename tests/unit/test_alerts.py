@@ -15,13 +15,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from sqlalchemy import select
 
+from churnwatch.consumers.alerts.dispatcher import Dispatcher
+from churnwatch.consumers.alerts.ledger import Notification, Snooze, open_ledger
+from churnwatch.consumers.alerts.routing import Routing, RoutingError, load_routing
 from churnwatch.core.broker import free_port
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.settings import AlertSettings, SmtpSettings
-from consumers.alerts.dispatcher import Dispatcher
-from consumers.alerts.ledger import Notification, Snooze, open_ledger
-from consumers.alerts.routing import Routing, RoutingError, load_routing
-from pipeline.events import WarningRecord
+from churnwatch.pipeline.events import WarningRecord
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, 10:00 UTC
 
@@ -389,7 +389,7 @@ def test_short_ids_of_keys_whose_hashes_start_alike_differ(tmp_path):
     and each keeps its own id when asked again."""
     import hashlib
 
-    from consumers.alerts.ledger import Notification, open_ledger, short_id
+    from churnwatch.consumers.alerts.ledger import Notification, open_ledger, short_id
 
     seen: dict[str, str] = {}
     n = 0
@@ -455,7 +455,7 @@ def test_smtp_credentials_and_sender_reach_the_mailer_exactly():
     """Characters that mean something in a URL stay part of the value they are in."""
     import apprise
 
-    from consumers.alerts.routing import Channel
+    from churnwatch.consumers.alerts.routing import Channel
 
     password = "Pa55&w0rd#Z/9?x%41+ =;"  # noqa: S105 - a dummy with URL characters
     smtp = SmtpSettings(

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from models.backtest import backtest
-from models.outcomes import base_rate, find_churns, honest_score, score
-from pipeline.state import DAY
+from churnwatch.models.backtest import backtest
+from churnwatch.models.outcomes import base_rate, find_churns, honest_score, score
+from churnwatch.pipeline.state import DAY
 from tests.factories import T0, make_event
 
 H = 90 * DAY
@@ -84,7 +84,7 @@ def test_the_base_rate_since_a_day_counts_from_that_day():
 
 
 def test_warnings_are_also_judged_against_customers_of_the_same_rhythm():
-    from models.outcomes import base_rates, rhythm
+    from churnwatch.models.outcomes import base_rates, rhythm
 
     # 20 weekly buyers (for a year already) who never stop, 20 one-order buyers
     # who never come back
@@ -134,8 +134,8 @@ def test_backtest_writes_summary_and_every_episode(tmp_path, settings):
 
 @pytest.fixture(scope="module")
 def simulated():
-    from pipeline.events import decode_event
-    from producers.simulator import parse_start, simulate
+    from churnwatch.pipeline.events import decode_event
+    from churnwatch.producers.simulator import parse_start, simulate
 
     events, _ = simulate(120, 11, parse_start("2024-10-07"), 540, 3, 0)
     return [decode_event(e.payload) for e in events]
@@ -144,10 +144,10 @@ def simulated():
 def test_a_walk_forward_model_never_learns_from_after_its_day(simulated, settings):
     import numpy as np
 
-    from models.backtest import walk_forward
-    from models.dataset import build_training_set, cutoffs_every
-    from pipeline.scoring import INPUT_FEATURES
-    from pipeline.state import to_epoch
+    from churnwatch.models.backtest import walk_forward
+    from churnwatch.models.dataset import build_training_set, cutoffs_every
+    from churnwatch.pipeline.scoring import INPUT_FEATURES
+    from churnwatch.pipeline.state import to_epoch
 
     served = walk_forward(simulated, settings.warnings, 86_400, settings.model, 28)[1]
     assert len(served) >= 3

@@ -31,9 +31,9 @@ def test_docs_check_passes_on_the_committed_docs():
 def test_train_from_the_archive_then_promote_show_and_roll_back(tmp_path, monkeypatch):
     from collections import defaultdict
 
-    from consumers.archiver import Archive, ArchiveStats
-    from pipeline.events import decode_event
-    from producers.simulator import parse_start, simulate
+    from churnwatch.consumers.archiver import Archive, ArchiveStats
+    from churnwatch.pipeline.events import decode_event
+    from churnwatch.producers.simulator import parse_start, simulate
 
     events, _ = simulate(120, 11, parse_start("2024-10-07"), 540, 3, 0)
     by_topic = defaultdict(list)
@@ -83,7 +83,7 @@ def test_train_needs_both_events_and_mapping_or_an_archive(tmp_path, monkeypatch
 def test_alerts_snooze_list_feedback_and_unsnooze(tmp_path, monkeypatch):
     from sqlalchemy import select
 
-    from consumers.alerts.ledger import Notification, Snooze, open_ledger
+    from churnwatch.consumers.alerts.ledger import Notification, Snooze, open_ledger
     from tests.unit.test_alerts import record
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -97,8 +97,8 @@ def test_alerts_snooze_list_feedback_and_unsnooze(tmp_path, monkeypatch):
     past = runner.invoke(cli, ["alerts", "snooze", "C1", "--until", "2000-01-01", "--reason", "x"])
     assert past.exit_code == 2 and "future" in past.output
 
+    from churnwatch.consumers.alerts.dispatcher import make_dispatcher
     from churnwatch.core.settings import load_settings
-    from consumers.alerts.dispatcher import make_dispatcher
 
     dispatcher = make_dispatcher(load_settings())
     dispatcher.on_warning(record())
@@ -164,7 +164,7 @@ def test_backtest_an_export_with_and_without_the_walk_forward_model(tmp_path):
 def test_bench_times_a_backtest_of_the_simulated_history(tmp_path):
     import json
 
-    from producers.simulator import parse_start, simulate
+    from churnwatch.producers.simulator import parse_start, simulate
 
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(

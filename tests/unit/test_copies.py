@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.apply import PossibleCopy, apply_event
-from pipeline.events import decode_event
-from pipeline.processing import run_history
-from pipeline.state import RECENT_EVENT_IDS, new_state
-from pipeline.state_format import encode_state
-from producers.simulator import parse_start, simulate
+from churnwatch.pipeline.apply import PossibleCopy, apply_event
+from churnwatch.pipeline.events import decode_event
+from churnwatch.pipeline.processing import run_history
+from churnwatch.pipeline.state import RECENT_EVENT_IDS, new_state
+from churnwatch.pipeline.state_format import encode_state
+from churnwatch.producers.simulator import parse_start, simulate
 from tests.factories import T0, make_event
 
 DAY = 86_400.0

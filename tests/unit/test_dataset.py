@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from churnwatch.core.settings import PROJECT_ROOT
-from models.dataset import build_training_set, cutoffs_every
-from pipeline.events import decode_event
-from producers.loading import load_events
-from producers.simulator import parse_start, simulate
+from churnwatch.models.dataset import build_training_set, cutoffs_every
+from churnwatch.pipeline.events import decode_event
+from churnwatch.producers.loading import load_events
+from churnwatch.producers.simulator import parse_start, simulate
+from tests.paths import REPO
 
-DATA = PROJECT_ROOT.parent / "shared" / "data" / "online_retail" / "invoices.csv.gz"
+DATA = REPO.parent / "shared" / "data" / "online_retail" / "invoices.csv.gz"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_labels_say_whether_the_customer_ordered_within_the_horizon(history, set
 
 @pytest.mark.skipif(not DATA.exists(), reason="../shared/data is absent (CI always has it)")
 def test_online_retail_training_set_has_the_known_shape(settings):
-    events, _ = load_events(DATA, PROJECT_ROOT / "configs" / "mappings" / "online_retail.yaml")
+    events, _ = load_events(DATA, REPO / "configs" / "mappings" / "online_retail.yaml")
     from datetime import UTC, datetime
 
     cutoff = datetime(2011, 9, 10, tzinfo=UTC)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from churnwatch.docs import EVENTS_MD, render_events_md
-from pipeline.events import (
+from churnwatch.docs import render_events_md
+from churnwatch.pipeline.events import (
     TOPIC_OF_TYPE,
     DeadLetter,
     InvalidEvent,
@@ -14,6 +14,9 @@ from pipeline.events import (
     encode_event,
     example_records,
 )
+from tests.paths import REPO
+
+EVENTS_MD = REPO / "docs" / "events.md"
 
 
 @pytest.mark.parametrize(
@@ -114,7 +117,7 @@ def test_hostile_events_are_rejected_with_a_reason(payload, reason):
 
 
 def test_a_dead_letter_copies_a_huge_message_only_in_part():
-    from pipeline.events import DEAD_LETTER_PAYLOAD_CHARS, dead_letter_for
+    from churnwatch.pipeline.events import DEAD_LETTER_PAYLOAD_CHARS, dead_letter_for
 
     huge = b'{"junk": "' + b"\xff" * 2_000_000 + b'"}'
     letter = dead_letter_for("t", 1, 7, b"k" * 10_000, huge, "too big")

@@ -5,10 +5,16 @@ from datetime import timedelta
 
 import numpy as np
 
-from pipeline.apply import apply_event
-from pipeline.features import read_features
-from pipeline.state import MAX_OPEN_INVOICES, RING_WEEKS, CustomerState, StateBlock, new_state
-from pipeline.state_format import decode_state, encode_state
+from churnwatch.pipeline.apply import apply_event
+from churnwatch.pipeline.features import read_features
+from churnwatch.pipeline.state import (
+    MAX_OPEN_INVOICES,
+    RING_WEEKS,
+    CustomerState,
+    StateBlock,
+    new_state,
+)
+from churnwatch.pipeline.state_format import decode_state, encode_state
 from tests.factories import T0
 
 
@@ -115,7 +121,7 @@ def test_an_older_stored_format_is_migrated_by_field_name(event_factory, monkeyp
     """A release that adds and reorders fields still reads the states an older one stored."""
     import numpy as np
 
-    from pipeline import state as record_module
+    from churnwatch.pipeline import state as record_module
 
     state = feed(new_state("C1"), [event_factory("order", amount=120.0)])
     stored = encode_state(state)
@@ -142,7 +148,7 @@ def test_a_version_1_state_reads_with_no_stream_position(event_factory):
     catch repeats)."""
     import numpy as np
 
-    from pipeline import state as layout
+    from churnwatch.pipeline import state as layout
 
     state = feed(new_state("C1"), [event_factory("order", amount=120.0)])
     v1 = layout.STATE_DTYPES[1]
@@ -166,7 +172,7 @@ def test_a_version_1_state_reads_with_no_stream_position(event_factory):
 def test_a_state_from_a_newer_release_is_refused_with_a_clear_error(event_factory):
     import pytest
 
-    from pipeline.state_format import StateFormatError
+    from churnwatch.pipeline.state_format import StateFormatError
 
     stored = bytearray(encode_state(new_state("C1")))
     stored[2] = 99  # format version
@@ -179,10 +185,10 @@ def test_window_sums_are_the_weeks_added_oldest_first():
     customer's weeks, bit for bit, in every partition's block and for customers
     seen in part of the windows, all of them, or (long silent) none of them."""
     from churnwatch.core.thresholds import WarningThresholds
-    from pipeline.events import decode_event
-    from pipeline.features import read_many, weekly_history
-    from pipeline.processing import run_history
-    from producers.simulator import parse_start, simulate
+    from churnwatch.pipeline.events import decode_event
+    from churnwatch.pipeline.features import read_many, weekly_history
+    from churnwatch.pipeline.processing import run_history
+    from churnwatch.producers.simulator import parse_start, simulate
 
     events, _ = simulate(40, 3, parse_start("2024-10-07"), 420, 2, 0)
     states, _ = run_history([decode_event(e.payload) for e in events], WarningThresholds(), 86400)

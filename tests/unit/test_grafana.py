@@ -7,10 +7,10 @@ import re
 
 import yaml
 
-from churnwatch.core.settings import PROJECT_ROOT
-from pipeline import metrics
+from churnwatch.pipeline import metrics
+from tests.paths import REPO
 
-GRAFANA = PROJECT_ROOT / "configs" / "grafana"
+GRAFANA = REPO / "configs" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "churnwatch.json"
 
 

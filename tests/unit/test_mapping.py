@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from churnwatch.core.settings import PROJECT_ROOT
-from producers.loading import load_events
-from producers.mapping import MappingError, load_mapping
+from churnwatch.producers.loading import load_events
+from churnwatch.producers.mapping import MappingError, load_mapping
+from tests.paths import REPO
 
-DATA = PROJECT_ROOT.parent / "shared" / "data"
-MAPPINGS = PROJECT_ROOT / "configs" / "mappings"
+DATA = REPO.parent / "shared" / "data"
+MAPPINGS = REPO / "configs" / "mappings"
 
 ORDERS_MAPPING = """
 source: {timezone: Europe/Berlin}
@@ -143,7 +143,7 @@ LINES = (
 
 
 def test_order_lines_are_grouped_into_one_order_each(tmp_path):
-    from producers.loading import load_export
+    from churnwatch.producers.loading import load_export
 
     loaded = load_export(write(tmp_path, "l.csv", LINES), write(tmp_path, "m.yaml", LINES_MAPPING))
     assert loaded.rejected == []
@@ -157,7 +157,7 @@ def test_order_lines_are_grouped_into_one_order_each(tmp_path):
 
 
 def test_lines_without_group_by_are_refused_as_duplicates_not_dropped(tmp_path):
-    from producers.loading import load_export
+    from churnwatch.producers.loading import load_export
 
     ungrouped = LINES_MAPPING.replace("    group_by: invoice\n", "").replace(", aggregate: sum", "")
     loaded = load_export(write(tmp_path, "l.csv", LINES), write(tmp_path, "m.yaml", ungrouped))
@@ -178,7 +178,7 @@ def test_aggregates_need_group_by(tmp_path):
 
 
 def test_number_dates_need_a_format_and_say_so(tmp_path):
-    from producers.loading import load_export
+    from churnwatch.producers.loading import load_export
 
     mapping = ORDERS_MAPPING.replace(', format: "%d.%m.%Y"', "")
     csv = write(
@@ -211,7 +211,7 @@ def test_number_dates_need_a_format_and_say_so(tmp_path):
 def test_parquet_dates_and_nulls_read_as_dates_and_missing_values(tmp_path):
     import pandas as pd
 
-    from producers.loading import load_export
+    from churnwatch.producers.loading import load_export
 
     frame = pd.DataFrame(
         {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from pipeline.metrics import observe_many
+from churnwatch.pipeline.metrics import observe_many
 
 
 def _samples(histogram: Histogram) -> dict[tuple[str, str], float]:

@@ -17,13 +17,13 @@ from churnwatch.core.registry import (
     rollback,
     versions,
 )
-from models.baselines import p_no_order
-from models.train import TrainingError, train
-from pipeline.boosters import probe_rows
-from pipeline.events import decode_event
-from pipeline.processing import run_history, sweep
-from pipeline.scoring import INPUT_FEATURES, ModelError, ModelHolder, load_model
-from producers.simulator import parse_start, simulate
+from churnwatch.models.baselines import p_no_order
+from churnwatch.models.train import TrainingError, train
+from churnwatch.pipeline.boosters import probe_rows
+from churnwatch.pipeline.events import decode_event
+from churnwatch.pipeline.processing import run_history, sweep
+from churnwatch.pipeline.scoring import INPUT_FEATURES, ModelError, ModelHolder, load_model
+from churnwatch.producers.simulator import parse_start, simulate
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_the_baselines_are_ranked_on_their_own_scores(trained, history, settings
 
     from sklearn.metrics import roc_auc_score
 
-    from models.dataset import build_training_set
+    from churnwatch.models.dataset import build_training_set
 
     card = trained[1].card
     cutoff = datetime.fromisoformat(card["data_window"]["test_cutoff"])
@@ -121,8 +121,8 @@ def test_loaded_model_scores_and_explains(trained):
 
 def test_the_compiled_model_gives_scikit_learns_probabilities(trained, history, settings):
     """The worker scores without scikit-learn's per-tree calls, to the same numbers."""
-    from pipeline.features import read_many
-    from pipeline.scoring import feature_matrix
+    from churnwatch.pipeline.features import read_many
+    from churnwatch.pipeline.scoring import feature_matrix
 
     model = load_model(trained[1].folder)
     assert model.compiled is not None
@@ -150,7 +150,7 @@ def test_a_split_of_present_from_missing_values_compiles_to_the_same_numbers():
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from pipeline.boosters import CompiledBoosters
+    from churnwatch.pipeline.boosters import CompiledBoosters
 
     rng = np.random.default_rng(3)
     n = 3000
@@ -303,7 +303,7 @@ def test_bgnbd_no_order_probability_grows_with_silence():
 
 
 def test_psi_is_small_for_the_same_distribution_and_large_for_a_shifted_one():
-    from pipeline.drift import drift_reference, psi
+    from churnwatch.pipeline.drift import drift_reference, psi
 
     rng = np.random.default_rng(0)
     training = rng.exponential(30.0, 5000)

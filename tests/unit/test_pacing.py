@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from churnwatch.core.topics import Topic
-from producers.simulator import SimEvent, iter_paced
+from churnwatch.producers.simulator import SimEvent, iter_paced
 from tests.factories import T0
 
 

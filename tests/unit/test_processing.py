@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.ordering import (
+from churnwatch.pipeline.ordering import (
     Apply,
     ReadAhead,
     ReorderBuffer,
@@ -111,10 +111,10 @@ def test_sequencer_holds_back_for_the_allowed_lateness_and_counts_later_events()
 
 
 def test_consistency_check_finds_a_differing_customer_and_skips_lagging_ones(settings):
-    from consumers.consistency import compare
-    from pipeline.events import decode_event
-    from pipeline.processing import run_history
-    from producers.simulator import parse_start, simulate
+    from churnwatch.consumers.consistency import compare
+    from churnwatch.pipeline.events import decode_event
+    from churnwatch.pipeline.processing import run_history
+    from churnwatch.producers.simulator import parse_start, simulate
 
     events = [
         decode_event(e.payload) for e in simulate(30, 3, parse_start("2024-10-07"), 200, 2, 0)[0]
@@ -140,13 +140,13 @@ def test_a_sweep_looks_closely_at_exactly_the_customers_whose_episodes_change(se
     """The vectorised pass may skip a customer only when evaluating it would change nothing:
     at every weekly boundary of a simulated history, a sweep gives the same records as
     evaluating every customer one by one."""
-    from pipeline.apply import apply_event
-    from pipeline.episodes import evaluate
-    from pipeline.events import decode_event
-    from pipeline.processing import sweep
-    from pipeline.state import StateBlock
-    from pipeline.state_format import decode_state, encode_state
-    from producers.simulator import parse_start, simulate
+    from churnwatch.pipeline.apply import apply_event
+    from churnwatch.pipeline.episodes import evaluate
+    from churnwatch.pipeline.events import decode_event
+    from churnwatch.pipeline.processing import sweep
+    from churnwatch.pipeline.state import StateBlock
+    from churnwatch.pipeline.state_format import decode_state, encode_state
+    from churnwatch.producers.simulator import parse_start, simulate
 
     events, _ = simulate(150, 11, parse_start("2024-10-07"), 540, 3, 0)
     decoded = [decode_event(e.payload) for e in events]

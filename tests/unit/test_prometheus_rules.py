@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from churnwatch.core.settings import PROJECT_ROOT
+from tests.paths import REPO
 
-PROMETHEUS = PROJECT_ROOT / "configs" / "prometheus"
+PROMETHEUS = REPO / "configs" / "prometheus"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,

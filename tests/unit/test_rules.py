@@ -4,8 +4,8 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.events import WarningRecord
-from pipeline.processing import run_history
+from churnwatch.pipeline.events import WarningRecord
+from churnwatch.pipeline.processing import run_history
 from tests.factories import T0
 
 DAY = 86_400
@@ -100,7 +100,7 @@ def test_warning_ids_are_deterministic(settings, event_factory):
 
 def test_key_accounts_can_have_their_own_thresholds(event_factory):
     from churnwatch.core.settings import load_settings
-    from pipeline.events import CustomerUpdated
+    from churnwatch.pipeline.events import CustomerUpdated
 
     settings = load_settings(
         warnings={"segments": {"key_account": {"sales_drop": {"enter_ratio": 0.7}}}}
@@ -135,7 +135,7 @@ def test_an_episode_stays_open_for_the_minimum_length(settings, event_factory):
 
 def _silent_after(event_factory, gaps_days, customer_id="C1", segment=None):
     """Orders ``gaps_days`` apart, then silence; another customer keeps time moving."""
-    from pipeline.events import CustomerUpdated
+    from churnwatch.pipeline.events import CustomerUpdated
 
     at = T0
     events = (
@@ -205,7 +205,7 @@ def test_a_segment_pace_judges_its_thin_histories(event_factory):
 def test_an_uneven_rhythm_makes_a_long_pause_less_surprising(settings):
     import math
 
-    from pipeline.rules import silence_chance
+    from churnwatch.pipeline.rules import silence_chance
 
     t = settings.warnings.sales_drop
     steady, _ = silence_chance(60.0, 21, 14.0, 0.3, t)

@@ -111,7 +111,7 @@ def test_sasl_credentials_only_with_a_sasl_protocol(monkeypatch):
 def test_the_worker_store_takes_its_buffer_size_from_the_settings(tmp_path: Path):
     """Faust's RocksDB defaults (64 MB write buffers, a 2 GB cache per partition's
     database) made a worker's memory grow with every byte it stored."""
-    from pipeline.worker import create_app
+    from churnwatch.pipeline.worker import create_app
 
     settings = load_settings(worker={"data_dir": str(tmp_path), "store_buffer_mb": 3})
     pipeline = create_app(settings)
@@ -135,3 +135,14 @@ def test_churn_risk_opens_relative_to_the_book_so_a_low_churn_book_is_not_silent
         ChurnRiskThresholds(enter_probability=0.7)
     with pytest.raises(ValueError, match="exit_share"):
         ChurnRiskThresholds(enter_share=0.1, exit_share=0.2)
+
+
+def test_a_relative_routing_file_is_read_beside_the_settings_file(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)  # anywhere but the checkout or the config's folder
+    shipped = load_settings()
+    assert Path(shipped.alerts.routing).is_file()  # the example shipped with the package
+    config = tmp_path / "team.yaml"
+    config.write_text("alerts:\n  routing: our-routing.yaml\n")
+    assert load_settings(config).alerts.routing == str(tmp_path / "our-routing.yaml")
+    monkeypatch.setenv("CHURNWATCH_ALERTS__ROUTING", "here.yaml")
+    assert load_settings(config).alerts.routing == "here.yaml"  # the environment: as given

@@ -4,9 +4,9 @@ from collections import defaultdict
 
 import pytest
 
-from pipeline.events import InvalidEvent, decode_event
-from pipeline.processing import run_history
-from producers.simulator import (
+from churnwatch.pipeline.events import InvalidEvent, decode_event
+from churnwatch.pipeline.processing import run_history
+from churnwatch.producers.simulator import (
     CHURN_PROFILES,
     STEADY_PROFILES,
     parse_start,

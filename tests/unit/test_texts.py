@@ -4,8 +4,8 @@ import string
 from datetime import timedelta
 
 from churnwatch.core.settings import load_settings
-from pipeline.processing import run_history
-from pipeline.texts import TEXTS
+from churnwatch.pipeline.processing import run_history
+from churnwatch.pipeline.texts import TEXTS
 from tests.factories import T0, make_event
 
 

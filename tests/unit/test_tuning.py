@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from churnwatch.core.settings import load_settings
-from models.tuning import DEFAULT_LEVEL, LADDERS, Rung, choose
+from churnwatch.models.tuning import DEFAULT_LEVEL, LADDERS, Rung, choose
 
 
 def test_the_default_rung_holds_the_default_thresholds(settings):
@@ -26,9 +26,9 @@ def test_the_loosest_rung_that_keeps_the_precision_goal_is_chosen():
 
 def test_tune_writes_settings_that_load_and_meet_the_goal_on_the_earlier_part(tmp_path, settings):
     from churnwatch.core.settings import DEFAULT_CONFIG
-    from models.tuning import TuneError, qualifies, tune, write_settings
-    from pipeline.events import decode_event
-    from producers.simulator import parse_start, simulate
+    from churnwatch.models.tuning import TuneError, qualifies, tune, write_settings
+    from churnwatch.pipeline.events import decode_event
+    from churnwatch.producers.simulator import parse_start, simulate
 
     sent, _ = simulate(150, 11, parse_start("2024-10-07"), 540, 3, 0)
     events = [decode_event(e.payload) for e in sent]
@@ -67,7 +67,7 @@ def test_tune_writes_settings_that_load_and_meet_the_goal_on_the_earlier_part(tm
 
 
 def test_the_paces_are_the_median_gaps_of_customers_with_two_orders_before_the_split():
-    from models.tuning import PACE_CUSTOMERS, book_paces
+    from churnwatch.models.tuning import PACE_CUSTOMERS, book_paces
 
     day, split = 86_400.0, 1000 * 86_400.0
     # 20 customers ordering every 10 days, 15 every 40 days (the segment "slow"),

@@ -16,9 +16,8 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from churnwatch.core.settings import Settings, load_settings
-from consumers.alerts.dispatcher import Dispatcher
-from consumers.alerts.ledger import (
+from churnwatch.consumers.alerts.dispatcher import Dispatcher
+from churnwatch.consumers.alerts.ledger import (
     Action,
     Customer,
     Episode,
@@ -28,13 +27,14 @@ from consumers.alerts.ledger import (
     User,
     open_ledger,
 )
-from consumers.alerts.messages import TITLES, episode_message, page_link
-from consumers.alerts.routing import load_routing
-from consumers.web import charts
-from consumers.web.app import WebServer
-from consumers.web.texts import TEXTS
-from consumers.web.users import UserError, add_user, authenticate
-from pipeline.events import WARNING_TYPES
+from churnwatch.consumers.alerts.messages import TITLES, episode_message, page_link
+from churnwatch.consumers.alerts.routing import load_routing
+from churnwatch.consumers.web import charts
+from churnwatch.consumers.web.app import WebServer
+from churnwatch.consumers.web.texts import TEXTS
+from churnwatch.consumers.web.users import UserError, add_user, authenticate
+from churnwatch.core.settings import Settings, load_settings
+from churnwatch.pipeline.events import WARNING_TYPES
 
 NOW = datetime.now(UTC)
 
