@@ -97,8 +97,8 @@ MODEL_REFUSED = Counter(
 )
 NOTIFICATIONS = Counter(
     "churnwatch_notifications_total",
-    "Notifications recorded by the dispatcher, by kind and first status "
-    "(pending, snoozed, inhibited, capped).",
+    "Notifications the delivery stages decided on when due, by kind and outcome "
+    "(sent, snoozed, inhibited, capped, superseded).",
     ["kind", "status"],
     registry=ALERTS,
 )

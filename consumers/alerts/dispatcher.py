@@ -1,28 +1,30 @@
 """The alert dispatcher: turns warning records into notifications, and delivers them.
 
-Three stages, as in Alertmanager's notification pipeline: :class:`Dispatcher`
-takes episode changes in and queues notifications in the ledger (reminders
-and digests too), :class:`~consumers.alerts.policy.Policy` decides who is
-told and whether now, :class:`~consumers.alerts.outbox.Outbox` delivers
-(no Kafka in any of them: the tests drive them with a clock of their own).
+As in Alertmanager's notification pipeline: :class:`Dispatcher` takes
+episode changes in and queues notifications in the ledger (reminders and
+digests too, when their due times come), :class:`~churnwatch.consumers.alerts.policy.Policy`
+decides who is told, and, each time a notice is due, whether now (its
+delivery stages), :class:`~churnwatch.consumers.alerts.outbox.Outbox`
+delivers (no Kafka in any of them: the tests drive them with a clock of
+their own).
 :func:`run_dispatcher` feeds it from the warnings and customers topics and
 commits offsets only after the ledger has the records, so a crash or a
 redelivery never loses or repeats a notification (the ledger's unique keys
 drop the repeats).
 
 Noise control (snoozes, inhibitions, daily caps, delivery windows) is the
-policy's, see :mod:`consumers.alerts.policy`. An open episode is notified
-again after its cooldown; a resolved one gets a
-short message to whoever heard about it, and its notices still waiting in the
-outbox are ``superseded``: never sent, so nobody hears "opened" for something
-already over.
+policy's, see :mod:`churnwatch.consumers.alerts.policy`. An open episode is
+notified again after its cooldown; a resolved one gets a short message to
+whoever heard about it, and its notices still waiting in the outbox are
+``superseded`` when they come due: never sent, so nobody hears "opened" for
+something already over.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,10 +34,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from churnwatch.consumers.alerts.ledger import (
     TELLS_OPEN,
     Customer,
+    DigestDue,
     Episode,
     Notification,
     NotificationKind,
+    ReminderDue,
     open_ledger,
+    schedule_reminder,
     short_id,
 )
 from churnwatch.consumers.alerts.messages import digest_message, episode_message, page_link
@@ -71,7 +76,7 @@ class Dispatcher:
         self.sessions = sessions
         self.clock = clock
         self.policy = Policy(settings, routing)
-        self.outbox = Outbox(settings, routing, sessions, send, clock)
+        self.outbox = Outbox(settings, routing, self.policy, sessions, send, clock)
         # every channel kind in use is exported from the start (at 0), so a
         # dashboard or alert never sees "no data" for "no failures yet"
         for recipient in routing.recipients.values():
@@ -81,6 +86,7 @@ class Dispatcher:
                 metrics.NOTIFICATIONS_FAILED.labels(kind)
         metrics.NOTIFICATIONS_SENT.labels("email")
         metrics.NOTIFICATIONS_FAILED.labels("email")
+        self._plan_what_an_older_ledger_lacks()
 
     # -- input -------------------------------------------------------------
 
@@ -127,26 +133,10 @@ class Dispatcher:
                 "resolved": "resolved",
                 "escalated": f"escalated-{record.severity}",
             }[record.status]
-            if kind == NotificationKind.RESOLVED:
-                self._supersede(session, episode)
             created = self._queue(session, episode, kind, now)
             if kind == NotificationKind.RESOLVED:
                 self._release_held(session, episode, now)
             return created
-
-    def _supersede(self, session: Session, episode: Episode) -> None:
-        """The episode ended before its news went out (a delivery window not yet open,
-        a channel down, a dispatcher that was down): those notices are never sent,
-        and as nobody heard of it, nobody gets its end either."""
-        for note in session.scalars(
-            select(Notification).where(
-                Notification.warning_id == episode.warning_id,
-                Notification.status == "pending",
-                Notification.kind != NotificationKind.RESOLVED,
-            )
-        ):
-            note.status = "superseded"
-        session.flush()
 
     def _release_held(self, session: Session, holder: Episode, now: datetime) -> None:
         """The holding episode closed: what it held back (still open) goes out now."""
@@ -163,8 +153,7 @@ class Dispatcher:
                     Notification.status == "inhibited",
                 )
             ):
-                note.status = "pending"
-                note.due_at = self.routing.recipient(note.recipient).window.next_open(now)
+                note.status, note.due_at = "pending", now  # the stages judge it again
 
     def _queue(self, session: Session, episode: Episode, kind: str, now: datetime) -> int:
         created = 0
@@ -211,7 +200,6 @@ class Dispatcher:
             held,
             page_link(self.base_url, episode.customer_id),
         )
-        status = self.policy.status(session, episode, kind, name, recipient, now)
         session.add(
             Notification(
                 short_id=sid,
@@ -221,76 +209,73 @@ class Dispatcher:
                 recipient=name,
                 channel=channel.name,
                 kind=kind.split("-")[0],
-                status=status,
+                status="pending",  # whether and when it goes out: the stages, when due
                 subject=message.subject,
                 body_text=message.text,
                 body_markdown=message.markdown,
                 created_at=now,
-                due_at=recipient.window.next_open(now),
+                due_at=now,
             )
         )
-        metrics.NOTIFICATIONS.labels(kind.split("-")[0], status).inc()
+        if kind != NotificationKind.RESOLVED and session.get(DigestDue, name) is None:
+            due = self.policy.next_digest(recipient, now, after_today=False)
+            session.add(DigestDue(recipient=name, due_at=due))
 
     # -- time-driven -------------------------------------------------------
 
     def remind(self) -> int:
-        """Queue a reminder for open episodes whose cooldown has passed since the last one."""
+        """Queue the reminders that are due (planned when a notice was sent or snoozed)."""
         now = self.clock()
         created = 0
         with self.sessions.begin() as session:
-            for episode in session.scalars(select(Episode).where(Episode.status == "open")):
-                hours = self.settings.cooldown_hours.get(
-                    episode.warning_type, self.settings.cooldown_hours.get("*", 72.0)
+            due = session.scalars(
+                select(ReminderDue).where(ReminderDue.due_at <= now).order_by(ReminderDue.due_at)
+            )
+            for plan in list(due):
+                session.delete(plan)
+                episode = session.get(Episode, plan.warning_id)
+                if episode is None or episode.status != "open":
+                    continue
+                triple = (
+                    Notification.warning_id == plan.warning_id,
+                    Notification.recipient == plan.recipient,
+                    Notification.channel == plan.channel,
                 )
-                held: list[Episode] | None = None  # looked up once, if a reminder is due
-                for name, recipient in self.policy.recipients(session, episode):
-                    for channel in recipient.channels:
-                        last = session.scalars(
-                            select(Notification)
-                            .where(
-                                Notification.warning_id == episode.warning_id,
-                                Notification.recipient == name,
-                                Notification.channel == channel.name,
-                                Notification.kind.in_(TELLS_OPEN),
-                            )
-                            .order_by(Notification.id.desc())
-                        ).first()
-                        if last is None or last.status != "sent" or last.sent_at is None:
-                            continue
-                        if now - last.sent_at < timedelta(hours=hours):
-                            continue
-                        count = session.scalar(
-                            select(func.count(Notification.id)).where(
-                                Notification.warning_id == episode.warning_id,
-                                Notification.recipient == name,
-                                Notification.channel == channel.name,
-                                Notification.kind == NotificationKind.REMINDER,
-                            )
-                        )
-                        kind = f"reminder-{int(count or 0) + 1}"
-                        if held is None:
-                            held = self.policy.held(session, episode)
-                        key = _key(episode, kind, name, channel)
-                        self._add(session, episode, kind, key, name, recipient, channel, now, held)
-                        created += 1
+                waiting = select(Notification.id).where(
+                    *triple, Notification.kind.in_(TELLS_OPEN), Notification.status == "pending"
+                )
+                if session.scalar(waiting) is not None:
+                    continue  # news of it is on its way; sending it plans the next reminder
+                recipient = self.routing.recipient(plan.recipient)
+                channel = next((c for c in recipient.channels if c.name == plan.channel), None)
+                if channel is None:
+                    continue  # the channel left the routing file
+                count = session.scalar(
+                    select(func.count(Notification.id)).where(
+                        *triple, Notification.kind == NotificationKind.REMINDER
+                    )
+                )
+                kind = f"reminder-{int(count or 0) + 1}"
+                key = _key(episode, kind, plan.recipient, channel)
+                held = self.policy.held(session, episode)
+                self._add(
+                    session, episode, kind, key, plan.recipient, recipient, channel, now, held
+                )
+                created += 1
         return created
 
     def digests(self) -> int:
-        """Each recipient's daily digest, once its local digest hour has come."""
+        """Each recipient's daily digest of their open warnings, when it is due."""
         now = self.clock()
         created = 0
         with self.sessions.begin() as session:
-            names = set(
-                session.scalars(
-                    select(Notification.recipient)
-                    .join(Episode, Episode.warning_id == Notification.warning_id)
-                    .where(Episode.status == "open")
-                )
-            )
-            for name in sorted(names):
+            due = session.scalars(select(DigestDue).where(DigestDue.due_at <= now))
+            for plan in list(due):
+                name = plan.recipient
                 recipient = self.routing.recipient(name)
                 local = now.astimezone(ZoneInfo(recipient.window.timezone))
-                if local.hour < self.settings.digest_hour:
+                if local.hour < self.settings.digest_hour:  # a day missed: today's, at its hour
+                    plan.due_at = self.policy.next_digest(recipient, now, after_today=False)
                     continue
                 episodes = list(
                     session.scalars(
@@ -305,7 +290,9 @@ class Dispatcher:
                     )
                 )
                 if not episodes:
+                    session.delete(plan)  # planned again with their next warning
                     continue
+                plan.due_at = self.policy.next_digest(recipient, now, after_today=True)
                 for channel in recipient.channels:
                     key = f"digest|{local.date().isoformat()}|{name}|{channel.name}"
                     if session.scalar(select(Notification.id).where(Notification.dedup_key == key)):
@@ -326,12 +313,39 @@ class Dispatcher:
                             body_text=message.text,
                             body_markdown=message.markdown,
                             created_at=now,
-                            due_at=recipient.window.next_open(now),
+                            due_at=now,
                         )
                     )
-                    metrics.NOTIFICATIONS.labels("digest", "pending").inc()
                     created += 1
         return created
+
+    def _plan_what_an_older_ledger_lacks(self) -> None:
+        """A ledger from before reminders and digests were planned holds no plan: plan
+        them once from what was sent, so an upgrade does not silence open episodes."""
+        with self.sessions.begin() as session:
+            if session.scalar(select(ReminderDue.warning_id).limit(1)) is not None:
+                return
+            if session.scalar(select(DigestDue.recipient).limit(1)) is not None:
+                return
+            sent = (
+                select(Notification)
+                .join(Episode, Episode.warning_id == Notification.warning_id)
+                .where(
+                    Episode.status == "open",
+                    Notification.kind.in_(TELLS_OPEN),
+                    Notification.status == "sent",
+                )
+                .order_by(Notification.id)
+            )
+            latest = {(n.warning_id, n.recipient, n.channel): n for n in session.scalars(sent)}
+            now = self.clock()
+            for note in latest.values():
+                episode = session.get(Episode, note.warning_id)
+                sent_at = note.sent_at or now
+                schedule_reminder(session, note, sent_at + self.outbox.cooldown(episode))
+            for name in sorted({note.recipient for note in latest.values()}):
+                due = self.policy.next_digest(self.routing.recipient(name), now, after_today=False)
+                session.add(DigestDue(recipient=name, due_at=due))
 
     def deliver_due(self, limit: int = 200) -> int:
         """Send pending notifications whose time has come (see :class:`Outbox`)."""

@@ -102,8 +102,10 @@ class Notification(Base):
     channel: Mapped[str] = mapped_column(String(200))  # a safe label, never the URL
     #: opened | escalated | reminder | resolved | digest
     kind: Mapped[str] = mapped_column(String(20))
-    #: pending (in the outbox) | sent | snoozed | inhibited | capped (into the digest)
-    #: | superseded (the episode resolved before it went out: never sent)
+    #: pending (in the outbox) | sent | snoozed | inhibited (until its holder closes)
+    #: | capped (into the digest) | superseded (old news by the time it was due: its
+    #: episode resolved, or a newer notice of it was waiting too); decided by the
+    #: delivery stages when it is due (consumers/alerts/policy.py), not when queued
     status: Mapped[str] = mapped_column(String(20), index=True)
     subject: Mapped[str] = mapped_column(Text)
     body_text: Mapped[str] = mapped_column(Text)
@@ -112,6 +114,25 @@ class Notification(Base):
     due_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class ReminderDue(Base):
+    """When a recipient's channel is next reminded of an open episode: set when a notice
+    of it is sent (after the cooldown) or snoozed (when the snooze ends)."""
+
+    __tablename__ = "reminders_due"
+    warning_id: Mapped[str] = mapped_column(ForeignKey("episodes.warning_id"), primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(200), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(200), primary_key=True)
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+class DigestDue(Base):
+    """When a recipient's next daily digest is due (while they have open warnings)."""
+
+    __tablename__ = "digests_due"
+    recipient: Mapped[str] = mapped_column(String(200), primary_key=True)
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
 
 class Attempt(Base):
@@ -270,11 +291,30 @@ def active_snoozes(session: Session, customer_id: str, now: datetime) -> list[Sn
 
 
 def lift_snoozes(session: Session, customer_id: str, now: datetime) -> int:
-    """End every snooze of ``customer_id`` now; returns how many there were."""
+    """End every snooze of ``customer_id`` now; returns how many there were. The
+    reminders the snoozes had put off to their end are due at once."""
     active = active_snoozes(session, customer_id, now)
     for snooze in active:
         snooze.lifted_at = now
+    ends = {snooze.until for snooze in active}
+    put_off = select(ReminderDue).join(Episode, Episode.warning_id == ReminderDue.warning_id)
+    for due in session.scalars(put_off.where(Episode.customer_id == customer_id)):
+        if due.due_at in ends:  # put off to this snooze's end (the snooze stage's plan)
+            due.due_at = now
     return len(active)
+
+
+def schedule_reminder(session: Session, note: Notification, at: datetime) -> None:
+    """Remind ``note``'s recipient on its channel of its episode at ``at`` (replacing an
+    earlier plan: the newest notice sets the next reminder)."""
+    if note.warning_id is None:
+        return  # a digest: nothing to remind of
+    key = (note.warning_id, note.recipient, note.channel)
+    due = session.get(ReminderDue, key)
+    if due is None:
+        session.add(ReminderDue(warning_id=key[0], recipient=key[1], channel=key[2], due_at=at))
+    else:
+        due.due_at = at
 
 
 def add_feedback(

@@ -1,9 +1,13 @@
 """The outbox: pending notifications sent when due, one at a time, with retries.
 
-Each notification is committed after its attempt, so a crash repeats at most
-the one on its way; a failed attempt waits (doubling, up to
-``alerts.retry_max_seconds``) and is tried again. A notice whose episode
-resolved while it waited is ``superseded``, never sent.
+Before each attempt, the first one and every retry, the delivery stages of
+:class:`~churnwatch.consumers.alerts.policy.Policy` decide whether the notice
+goes out now (a snooze, an inhibition, the window, the cap, or newer news can
+hold it). Each notification is committed after its attempt, so a crash
+repeats at most the one on its way; a failed attempt waits (doubling, up to
+``alerts.retry_max_seconds``) and is tried again. A sent notice of an open
+episode plans the next reminder (after the type's cooldown), a snoozed one
+plans it for the snooze's end.
 """
 
 from __future__ import annotations
@@ -15,8 +19,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from churnwatch.consumers.alerts.ledger import Attempt, Episode, Notification, NotificationKind
+from churnwatch.consumers.alerts.ledger import (
+    TELLS_OPEN,
+    Attempt,
+    Episode,
+    Notification,
+    schedule_reminder,
+)
 from churnwatch.consumers.alerts.messages import Message
+from churnwatch.consumers.alerts.policy import Due, Policy
 from churnwatch.consumers.alerts.routing import Routing, RoutingError
 from churnwatch.core.settings import AlertSettings
 from churnwatch.pipeline import metrics
@@ -54,12 +65,14 @@ class Outbox:
         self,
         settings: AlertSettings,
         routing: Routing,
+        policy: Policy,
         sessions: sessionmaker[Session],
         send: Sender,
         clock: Clock,
     ) -> None:
         self.settings = settings
         self.routing = routing
+        self.policy = policy
         self.sessions = sessions
         self.send = send
         self.clock = clock
@@ -79,12 +92,7 @@ class Outbox:
             )
             for note in due:
                 episode = session.get(Episode, note.warning_id) if note.warning_id else None
-                if (
-                    note.kind != NotificationKind.RESOLVED
-                    and episode is not None
-                    and episode.status != "open"
-                ):
-                    note.status = "superseded"  # resolved while it waited: old news
+                if self._held(session, note, episode):
                     session.commit()
                     continue
                 ok, error = self._send(note)
@@ -92,7 +100,10 @@ class Outbox:
                 note.attempts += 1
                 session.add(Attempt(notification_id=note.id, at=at, ok=ok, error=error))
                 if ok:
+                    metrics.NOTIFICATIONS.labels(note.kind, "sent").inc()
                     note.status, note.sent_at = "sent", at
+                    if note.kind in TELLS_OPEN:
+                        schedule_reminder(session, note, at + self.cooldown(episode))
                     sent += 1
                     metrics.NOTIFICATIONS_SENT.labels(note.channel.split(":")[0]).inc()
                 else:
@@ -117,6 +128,28 @@ class Outbox:
             )
             metrics.OUTBOX_DEPTH.set(int(depth or 0))
         return sent
+
+    def _held(self, session: Session, note: Notification, episode: Episode | None) -> bool:
+        """Run the delivery stages; True when one of them holds the notice back."""
+        now = self.clock()
+        recipient = self.routing.recipient(note.recipient)
+        hold = self.policy.hold(session, Due(note, episode, recipient, now))
+        if hold is None:
+            return False
+        if hold.status == "pending":
+            note.due_at = hold.until or now  # the delivery window: due again when it opens
+            return True
+        note.status = hold.status
+        metrics.NOTIFICATIONS.labels(note.kind, hold.status).inc()
+        if hold.status == "snoozed" and hold.until is not None and note.kind in TELLS_OPEN:
+            schedule_reminder(session, note, hold.until)
+        return True
+
+    def cooldown(self, episode: Episode | None) -> timedelta:
+        """How long after a notice its recipient is reminded, by the episode's type."""
+        hours = self.settings.cooldown_hours
+        kind = episode.warning_type if episode is not None else "*"
+        return timedelta(hours=hours.get(kind, hours.get("*", 72.0)))
 
     def _send(self, note: Notification) -> tuple[bool, str]:
         recipient = self.routing.recipient(note.recipient)

@@ -1,15 +1,30 @@
-"""Noise control: who is told of an episode, and whether now.
+"""Noise control: who is told of an episode, and, each time a notice is due, whether now.
 
-In order: a snoozed customer's notifications are recorded as ``snoozed``; a
-warning held back by an open one (``inhibit`` in the routing file) is
-``inhibited`` (and listed inside the open one's message); past the
-recipient's daily cap it is ``capped`` and goes into the digest; otherwise
-it is ``pending`` until the recipient's delivery window opens.
+Who is told is decided when a notice is queued (the routing file). Whether it
+goes out is decided by the delivery stages, run on a notice each time it is
+about to be sent, and again before every retry, as Alertmanager's notify
+pipeline does, so a snooze set in the inbox while a notice waits for its
+delivery window still holds it back. In order:
+
+1. **resolved**: a notice of an episode that has ended is ``superseded``;
+2. **dedup**: so is one that a newer notice of the same episode to the same
+   recipient and channel is waiting behind (only the newest news goes out);
+3. **inhibit**: a warning held back by an open one (``inhibit`` in the routing
+   file) is ``inhibited`` until that one closes;
+4. **snooze**: a snoozed customer's notice is ``snoozed``; it is reminded of
+   when the snooze ends, if still open;
+5. **time window**: outside the recipient's delivery window it waits for the
+   window to open;
+6. **cap**: past the recipient's daily cap it is ``capped`` and goes into the
+   digest.
+
+A notice that passes every stage is sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -21,12 +36,34 @@ from churnwatch.consumers.alerts.ledger import (
     Customer,
     Episode,
     Notification,
-    NotificationKind,
     active_snoozes,
     current_owner,
 )
 from churnwatch.consumers.alerts.routing import Recipient, Routing
 from churnwatch.core.settings import AlertSettings
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A stage's decision not to send now: the notice's new status, and until when it
+    waits (``pending``: due again then; ``snoozed``: reminded of then)."""
+
+    status: str
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Due:
+    """A notice about to go out: the notice, its episode (none for a digest), its
+    recipient and the time."""
+
+    note: Notification
+    episode: Episode | None
+    recipient: Recipient
+    now: datetime
+
+
+Stage = Callable[[Session, Due], Hold | None]
 
 
 class Policy:
@@ -35,6 +72,15 @@ class Policy:
     def __init__(self, settings: AlertSettings, routing: Routing) -> None:
         self.settings = settings
         self.routing = routing
+        #: The delivery stages, in the order they run (the module's docstring).
+        self.stages: tuple[Stage, ...] = (
+            self._resolved,
+            self._dedup,
+            self._inhibit,
+            self._snooze,
+            self._window,
+            self._cap,
+        )
 
     def recipients(self, session: Session, episode: Episode) -> list[tuple[str, Recipient]]:
         customer = session.get(Customer, episode.customer_id)
@@ -48,11 +94,70 @@ class Policy:
         )
         return [(name, self.routing.recipient(name)) for name in names]
 
-    def snoozed(self, session: Session, episode: Episode, now: datetime) -> bool:
-        return any(
-            s.warning_type in (None, episode.warning_type)
-            for s in active_snoozes(session, episode.customer_id, now)
+    def hold(self, session: Session, due: Due) -> Hold | None:
+        """The first stage that holds the notice back, or None: send it now."""
+        for stage in self.stages:
+            decision = stage(session, due)
+            if decision is not None:
+                return decision
+        return None
+
+    # -- the stages --------------------------------------------------------
+
+    def _resolved(self, session: Session, due: Due) -> Hold | None:
+        if due.note.kind in TELLS_OPEN and due.episode is not None:
+            if due.episode.status != "open":
+                return Hold("superseded")  # it ended while the notice waited: old news
+        return None
+
+    def _dedup(self, session: Session, due: Due) -> Hold | None:
+        note = due.note
+        if note.kind not in TELLS_OPEN:
+            return None
+        newer = session.scalar(
+            select(Notification.id).where(
+                Notification.warning_id == note.warning_id,
+                Notification.recipient == note.recipient,
+                Notification.channel == note.channel,
+                Notification.kind.in_(TELLS_OPEN),
+                Notification.status == "pending",
+                Notification.id > note.id,
+            )
         )
+        return Hold("superseded") if newer is not None else None
+
+    def _inhibit(self, session: Session, due: Due) -> Hold | None:
+        if due.note.kind not in TELLS_OPEN or due.episode is None:
+            return None
+        holders = self.routing.held_by(due.episode.warning_type)  # type: ignore[arg-type]
+        if self.open_of(session, due.episode.customer_id, list(holders)):
+            return Hold("inhibited")
+        return None
+
+    def _snooze(self, session: Session, due: Due) -> Hold | None:
+        if due.episode is None:
+            return None
+        ends = [
+            s.until
+            for s in active_snoozes(session, due.episode.customer_id, due.now)
+            if s.warning_type in (None, due.episode.warning_type)
+        ]
+        return Hold("snoozed", max(ends)) if ends else None
+
+    def _window(self, session: Session, due: Due) -> Hold | None:
+        opens = due.recipient.window.next_open(due.now)
+        return Hold("pending", opens) if opens > due.now else None
+
+    def _cap(self, session: Session, due: Due) -> Hold | None:
+        if due.note.kind not in TELLS_OPEN:
+            return None
+        if self.sent_today(session, due.note.recipient, due.recipient, due.now) >= (
+            self.settings.daily_cap
+        ):
+            return Hold("capped")
+        return None
+
+    # -- questions the stages and the dispatcher ask -------------------------
 
     def open_of(self, session: Session, customer_id: str, types: Sequence[str]) -> list[Episode]:
         if not types:
@@ -71,28 +176,23 @@ class Policy:
         ]
         return self.open_of(session, episode.customer_id, held_types)
 
-    def day_count(self, session: Session, name: str, recipient: Recipient, now: datetime) -> int:
+    def sent_today(self, session: Session, name: str, recipient: Recipient, now: datetime) -> int:
+        """Notices of open episodes sent to ``name`` since the start of their local day."""
         zone = ZoneInfo(recipient.window.timezone)
-        local = now.astimezone(zone)
-        start = datetime.combine(local.date(), datetime.min.time(), zone)
+        start = datetime.combine(now.astimezone(zone).date(), datetime.min.time(), zone)
         query = select(func.count(Notification.id)).where(
             Notification.recipient == name,
             Notification.kind.in_(TELLS_OPEN),
-            Notification.status.in_(["pending", "sent"]),
-            Notification.created_at >= start,
+            Notification.status == "sent",
+            Notification.sent_at >= start,
         )
         return int(session.scalar(query) or 0)
 
-    def status(
-        self, session: Session, episode: Episode, kind: str, name: str, r: Recipient, now: datetime
-    ) -> str:
-        if self.snoozed(session, episode, now):
-            return "snoozed"
-        if kind == NotificationKind.RESOLVED:
-            return "pending"
-        holders = self.routing.held_by(episode.warning_type)  # type: ignore[arg-type]
-        if self.open_of(session, episode.customer_id, list(holders)):
-            return "inhibited"
-        if self.day_count(session, name, r, now) >= self.settings.daily_cap:
-            return "capped"
-        return "pending"
+    def next_digest(self, recipient: Recipient, now: datetime, *, after_today: bool) -> datetime:
+        """The recipient's digest hour today (``after_today``: tomorrow), in their zone."""
+        zone = ZoneInfo(recipient.window.timezone)
+        day = now.astimezone(zone).date()
+        if after_today:
+            day = day.fromordinal(day.toordinal() + 1)
+        at = datetime.combine(day, datetime.min.time(), zone)
+        return at.replace(hour=self.settings.digest_hour)

@@ -16,7 +16,13 @@ import pytest
 from sqlalchemy import select
 
 from churnwatch.consumers.alerts.dispatcher import Dispatcher
-from churnwatch.consumers.alerts.ledger import Notification, Snooze, open_ledger
+from churnwatch.consumers.alerts.ledger import (
+    Notification,
+    Snooze,
+    add_snooze,
+    lift_snoozes,
+    open_ledger,
+)
 from churnwatch.consumers.alerts.routing import Routing, RoutingError, load_routing
 from churnwatch.core.broker import free_port
 from churnwatch.core.inbox import LocalInbox
@@ -513,3 +519,101 @@ def test_an_episode_that_resolved_before_its_news_went_out_is_never_announced(ma
         ("resolved", "sent"),
     ]
     assert len(inbox.received()) == 2
+
+
+def snooze(dispatcher: Dispatcher, customer: str, until: datetime, at: datetime) -> None:
+    with dispatcher.sessions.begin() as session:
+        add_snooze(session, customer, None, until, "asked us to call back", at)
+
+
+def test_a_snooze_set_while_a_notice_waits_for_its_window_holds_it(make, inbox):
+    dispatcher = make(digest_hour=23)
+    make.clock.now = datetime(2026, 3, 6, 19, 30, tzinfo=UTC)  # Friday evening in London
+    dispatcher.on_warning(record(customer="K1", segment="key_account", owner=""))
+    dispatcher.tick()
+    assert [m["To"] for m in inbox.received()] == ["team@example.com"]  # the manager waits
+    # Saturday: someone snoozes the customer in the inbox until Tuesday noon
+    snooze(dispatcher, "K1", datetime(2026, 3, 10, 12, 0, tzinfo=UTC), make.clock.now)
+    make.clock.now = datetime(2026, 3, 9, 8, 0, tzinfo=UTC)  # Monday 08:00: the window opens
+    dispatcher.tick()
+    assert [m["To"] for m in inbox.received()] == ["team@example.com"]
+    assert ("manager", "opened", "snoozed") in statuses(dispatcher)
+    # the snooze ends with the warning still open: both hear it is still open
+    make.clock.now = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    dispatcher.tick()
+    subjects = {m["To"]: m["Subject"].split("] ")[1] for m in inbox.received()[1:]}
+    still_open = "Still open: Sales drop (medium): Customer K1 (K1)"
+    assert subjects == {"manager@example.com": still_open, "team@example.com": still_open}
+
+
+def test_a_snooze_set_between_retries_stops_the_next_attempt(make, webhook):
+    dispatcher = make()
+    webhook.stop()
+    dispatcher.on_warning(record("w-debt", warning_type="overdue_debt", severity="critical"))
+    dispatcher.tick()  # the owner's mail goes, the finance webhook fails
+    snooze(dispatcher, "C1", NOW + timedelta(days=3), make.clock.now)
+    webhook.start()
+    make.clock.advance(seconds=30)
+    dispatcher.tick()
+    assert webhook.received == []
+    assert ("finance", "opened", "snoozed") in statuses(dispatcher)
+
+
+def test_lifting_a_snooze_brings_the_reminder_forward(make, inbox):
+    dispatcher = make(cooldown_hours={"*": 72.0})
+    snooze(dispatcher, "C1", NOW + timedelta(days=14), NOW)
+    dispatcher.on_warning(record())
+    dispatcher.tick()
+    assert inbox.received() == []
+    make.clock.advance(hours=1)
+    with dispatcher.sessions.begin() as session:
+        assert lift_snoozes(session, "C1", make.clock.now) == 1
+    dispatcher.tick()
+    assert [m["Subject"].split("] ")[1] for m in inbox.received()] == [
+        "Still open: Sales drop (medium): Customer C1 (C1)"
+    ]
+
+
+def test_only_the_newest_news_goes_out_when_two_notices_waited_for_the_window(make, inbox):
+    dispatcher = make(digest_hour=23)
+    make.clock.now = datetime(2026, 3, 7, 10, 0, tzinfo=UTC)  # Saturday: the manager's is shut
+    dispatcher.on_warning(record(customer="K1", segment="key_account", owner=""))
+    worse = record(customer="K1", segment="key_account", owner="", severity="high")
+    dispatcher.on_warning(worse.model_copy(update={"status": "escalated"}))
+    dispatcher.tick()
+    make.clock.now = datetime(2026, 3, 9, 8, 0, tzinfo=UTC)
+    dispatcher.tick()
+    to_manager = [m["Subject"].split("] ")[1] for m in inbox.received() if "manager" in m["To"]]
+    assert to_manager == ["Worse: Sales drop now high: Customer K1 (K1)"]
+    assert [s for r, _, s in statuses(dispatcher) if r == "manager"] == ["superseded", "sent"]
+
+
+def test_a_tick_costs_the_same_whatever_the_number_of_open_episodes(make):
+    """Reminders and digests come from their due times, not from a scan of every open
+    episode on every poll: the statements a quiet tick runs do not grow with them."""
+    from sqlalchemy import event
+
+    def statements_of_a_quiet_tick(dispatcher: Dispatcher) -> int:
+        engine = dispatcher.sessions.kw["bind"]
+        count = 0
+
+        def counted(*_args) -> None:
+            nonlocal count
+            count += 1
+
+        event.listen(engine, "before_cursor_execute", counted)
+        try:
+            dispatcher.tick()
+        finally:
+            event.remove(engine, "before_cursor_execute", counted)
+        return count
+
+    dispatcher = make(daily_cap=1000, digest_hour=23)
+    costs = []
+    for total in (10, 200):
+        for n in range(len(costs) * 10, total):
+            dispatcher.on_warning(record(f"w-{n}", customer=f"C{n}"))
+        dispatcher.tick()  # all sent; their reminders are days away
+        make.clock.advance(minutes=1)
+        costs.append(statements_of_a_quiet_tick(dispatcher))
+    assert costs[0] == costs[1]

@@ -249,11 +249,12 @@ def test_actions_write_the_ledger_and_the_dispatcher_honours_a_snooze(site):
         assert sorted(kinds) == ["acknowledged", "outcome", "snoozed"]
         feedback = session.scalars(select(Feedback)).one()
         assert (feedback.warning_id, feedback.verdict, feedback.note) == ("w2", "saved", "won back")
-    # the dispatcher, on the same ledger, records C2's next notification as snoozed
+    # the dispatcher, on the same ledger, holds C2's next notification back as snoozed
     dispatcher = Dispatcher(settings.alerts, load_routing(settings.alerts.routing), sessions)
     from tests.unit.test_alerts import record
 
     dispatcher.on_warning(record("w-new", customer="C2", owner=OWNERS["ann"]))
+    dispatcher.deliver_due()
     with sessions() as session:
         note = session.scalars(select(Notification).where(Notification.customer_id == "C2")).one()
         assert note.status == "snoozed"
