@@ -252,7 +252,8 @@ def backtest(
             unflagged_base=unflagged,
             rhythm_rates=rhythms,
         )
-        for r in RULES
+        for r, rule in RULES.items()
+        if not rule.needs_model
     }
     model_summary: dict[str, Any] | None = None
     if served:

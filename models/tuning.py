@@ -1,6 +1,7 @@
 """Fit the warnings' thresholds to a company's own history (``churnwatch tune``).
 
-Each warning type has a ladder of threshold sets, :data:`LADDERS`, from the
+Each warning type has a ladder of threshold sets (its rule's ``ladder`` in
+:data:`pipeline.rules.RULES`, gathered in :data:`LADDERS`), from the
 strictest to the loosest, with today's defaults on it. The history runs
 through the worker's logic once per rung (every type on the same rung: the
 types do not read each other's thresholds, so one run scores them all), and
@@ -45,76 +46,13 @@ from churnwatch.models.dataset import order_times
 from churnwatch.models.outcomes import Churn, base_rate, base_rates, find_churns, honest_score
 from churnwatch.pipeline.events import CustomerEvent, CustomerUpdated
 from churnwatch.pipeline.processing import run_history
+from churnwatch.pipeline.rules import RULES
 from churnwatch.pipeline.scoring import ChurnModel
 from churnwatch.pipeline.state import DAY, to_epoch
 
-#: Each warning type's threshold sets, strictest first. The third rung is the
-#: default of configs/default.yaml; the others loosen or tighten every entry
-#: condition of the type together (and its exit condition with it, so an
-#: episode still closes below where it opened).
-LADDERS: dict[str, list[dict[str, float]]] = {
-    "sales_drop": [
-        {
-            "enter_ratio": enter,
-            "exit_ratio": exit_,
-            "enter_silence_chance": chance,
-            "exit_silence_chance": exit_chance,
-            "min_silence_days": days,
-            "longest_gap_margin": margin,
-        }
-        for enter, exit_, chance, exit_chance, days, margin in [
-            (0.2, 0.5, 0.01, 0.05, 42, 1.5),
-            (0.3, 0.6, 0.02, 0.1, 35, 1.35),
-            (0.4, 0.7, 0.05, 0.2, 28, 1.2),
-            (0.5, 0.8, 0.1, 0.3, 21, 1.1),
-            (0.6, 0.9, 0.2, 0.4, 14, 1.0),
-            (0.7, 1.0, 0.3, 0.5, 10, 0.9),
-        ]
-    ],
-    "overdue_debt": [
-        {"enter_days_past_due": enter, "exit_days_past_due": exit_}
-        for enter, exit_ in [(60, 20), (45, 15), (30, 10), (21, 7), (14, 5), (7, 2)]
-    ],
-    "cooling_engagement": [
-        {
-            "enter_ratio": enter,
-            "exit_ratio": exit_,
-            "enter_silence_days": days,
-            "exit_silence_days": exit_days,
-            "enter_silence_gaps": gaps,
-            "exit_silence_gaps": exit_gaps,
-        }
-        for enter, exit_, days, exit_days, gaps, exit_gaps in [
-            (0.1, 0.4, 90, 30, 6.0, 3.0),
-            (0.15, 0.45, 75, 25, 5.0, 2.5),
-            (0.2, 0.5, 60, 21, 4.0, 2.0),
-            (0.3, 0.6, 45, 14, 3.0, 1.5),
-            (0.4, 0.7, 30, 10, 2.5, 1.2),
-            (0.5, 0.8, 21, 7, 2.0, 1.0),
-        ]
-    ],
-    "complaint_trouble": [
-        {
-            "enter_complaints_4w": complaints,
-            "exit_complaints_4w": exit_complaints,
-            "surge_factor": surge,
-            "enter_unresolved_days": days,
-            "exit_unresolved_days": exit_days,
-            "enter_returns_share": share,
-            "exit_returns_share": exit_share,
-        }
-        for complaints, exit_complaints, surge, days, exit_days, share, exit_share in [
-            (5, 2, 5.0, 42, 14, 0.8, 0.4),
-            (4, 1, 4.0, 28, 10, 0.65, 0.3),
-            (3, 1, 3.0, 21, 10, 0.5, 0.25),
-            (2, 1, 2.0, 14, 7, 0.4, 0.2),
-            (2, 0, 1.5, 10, 5, 0.3, 0.15),
-            (1, 0, 1.0, 7, 3, 0.2, 0.1),
-        ]
-    ],
-    "churn_risk": [
-        {"enter_share": share, "exit_share": 0.0} for share in (0.3, 0.2, 0.1, 0.05, 0.02, 0.0)
-    ],
+#: Each warning type's threshold sets, strictest first (each rule's ``ladder``).
+LADDERS: dict[str, tuple[dict[str, float], ...]] = {
+    kind: rule.ladder for kind, rule in RULES.items()
 }
 
 DEFAULT_LEVEL = 2  # the rung holding configs/default.yaml's values

@@ -23,7 +23,7 @@ from churnwatch.pipeline.episodes import evaluate
 from churnwatch.pipeline.events import CustomerEvent, WarningRecord
 from churnwatch.pipeline.features import FeatureColumns, features_of, read_many
 from churnwatch.pipeline.ordering import Apply, Sequencer, Sweep
-from churnwatch.pipeline.rules import Risk
+from churnwatch.pipeline.rules import Risk, Scores
 from churnwatch.pipeline.scoring import ChurnModel, Matrix, feature_matrix
 from churnwatch.pipeline.screening import changing
 from churnwatch.pipeline.state import CustomerState, StateBlock
@@ -124,20 +124,17 @@ def sweep(
                 observe(chunk, scored[-1])
         ends = np.cumsum([len(rows) for rows, _, _ in groups])[:-1]
         scores = list(np.split(np.concatenate(scored), ends))
-    decided = [
-        changing(
-            columns,
-            t,
-            data["episode_severity"][rows],
-            scores[g] if scores else None,
-            t.churn_risk.bounds(model.book_churn_rate if model else None),
-        )
-        for g, (rows, t, columns) in enumerate(groups)
-    ]
+    screens = []
+    for g, (rows, t, columns) in enumerate(groups):
+        scored_here = None
+        if model is not None:
+            enter, leave = t.churn_risk.bounds(model.book_churn_rate)
+            scored_here = Scores(scores[g], enter, leave)
+        screens.append(changing(columns, t, data["episode_severity"][rows], scored_here))
     # The reasons of every churn-risk warning that opens or worsens, in one call.
     reasons: dict[tuple[int, int], str] = {}
     speaking = [
-        (g, int(i)) for g, (_, speaks) in enumerate(decided) for i in np.flatnonzero(speaks)
+        (g, int(i)) for g, screen in enumerate(screens) for i in np.flatnonzero(screen.speaks)
     ]
     if model is not None and speaking:
         texts = model.explain_many(
@@ -147,8 +144,8 @@ def sweep(
         )
         reasons = dict(zip(speaking, texts, strict=True))
     changed: list[tuple[CustomerState, list[WarningRecord]]] = []
-    for g, ((rows, t, columns), (change, _)) in enumerate(zip(groups, decided, strict=True)):
-        for i in np.flatnonzero(change).tolist():
+    for g, ((rows, t, columns), screen) in enumerate(zip(groups, screens, strict=True)):
+        for i in np.flatnonzero(screen.change).tolist():
             state = CustomerState(block, int(rows[i]))
             risk = None
             if model is not None:
@@ -162,7 +159,8 @@ def sweep(
                 risk = Risk(
                     float(scores[g][i]), model.version, model.horizon_days, explain, enter, leave
                 )
-            records = evaluate(state, as_of, thresholds, features_of(columns, i), risk)
+            judged = (features_of(columns, i), screen.rows(i))
+            records = evaluate(state, as_of, thresholds, risk, judged)
             if records:
                 changed.append((state, records))
     changed.sort(key=lambda pair: pair[0].row)

@@ -32,3 +32,16 @@ def test_warnings_speak_the_configured_language():
     assert "致电客户" in opened[0].recommended_action
     _, english = run_history(events, load_settings().warnings, 86_400)
     assert english[0].evidence == opened[0].evidence  # same numbers, other words
+
+
+def test_every_registered_rule_speaks_both_languages_and_every_type_has_a_rule():
+    from churnwatch.pipeline.events import WARNING_TYPES
+    from churnwatch.pipeline.rules import RULES
+
+    assert tuple(RULES) == WARNING_TYPES  # one rule per warning type, in the state's order
+    for kind, rule in RULES.items():
+        assert rule.texts and all(key.startswith(f"{kind}.") for key in rule.texts), kind
+        for language in ("en", "zh-CN"):
+            missing = [key for key in rule.texts if key not in TEXTS[language]]
+            assert not missing, (kind, language, missing)
+        assert len(rule.ladder) == 6, kind  # what churnwatch tune climbs
