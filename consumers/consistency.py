@@ -20,7 +20,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from churnwatch.consumers.archiver import read_archive
 from churnwatch.core.settings import Settings
-from churnwatch.core.topics import end_offsets
+from churnwatch.core.topics import Table, changelog_topic, end_offsets
 from churnwatch.pipeline import metrics
 from churnwatch.pipeline.apply import apply_event
 from churnwatch.pipeline.events import CustomerEvent
@@ -40,7 +40,7 @@ class ConsistencyReport:
 def live_states(settings: Settings) -> StateBlock:
     """The worker's table as its changelog has it (the last record per customer)."""
     consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
-    name = f"{settings.worker.app_id}-customer_state-changelog"
+    name = changelog_topic(settings, Table.CUSTOMER_STATE)
     tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
     states = StateBlock()
     if tps:

@@ -8,7 +8,7 @@ clock) register themselves on it here.
 from __future__ import annotations
 
 from churnwatch.core.settings import Settings
-from churnwatch.core.topics import Topic
+from churnwatch.core.topics import Table, Topic
 from churnwatch.pipeline import sweep_clock, track_customers
 from churnwatch.pipeline.app import Pipeline, faust_app, input_topics, raw_topic
 
@@ -37,14 +37,14 @@ def create_app(settings: Settings) -> Pipeline:
         warnings=raw_topic(app, settings, settings.topic(Topic.WARNINGS)),
         dead_letters=raw_topic(app, settings, settings.topic(Topic.DEAD_LETTERS)),
         states=app.Table(
-            "customer_state",
+            Table.CUSTOMER_STATE.value,
             default=None,
             partitions=settings.kafka.partitions,
             value_type=bytes,  # stored as given: pipeline.state_format.encode_state's format
             options=store_options(settings),
         ),
         sweep_progress=app.Table(
-            "sweep_progress",
+            Table.SWEEP_PROGRESS.value,
             default=float,
             partitions=settings.kafka.partitions,
             options=store_options(settings),

@@ -32,7 +32,7 @@ from churnwatch.bench.probes import (
 )
 from churnwatch.core.broker import EmbeddedBroker, free_port, start_child, stop_child
 from churnwatch.core.settings import Settings
-from churnwatch.core.topics import EVENT_TOPICS, ensure_topics
+from churnwatch.core.topics import EVENT_TOPICS, Table, changelog_topic, ensure_topics
 from churnwatch.pipeline.app import event_loop_factory
 from churnwatch.producers.produce import produce
 from churnwatch.producers.simulator import SimEvent, iter_paced, parse_start, simulate
@@ -254,7 +254,7 @@ def _drain(
         rate = (total - first_count) / seconds if total > first_count else total / seconds
         end_rss = sum(rss_mb(proc.pid) for proc in procs)
         customers, state_bytes = changelog_bytes(
-            settings, f"{settings.worker.app_id}-customer_state-changelog"
+            settings, changelog_topic(settings, Table.CUSTOMER_STATE)
         )
         before = [latency_buckets(metrics_of(port)) for port in ports]
         say(

@@ -32,6 +32,20 @@ class Topic(StrEnum):
     TICKS = "ticks.v1"
 
 
+class Table(StrEnum):
+    """The worker's tables; Faust keeps each in a changelog topic (:func:`changelog_topic`)."""
+
+    CUSTOMER_STATE = "customer_state"
+    SWEEP_PROGRESS = "sweep_progress"
+
+
+def changelog_topic(settings: Settings, table: Table) -> str:
+    """The topic a worker table is changelogged to, named as Faust names it
+    (``<app_id>-<table>-changelog``); whoever reads a table's changelog (the web
+    inbox, the consistency check, the bench) takes the name from here."""
+    return f"{settings.worker.app_id}-{table.value}-changelog"
+
+
 #: Topics the worker consumes as customer events (ticks are internal).
 EVENT_TOPICS = (Topic.ORDERS, Topic.PAYMENTS, Topic.COMPLAINTS, Topic.ENGAGEMENT, Topic.CUSTOMERS)
 

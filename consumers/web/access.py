@@ -5,6 +5,11 @@ user header from a trusted single-sign-on proxy (:func:`signed_in`); every
 form carries the session's CSRF token (:func:`posted_form`). A request that
 cannot be done raises :class:`Refused`, which shows its message with its status
 and writes nothing.
+
+Handlers are plain functions: only reading the request body is awaited on
+the event loop; the ledger queries, the live-state lock, the argon2 password
+hash and the page rendering run in Starlette's thread pool, so one slow page
+never holds up another (as the FastAPI template's sync routes do).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -79,9 +85,10 @@ def local_target(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") else "/inbox"
 
 
-async def posted_form(request: Request) -> FormData:
-    """The posted form, once its CSRF token matches the session's."""
-    form = await request.form()
+def posted_form(request: Request) -> FormData:
+    """The posted form (read before the handler ran), once its CSRF token matches the
+    session's."""
+    form: FormData = request.state.form
     if not token_ok(request, form):
         raise Refused(403, "bad_request", reason="the form's security token is missing or stale")
     return form
@@ -92,13 +99,19 @@ def language_of(request: Request, user: User | None) -> Language:
     return next((lang for lang in LANGUAGES if lang == chosen), "en")
 
 
-Handler = Callable[[Request, Session, User], Awaitable[Response]]
+Handler = Callable[[Request, Session, User], Response]
+
+
+async def _read_form(request: Request) -> None:
+    """The one awaited step of a request: its form, if it posted one."""
+    request.state.form = await request.form() if request.method == "POST" else FormData()
 
 
 def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Run ``handler`` with a ledger session and the signed-in user, or send to login."""
+    """Run ``handler`` in the thread pool with a ledger session and the signed-in
+    user, or send to login."""
 
-    async def endpoint(request: Request) -> Response:
+    def run(request: Request) -> Response:
         sessions: sessionmaker[Session] = request.app.state.sessions
         with sessions() as session:
             user = current_user(request, session)
@@ -106,7 +119,7 @@ def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
             try:
-                response = await handler(request, session, user)
+                response = handler(request, session, user)
                 session.commit()
                 return response
             except Refused as refused:
@@ -119,6 +132,20 @@ def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                     {"message": t(refused.key, **refused.values)},
                     status=refused.status,
                 )
+
+    async def endpoint(request: Request) -> Response:
+        await _read_form(request)
+        return await run_in_threadpool(run, request)
+
+    return endpoint
+
+
+def unsigned(handler: Callable[[Request], Response]) -> Callable[[Request], Awaitable[Response]]:
+    """A page anyone may open (login, logout), run in the thread pool as well."""
+
+    async def endpoint(request: Request) -> Response:
+        await _read_form(request)
+        return await run_in_threadpool(handler, request)
 
     return endpoint
 
@@ -152,11 +179,11 @@ def page(
 # --- login -----------------------------------------------------------------------------
 
 
-async def login(request: Request) -> Response:
+def login(request: Request) -> Response:
     target = local_target(request.query_params.get("next", "/inbox"))
     failed = False
     if request.method == "POST":
-        form = await request.form()
+        form: FormData = request.state.form
         if token_ok(request, form):
             with request.app.state.sessions.begin() as session:
                 user = authenticate(
@@ -180,14 +207,14 @@ async def login(request: Request) -> Response:
     )
 
 
-async def logout(request: Request) -> Response:
-    if token_ok(request, await request.form()):
+def logout(request: Request) -> Response:
+    if token_ok(request, request.state.form):
         request.session.clear()  # (a forged logout form changes nothing)
     return RedirectResponse("/login", status_code=303)
 
 
-async def language_switch(request: Request, session: Session, user: User) -> Response:
-    form = await posted_form(request)
+def language_switch(request: Request, session: Session, user: User) -> Response:
+    form = posted_form(request)
     lang = str(form.get("language", ""))
     if lang in LANGUAGES:
         user.language = lang

@@ -51,6 +51,7 @@ from churnwatch.consumers.web.access import (
     page,
     posted_form,
     signed_in,
+    unsigned,
     utc_now,
 )
 from churnwatch.consumers.web.live import LiveStates
@@ -81,7 +82,7 @@ def _filters(request: Request) -> queries.Filters:
     )
 
 
-async def _inbox(request: Request, session: Session, user: User) -> Response:
+def _inbox(request: Request, session: Session, user: User) -> Response:
     seen_text = request.session.get("seen_before", "")
     seen = datetime.fromisoformat(seen_text) if seen_text else None
     filters = _filters(request)
@@ -121,7 +122,7 @@ def _allowed(session: Session, user: User, customer_id: str) -> None:
         raise Refused(403, "forbidden")
 
 
-async def _customer(request: Request, session: Session, user: User) -> Response:
+def _customer(request: Request, session: Session, user: User) -> Response:
     customer_id = request.path_params["customer_id"]
     _allowed(session, user, customer_id)
     shown = queries.customer_page(session, customer_id, utc_now())
@@ -195,10 +196,10 @@ def _note(form: FormData, name: str, required: bool = False) -> str:
     return text
 
 
-async def _act(request: Request, session: Session, user: User) -> Response:
+def _act(request: Request, session: Session, user: User) -> Response:
     customer_id = request.path_params["customer_id"]
     what = request.path_params["action"]
-    form = await posted_form(request)
+    form = posted_form(request)
     _allowed(session, user, customer_id)
     now = utc_now()
     record = Action(customer_id=customer_id, kind=what, by=user.username, at=now)
@@ -244,7 +245,7 @@ async def _act(request: Request, session: Session, user: User) -> Response:
     return RedirectResponse(f"/customers/{quote(customer_id)}?saved=1", status_code=303)
 
 
-async def _root(request: Request, session: Session, user: User) -> Response:
+def _root(request: Request, session: Session, user: User) -> Response:
     return RedirectResponse("/inbox", status_code=303)
 
 
@@ -261,8 +262,8 @@ def create_web_app(
     app = Starlette(
         routes=[
             Route("/", signed_in(_root)),
-            Route("/login", login, methods=["GET", "POST"]),
-            Route("/logout", logout, methods=["POST"]),
+            Route("/login", unsigned(login), methods=["GET", "POST"]),
+            Route("/logout", unsigned(logout), methods=["POST"]),
             Route("/language", signed_in(language_switch), methods=["POST"]),
             Route("/inbox", signed_in(_inbox)),
             Route("/customers/{customer_id}", signed_in(_customer)),

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from kafka import KafkaConsumer, TopicPartition
 
 from churnwatch.core.settings import Settings
+from churnwatch.core.topics import Table, changelog_topic
 from churnwatch.pipeline.features import Features as FeatureValues
 from churnwatch.pipeline.features import features_of, weekly_history
 from churnwatch.pipeline.processing import read_segmented
@@ -66,9 +67,8 @@ class LiveStates:
         self.caught_up = threading.Event()
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
-        app_id = settings.worker.app_id
-        self.states_topic = f"{app_id}-customer_state-changelog"
-        self.progress_topic = f"{app_id}-sweep_progress-changelog"
+        self.states_topic = changelog_topic(settings, Table.CUSTOMER_STATE)
+        self.progress_topic = changelog_topic(settings, Table.SWEEP_PROGRESS)
 
     # --- following ----------------------------------------------------------------
     def start(self) -> LiveStates:

@@ -27,7 +27,7 @@ def _manager(user: User) -> None:
         raise Refused(403, "forbidden")
 
 
-async def team(request: Request, session: Session, user: User) -> Response:
+def team(request: Request, session: Session, user: User) -> Response:
     _manager(user)
     view = queries.team(session, user, request.app.state.live)
     backtest = _backtest_precision(request.app.state.settings.web.backtest_summary)
@@ -50,7 +50,7 @@ def _backtest_precision(path: str) -> dict[str, float]:
         return {}
 
 
-async def team_csv(request: Request, session: Session, user: User) -> Response:
+def team_csv(request: Request, session: Session, user: User) -> Response:
     _manager(user)
     view = queries.team(session, user, request.app.state.live)
     out = io.StringIO()
@@ -99,11 +99,11 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-async def users(request: Request, session: Session, user: User) -> Response:
+def users(request: Request, session: Session, user: User) -> Response:
     if user.role != "admin":
         raise Refused(403, "forbidden")
     if request.method == "POST":
-        form = await posted_form(request)
+        form = posted_form(request)
         try:
             if form.get("remove"):
                 if form.get("remove") == user.username:

@@ -488,3 +488,41 @@ def test_the_team_view_shows_the_backtest_precision_beside_the_teams(site, tmp_p
         server.stop()
     row = re.search(r'<tr data-type="sales_drop">(.*?)</tr>', team, re.S)
     assert row and '<td class="num backtest">42%</td>' in row.group(1)
+
+
+def test_a_page_waiting_on_the_live_states_does_not_hold_up_anyone_else(site):
+    """While the live-state follower holds its lock (ingesting a batch), a customer
+    page waits for it in the thread pool, and every other request is still served."""
+    import threading
+
+    from churnwatch.consumers.web.live import LiveStates
+
+    base, _sessions, settings = site
+    live = LiveStates(settings)  # not following anything: the test holds its lock
+    server = WebServer(settings, port=0, live=live).start()
+    try:
+        ann = _login(server.url, "ann")
+        answers: list[int] = []
+        with live.lock:
+            slow = threading.Thread(
+                target=lambda: answers.append(ann.get(f"{server.url}/customers/C0").status_code)
+            )
+            slow.start()
+            threading.Event().wait(0.5)  # the customer page is now waiting on the lock
+            assert answers == []
+            other = requests.get(f"{server.url}/login", timeout=5)  # not held up
+            assert other.status_code == 200
+            bob = requests.Session()
+            token = _csrf(bob.get(f"{server.url}/login", timeout=5).text)
+            signed = bob.post(  # argon2 and the ledger: not held up either
+                f"{server.url}/login",
+                data={"csrf": token, "username": "bob", "password": "bob-password"},
+                allow_redirects=False,
+                timeout=5,
+            )
+            assert signed.status_code == 303 and signed.headers["location"] == "/inbox"
+            assert answers == []
+        slow.join(timeout=10)
+        assert answers == [200]
+    finally:
+        server.stop()
