@@ -19,8 +19,7 @@ from faust.types import TableT, TopicT
 
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import EVENT_TOPICS, Topic
-from churnwatch.pipeline.recovery import TableManager
-from churnwatch.pipeline.transport import Transport
+from churnwatch.pipeline.faust_adapter import TableManager, Transport
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ def faust_app(settings: Settings) -> faust.App:
         processing_guarantee="at_least_once",
         broker_max_poll_records=w.batch_size,  # one fetch is one batch
         consumer_auto_offset_reset="earliest",
-        # The input comes in batches (pipeline.transport.on_batches), never
+        # The input comes in batches (pipeline.faust_adapter.on_batches), never
         # tracked as in flight: events held unacked in the reorder buffer
         # until the watermark passes them do not hold up a rebalance or a
         # stop (waiting for them would wait for good). Not acked, they are
@@ -120,7 +119,7 @@ def faust_app(settings: Settings) -> faust.App:
         web_enabled=False,
         autodiscover=False,
         # A partition whose local store is ahead of its changelog is rebuilt
-        # from the changelog instead of refusing to start (pipeline.recovery).
+        # from the changelog instead of refusing to start (pipeline.faust_adapter).
         TableManager=TableManager,
     )
     app.transport = Transport(app.conf.broker_consumer, app)

@@ -7,7 +7,8 @@ is known to be complete, the :class:`Sequencer` (with its
 applied (:class:`Apply`) before the sweeps (:class:`Sweep`) whose boundary
 is after it, and :class:`ReadAhead` pauses topics read far ahead so few
 events wait. The worker and a batch run over history use the same classes, so
-they take the same steps.
+they take the same steps. :class:`InOrderAcks` says which of a partition's
+messages may be acked, in offset order, however they finished.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -288,3 +289,62 @@ class ReorderBuffer(Generic[T]):
 
     def __len__(self) -> int:
         return sum(len(h) for h in self._heaps.values())
+
+
+class Consumed(Protocol):
+    """A message as the acks see it: its topic partition and offset."""
+
+    @property
+    def tp(self) -> Hashable: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
+M = TypeVar("M", bound=Consumed)
+
+
+class InOrderAcks(Generic[M]):
+    """Which handled messages may be acked: per topic partition, only those below
+    the lowest offset still in hand.
+
+    Faust commits the first run of consecutive acked offsets and trusts it to
+    start where reading started, but it does not check that when a partition
+    has no committed offset yet (or it is 0), and lets one missing message
+    through otherwise (``min(acked) - committed > 1``). Events held in the
+    reorder buffer finish out of offset order, so acking each as it finished
+    let a commit pass over a held event, which the next owner of the
+    partition then never read. Acked in offset order, every commit means
+    "everything before is applied and stored".
+    """
+
+    def __init__(self) -> None:
+        self._taken: dict[Hashable, list[int]] = {}  # offsets received, smallest first
+        self._finished: dict[Hashable, set[int]] = {}  # of those, handled (removed lazily)
+        self._ready: dict[Hashable, list[tuple[int, int, M]]] = {}  # handled, not acked
+        self._order = itertools.count()
+
+    def received(self, message: M) -> None:
+        heapq.heappush(self._taken.setdefault(message.tp, []), message.offset)
+
+    def finished(self, message: M) -> None:
+        tp = message.tp
+        self._finished.setdefault(tp, set()).add(message.offset)
+        heapq.heappush(self._ready.setdefault(tp, []), (message.offset, next(self._order), message))
+
+    def ackable(self) -> list[M]:
+        """The finished messages with nothing unfinished before them (removed here)."""
+        out: list[M] = []
+        for tp, ready in self._ready.items():
+            taken, finished = self._taken.get(tp, []), self._finished.get(tp, set())
+            while taken and taken[0] in finished:
+                finished.discard(heapq.heappop(taken))
+            floor = taken[0] if taken else None
+            while ready and (floor is None or ready[0][0] < floor):
+                out.append(heapq.heappop(ready)[2])
+        return out
+
+    def clear(self) -> None:
+        self._taken.clear()
+        self._finished.clear()
+        self._ready.clear()

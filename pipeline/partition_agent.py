@@ -46,13 +46,12 @@ from churnwatch.pipeline.events import (
     decode_message,
     encode_event,
 )
-from churnwatch.pipeline.ordering import ReadAhead, Stall, Watermark, due_sweeps
+from churnwatch.pipeline.ordering import InOrderAcks, ReadAhead, Stall, Watermark, due_sweeps
 from churnwatch.pipeline.processing import Evaluator
 from churnwatch.pipeline.progress import Outgoing, PartitionProgress, holds, stamp
 from churnwatch.pipeline.scoring import INPUT_FEATURES, ChurnModel, Matrix, ModelHolder
 from churnwatch.pipeline.state import CustomerState, to_epoch
 from churnwatch.pipeline.state_format import decode_state, encode_state
-from churnwatch.pipeline.transport import InOrderAcks
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ class PartitionAgent(Evaluator[Held]):
             decode_state(value, self.block)
         self.watermark = Watermark(self.input_names)
         self.read_ahead = ReadAhead(settings.worker.max_waiting_events)
-        self.acks = InOrderAcks()
+        self.acks: InOrderAcks[Message] = InOrderAcks()
         #: The warnings and dead letters made since the last store, to send with it.
         self.outgoing: list[Outgoing] = []
         #: The last sweep boundary run since the last store (stored with the states).

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from faust.types import Message
 
-from churnwatch.core.settings import FAULT_EXIT_ENV
 from churnwatch.core.topics import Topic
 from churnwatch.pipeline.app import Pipeline
+from churnwatch.pipeline.faust_adapter import send_to_changelog, storing_for
 from churnwatch.pipeline.partition_agent import PartitionAgent
 from churnwatch.pipeline.progress import (
     note_delivered,
@@ -27,7 +26,6 @@ from churnwatch.pipeline.progress import (
     note_unsent_customers,
     read_floor_key,
 )
-from churnwatch.pipeline.transport import storing_for
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,6 @@ class Store:
         self.floor_topics = floor_topics
         # The changelog writes of a store still on their way (see write()).
         self.publishing: set[asyncio.Future[None]] = set()
-        self.exit_after = int(os.environ.get(FAULT_EXIT_ENV) or 0)
 
     async def done(self) -> None:
         """Until the stores' sends on their way are done (their errors are logged)."""
@@ -90,7 +87,6 @@ class Store:
 
         local: Any = p.sweep_progress.data
         noted: list[tuple[int, Message]] = []  # partitions whose sent records are noted
-        records_noted = 0
         for partition, message in last_of.items():
             agent = partitions[partition]
             with storing_for(p.app, message):  # keys filed under this partition
@@ -108,7 +104,6 @@ class Store:
                 # the producer's buffer, maybe): local only, replaced by the next store.
                 if note_records(local, partition, outgoing[partition]):
                     noted.append((partition, message))
-                    records_noted += len(outgoing[partition])
                 if agent.resend_floors:
                     agent.resend_floors = False
                     for name in self.floor_topics:
@@ -122,10 +117,6 @@ class Store:
             with storing_for(p.app, message):
                 floor = read_floor_key(tp.topic, tp.partition)
                 put(p.sweep_progress, floor, float(message.offset + 1), tp.partition)
-        if self.exit_after and records_noted:
-            self.exit_after -= 1
-            if not self.exit_after:
-                os._exit(137)  # fault injection (FAULT_EXIT_ENV): the crash tests only
         if not sends and not ackable and not noted:
             return
         # Not awaited here: the next fetch is taken and worked on while these go
@@ -161,17 +152,7 @@ class Store:
             [send for send in sends if send[0] is not p.states],
         ):
             for table, key, value, partition in step:
-                # Straight to the producer: Faust's table buffer would hand over these
-                # changes one by one, and its flush gives up after 0.1 s.
-                await table.changelog_topic.send(
-                    key=key,
-                    value=value,
-                    partition=partition,
-                    key_serializer=table.key_serializer,
-                    value_serializer=table.value_serializer,
-                    callback=table._on_changelog_sent,  # records the offset the store holds
-                    force=True,
-                )
+                await send_to_changelog(table, key, value, partition)
             if step:
                 await producer.flush()
         if not ackable:

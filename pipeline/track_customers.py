@@ -1,7 +1,7 @@
 """``track_customers``: keeps each customer's state and raises warnings.
 
 The Faust side of the worker's main agent. Messages come in batches, one per
-fetch (:func:`pipeline.transport.on_batches`, below Faust's per-message
+fetch (:func:`pipeline.faust_adapter.on_batches`, below Faust's per-message
 streams); each goes to the :class:`~pipeline.partition_agent.PartitionAgent`
 of its partition, which decodes and validates it (anything unusable goes to
 the dead-letter topic with the reason), folds it into the customer's state,
@@ -34,11 +34,11 @@ from churnwatch.core.topics import Topic, committed_offsets
 from churnwatch.pipeline import metrics
 from churnwatch.pipeline.app import Pipeline
 from churnwatch.pipeline.events import WARNING_TYPES
+from churnwatch.pipeline.faust_adapter import on_batches
 from churnwatch.pipeline.partition_agent import PartitionAgent, Wiring
 from churnwatch.pipeline.scoring import ChurnModel, Matrix, ModelHolder
 from churnwatch.pipeline.state_format import stored_partition
 from churnwatch.pipeline.storing import Store
-from churnwatch.pipeline.transport import on_batches
 
 log = logging.getLogger(__name__)
 

@@ -36,11 +36,6 @@ DEFAULT_CONFIG = CONFIGS / "default.yaml"
 _RELATIVE_TO_FILE = (("alerts", "routing"),)
 #: Environment variables that override settings: ``CHURNWATCH_SECTION__KEY``.
 ENV_PREFIX = "CHURNWATCH_"
-#: Fault injection for the crash tests, not a setting: a worker started with this
-#: set to N exits at once (as ``kill -9`` would) right after the local writes of
-#: its Nth store that noted warnings or dead letters, before any of that batch
-#: is delivered (tests/integration/test_recovery.py).
-FAULT_EXIT_ENV = "CHURNWATCH_FAULT_EXIT_AFTER_STORES"
 
 
 class KafkaSettings(_Section):
@@ -303,10 +298,7 @@ def _check_environment(environ: Mapping[str, str]) -> None:
     """Refuse ``CHURNWATCH_*`` variables that set nothing (a typo would otherwise be
     silently ignored, and the default used)."""
     for name in sorted(environ):
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() in (
-            "CHURNWATCH_CONFIG",
-            FAULT_EXIT_ENV,
-        ):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == "CHURNWATCH_CONFIG":
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         model: type[BaseModel] = Settings

@@ -13,12 +13,13 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from churnwatch.core.broker import free_port, start_child, stop_child
-from churnwatch.core.settings import FAULT_EXIT_ENV, Settings
+from churnwatch.core.settings import Settings
 from churnwatch.core.topics import EVENT_TOPICS, committed_offsets
 from churnwatch.producers.produce import produce
 from churnwatch.producers.simulator import iter_paced, parse_start, simulate
@@ -84,8 +85,8 @@ def test_a_worker_that_dies_before_its_warnings_are_delivered_sends_them_after_a
 ):
     """The narrowest window of a kill -9: a batch's changes are in the local store
     (and its messages count as applied there), its warnings still in the
-    producer's buffer. A fault hook exits right there; the restart on the same
-    folder must send them, or they are lost for good."""
+    producer's buffer. A crash planted there (crashing_worker.py) exits; the restart
+    on the same folder must send them, or they are lost for good."""
     settings = isolated_settings(broker, tmp_path / "worker", store="rocksdb://")
     events, _ = simulate(200, 11, parse_start("2024-10-07"), 400, 3, 0)
     assert produce(settings, iter_paced(events, 0)).failed == 0
@@ -94,10 +95,11 @@ def test_a_worker_that_dies_before_its_warnings_are_delivered_sends_them_after_a
         os.environ,
         **settings_env(settings),
         CHURNWATCH_WORKER__BATCH_SIZE="500",  # many batches: the crash lands mid-history
-        **{FAULT_EXIT_ENV: "5"},
     )
     crashing = start_child(
-        [sys.executable, "-m", "churnwatch.cli", "worker"], env=env, log=tmp_path / "crash.log"
+        [sys.executable, str(Path(__file__).with_name("crashing_worker.py")), "5"],
+        env=env,
+        log=tmp_path / "crash.log",
     )
     try:
         assert crashing.wait(timeout=180) == 137, (tmp_path / "crash.log").read_text()[-3000:]

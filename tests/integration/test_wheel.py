@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,19 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A fresh venv holding the wheel built from this checkout (and its dependencies)."""
     home = tmp_path_factory.mktemp("user")
     wheels = home / "wheels"
+    # From a copy of the checkout's files (symlinks kept): a build/ folder left in the
+    # checkout by an earlier build could hold modules deleted since.
+    source = home / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".*cache", ".churnwatch", "build", "*.egg-info", "__pycache__"
+        ),
+    )
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,5 +1,8 @@
-"""Faust's Kafka transport, with input delivered a fetch at a time and end offsets
-checked against the partition's data.
+"""The one module that adapts Faust: everything that touches its internals.
+
+A Faust upgrade changes this file and no other (``tests/unit/test_layers.py``
+fails on a private Faust name used anywhere else). It holds what the worker
+needs from Faust that Faust's public API does not give:
 
 **Batches.** Faust hands every message to its streams one by one: for each it
 starts two tasks and waits on them (``Service.wait_first``), makes an event,
@@ -13,9 +16,7 @@ consumer group and its rebalances, the fetch (paused partitions, recovery
 first), acks and commits (the handler acks with ``consumer.ack``), and every
 other topic (changelogs) goes through the usual per-message path.
 
-**End offsets.**
-
-Faust's table recovery asks the broker for each changelog partition's end
+**End offsets.** Faust's table recovery asks the broker for each changelog partition's end
 (``ListOffsets(latest)``) and refuses to start (``ConsistencyError``) when the
 local store has recorded an offset past it. The embedded Tansu broker answers
 ``ListOffsets`` with the base offset of the partition's last record batch + 1:
@@ -25,24 +26,46 @@ every restart died, and a recovery from an empty store stopped short of the
 last records. A fetch response carries the true high watermark, so here each
 answer is checked by fetching one record from it. Apache Kafka's two answers
 agree; the check costs one short-lived consumer per recovery.
+
+**Recovery where the local store is ahead.** Faust keeps each table partition
+in a local store (RocksDB by default) and records there the last changelog
+offset the store holds. On start, or when a
+partition is assigned, it reads the changelog from that offset on. When the
+recorded offset is past the changelog's end, the local copy holds changes the
+broker does not have (the broker lost its data, the topic was deleted and made
+again, an unclean leader election cut its tail), and Faust refuses to start
+(``ConsistencyError``) on every restart. The changelog is the state's source of
+truth and the other workers' copies come from it, so here such a partition's
+local copy is dropped, with a warning saying what happened, and the partition
+is rebuilt from the changelog like a new worker's.
+
+**Writing tables from a batch.** :func:`storing_for` files table writes under a
+message's partition (Faust takes it from the stream's current event, and
+batch delivery has no stream); :func:`send_to_changelog` sends one table
+change straight to the producer, recording in the local store the changelog
+offset it holds once it is delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
+import logging
 import weakref
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, cast
 
 import faust
 from aiokafka import TopicPartition
 from faust.streams import _current_event
+from faust.tables import TableManager as FaustTableManager
+from faust.tables.recovery import Recovery as FaustRecovery
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, Message, TopicT
+
+log = logging.getLogger(__name__)
 
 PROBE_SECONDS = 10.0
 
@@ -192,7 +215,7 @@ def on_batches(
     """
     transport = app.transport
     if not isinstance(transport, Transport):
-        raise TypeError(f"batch delivery needs pipeline.transport.Transport, not {transport!r}")
+        raise TypeError(f"batch delivery needs pipeline.faust_adapter.Transport, not {transport!r}")
     transport.batch_topics = frozenset(topic.topics)
     transport.batch_handler = handler
     transport.idle_handler = idle
@@ -214,47 +237,91 @@ def storing_for(app: faust.App, message: Message) -> Iterator[None]:
         _current_event.reset(token)
 
 
-class InOrderAcks:
-    """Which handled messages may be acked: per topic partition, only those below
-    the lowest offset still in hand.
+class Recovery(FaustRecovery):
+    async def _build_offsets(
+        self, consumer: Any, tps: set[TP], destination: Counter[TP], title: str
+    ) -> None:
+        await super()._build_offsets(consumer, tps, destination, title)
+        if title == "active":  # (its ends are known by now; the seek comes next)
+            self._rebuild_where_ahead(tps, destination, self.active_highwaters)
 
-    Faust commits the first run of consecutive acked offsets and trusts it to
-    start where reading started, but it does not check that when a partition
-    has no committed offset yet (or it is 0), and lets one missing message
-    through otherwise (``min(acked) - committed > 1``). Events held in the
-    reorder buffer finish out of offset order, so acking each as it finished
-    let a commit pass over a held event, which the next owner of the
-    partition then never read. Acked in offset order, every commit means
-    "everything before is applied and stored".
-    """
+    async def _build_highwaters(
+        self, consumer: Any, tps: set[TP], destination: Counter[TP], title: str
+    ) -> None:
+        await super()._build_highwaters(consumer, tps, destination, title)
+        if title == "standby":  # (its offsets were sought already: seek again)
+            ahead = self._rebuild_where_ahead(tps, self.standby_offsets, destination)
+            if ahead:
+                await self._seek_offsets(consumer, ahead, self.standby_offsets, title)
 
-    def __init__(self) -> None:
-        self._taken: dict[TP, list[int]] = {}  # offsets received, smallest first
-        self._finished: dict[TP, set[int]] = {}  # of those, handled (removed lazily)
-        self._ready: dict[TP, list[tuple[int, int, Message]]] = {}  # handled, not acked
-        self._order = itertools.count()
+    def _rebuild_where_ahead(
+        self, tps: set[TP], offsets: Counter[TP], highwaters: Counter[TP]
+    ) -> set[TP]:
+        """Drop the local copy of each partition whose recorded offset is past the
+        changelog's end, and read that changelog from its start instead."""
+        ahead = set()
+        for tp in tps:
+            local, end = offsets.get(tp), highwaters.get(tp)  # last offsets, -1: none
+            if local is None or end is None or local <= end:
+                continue
+            table = self.tables._changelogs.get(tp.topic)  # noqa: SLF001
+            if table is None:
+                continue
+            dropped = drop_local_partition(table, tp.partition)
+            log.warning(
+                "%s[%s]: the local store holds changelog offset %s but the broker's "
+                "changelog ends at %s (the broker lost data, or the topic was deleted "
+                "and made again); dropped the local copy (%s keys) and rebuilding the "
+                "partition from the changelog",
+                tp.topic,
+                tp.partition,
+                local,
+                end,
+                dropped,
+            )
+            offsets[tp] = -1  # read the changelog from its start
+            ahead.add(tp)
+        return ahead
 
-    def received(self, message: Message) -> None:
-        heapq.heappush(self._taken.setdefault(message.tp, []), message.offset)
 
-    def finished(self, message: Message) -> None:
-        tp = message.tp
-        self._finished.setdefault(tp, set()).add(message.offset)
-        heapq.heappush(self._ready.setdefault(tp, []), (message.offset, next(self._order), message))
+def drop_local_partition(table: Any, partition: int) -> int:
+    """Delete every key of one partition of ``table``'s local store; how many."""
+    store = table.data
+    db_for = getattr(store, "_db_for_partition", None)
+    if db_for is None:  # an in-memory store records no offsets: never ahead
+        return 0
+    db = db_for(partition)
+    keys = list(db.keys())
+    for key in keys:
+        db.delete(key)
+    index = getattr(store, "_key_index", None)
+    if index is not None:
+        index.clear()  # a cache of which partition holds a key
+    return len(keys) - (store.offset_key in keys)
 
-    def ackable(self) -> list[Message]:
-        """The finished messages with nothing unfinished before them (removed here)."""
-        out: list[Message] = []
-        for tp, ready in self._ready.items():
-            taken, finished = self._taken.get(tp, []), self._finished.get(tp, set())
-            while taken and taken[0] in finished:
-                finished.discard(heapq.heappop(taken))
-            floor = taken[0] if taken else None
-            while ready and (floor is None or ready[0][0] < floor):
-                out.append(heapq.heappop(ready)[2])
-        return out
 
-    def clear(self) -> None:
-        self._taken.clear()
-        self._finished.clear()
-        self._ready.clear()
+class TableManager(FaustTableManager):
+    """Faust's table manager with :class:`Recovery` (``TableManager=`` of the app)."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery  # type: ignore[return-value]
+
+
+async def send_to_changelog(table: Any, key: str, value: Any, partition: int) -> None:
+    """Send one change of ``table`` (written to its local store already) to its
+    changelog partition, straight to the producer: Faust's table buffer would hand
+    the changes over one by one, and its flush gives up after 0.1 s. Once
+    delivered, the local store records the changelog offset it holds (what
+    recovery reads on from)."""
+    await table.changelog_topic.send(
+        key=key,
+        value=value,
+        partition=partition,
+        key_serializer=table.key_serializer,
+        value_serializer=table.value_serializer,
+        callback=table._on_changelog_sent,  # noqa: SLF001 - records the offset the store holds
+        force=True,
+    )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from faust.types import TP
 
-from churnwatch.pipeline.transport import InOrderAcks
+from churnwatch.pipeline.ordering import InOrderAcks
 
 
 @dataclass(frozen=True)
