@@ -18,7 +18,7 @@ import faust
 from faust.types import TableT, TopicT
 
 from churnwatch.core.settings import Settings
-from churnwatch.core.topics import EVENT_TOPICS, Topic
+from churnwatch.core.topics import EVENT_TOPICS
 from churnwatch.pipeline.faust_adapter import TableManager, Transport
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,7 @@ class Pipeline:
 
     settings: Settings
     app: faust.App
-    inputs: TopicT  # every customer-event topic plus the tick topic
-    ticks: TopicT
+    inputs: TopicT  # every customer-event topic
     warnings: TopicT
     dead_letters: TopicT
     states: TableT[str, bytes]  # customer_id -> pipeline.state_format.encode_state()
@@ -139,5 +138,5 @@ def raw_topic(app: faust.App, settings: Settings, *names: str) -> TopicT:
 
 
 def input_topics(app: faust.App, settings: Settings) -> TopicT:
-    """Every customer-event topic plus the tick topic."""
-    return raw_topic(app, settings, *(settings.topic(t) for t in (*EVENT_TOPICS, Topic.TICKS)))
+    """Every customer-event topic."""
+    return raw_topic(app, settings, *(settings.topic(t) for t in EVENT_TOPICS))

@@ -325,13 +325,6 @@ def dead_letter_for(
     )
 
 
-class Tick(_Record):
-    """Internal: asks the worker to check whether a wall-clock sweep is due."""
-
-    type: Literal["tick"] = "tick"
-    sent_at: AwareDatetime
-
-
 def example_records() -> dict[str, dict[str, Any]]:
     """One valid example per record, used by the generated docs and by tests."""
     from datetime import UTC

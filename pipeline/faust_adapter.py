@@ -40,8 +40,8 @@ local copy is dropped, with a warning saying what happened, and the partition
 is rebuilt from the changelog like a new worker's.
 
 **Writing tables from a batch.** :func:`storing_for` files table writes under a
-message's partition (Faust takes it from the stream's current event, and
-batch delivery has no stream); :func:`send_to_changelog` sends one table
+partition (Faust takes it from the stream's current event, and batch
+delivery has no stream); :func:`send_to_changelog` sends one table
 change straight to the producer, recording in the local store the changelog
 offset it holds once it is delivered.
 """
@@ -223,13 +223,15 @@ def on_batches(
 
 
 @contextlib.contextmanager
-def storing_for(app: faust.App, message: Message) -> Iterator[None]:
-    """Table writes in the block go to ``message``'s partition of the local store.
+def storing_for(app: faust.App, partition: int) -> Iterator[None]:
+    """Table writes in the block go to ``partition`` of the local store.
 
     Faust's stores file a key under the partition of the event being processed
-    (a stream sets it); batch delivery has no stream, so this sets one.
+    (a stream sets it; only its message's partition is read); batch delivery
+    and the wall clock's sweeps have no stream, so this sets one.
     """
-    event = app.create_event(message.key, message.value, message.headers, message)
+    message = Message("", partition, -1, 0.0, 0, None, None, None, None)
+    event = app.create_event(None, None, None, message)
     token = _current_event.set(weakref.ref(event))
     try:
         yield

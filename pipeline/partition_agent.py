@@ -18,8 +18,8 @@ metrics.
 across all input topics. Events wait in the reorder buffer until the watermark
 passes them, so a sweep never sees an event from after its boundary, however
 the topics interleave; a held event is acked only once applied and stored.
-``wall`` clock (live): events apply at once and ticks from
-:mod:`pipeline.sweep_clock` wake the sweeps.
+``wall`` clock (live): events apply at once, and the worker's timer
+(:meth:`pipeline.track_customers.TrackCustomers.wall_tick`) wakes the sweeps.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ class Wiring:
 
     @property
     def floor_topics(self) -> list[str]:
-        """The topics whose read floors are stored: the inputs and the ticks."""
-        return [*self.input_names, self.settings.topic(Topic.TICKS)]
+        """The topics whose read floors are stored: the inputs."""
+        return self.input_names
 
 
 class PartitionAgent(Evaluator[Held]):
@@ -164,7 +164,7 @@ class PartitionAgent(Evaluator[Held]):
         return message.offset <= self.read_to.get(message.topic, -1)
 
     def on_event(self, message: Message, received_at: float) -> None:
-        """Take one message of the partition (any input topic, or the ticks)."""
+        """Take one message of the partition (any input topic)."""
         self.received_at = received_at
         self.read_to[message.topic] = message.offset
         self.acks.received(message)
@@ -175,11 +175,6 @@ class PartitionAgent(Evaluator[Held]):
             # the commit: read again, skipped.
             metrics.EVENTS_DUPLICATE.inc()
             self._finish_unusable(message, advance=False)
-            return
-        if logical is Topic.TICKS:
-            if not self.event_clock:
-                self.on_tick(received_at)
-            self.acks.finished(message)
             return
         try:
             decoded = self._decode(message, logical)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from faust.types import Message
@@ -47,9 +48,7 @@ class Store:
         if self.publishing:
             await asyncio.gather(*self.publishing, return_exceptions=True)
 
-    async def write(
-        self, partitions: dict[int, PartitionAgent], last_of: dict[int, Message]
-    ) -> None:
+    async def write(self, partitions: dict[int, PartitionAgent], touched: Iterable[int]) -> None:
         """Send the batch's warnings and dead letters; write every changed customer
         once, the sweeps that changed them and how far each input partition is
         applied; then send those (after the warnings), ack and commit the messages
@@ -71,7 +70,7 @@ class Store:
             # nothing; the revoke that follows forgets this batch and the next
             # owner reads it again.
             return
-        outgoing = {n: partitions[n].take_outgoing() for n in last_of}
+        outgoing = {n: partitions[n].take_outgoing() for n in touched}
         for records in outgoing.values():
             for topic, key, value in records:
                 channel = p.warnings if topic is Topic.WARNINGS else p.dead_letters
@@ -86,10 +85,10 @@ class Store:
             sends.append((table, key, value, partition))
 
         local: Any = p.sweep_progress.data
-        noted: list[tuple[int, Message]] = []  # partitions whose sent records are noted
-        for partition, message in last_of.items():
+        noted: list[int] = []  # partitions whose sent records are noted
+        for partition in outgoing:
             agent = partitions[partition]
-            with storing_for(p.app, message):  # keys filed under this partition
+            with storing_for(p.app, partition):  # keys filed under this partition
                 changes = agent.take_changes()
                 for customer_id, value in changes:
                     put(p.states, customer_id, value, partition)
@@ -103,7 +102,7 @@ class Store:
                 # The same for the warnings and dead letters this batch sent (still in
                 # the producer's buffer, maybe): local only, replaced by the next store.
                 if note_records(local, partition, outgoing[partition]):
-                    noted.append((partition, message))
+                    noted.append(partition)
                 if agent.resend_floors:
                     agent.resend_floors = False
                     for name in self.floor_topics:
@@ -114,7 +113,7 @@ class Store:
         # the newest acked message of each topic partition (ackable is in offset order)
         last_acked = {message.tp: message for message in ackable}
         for tp, message in last_acked.items():
-            with storing_for(p.app, message):
+            with storing_for(p.app, tp.partition):
                 floor = read_floor_key(tp.topic, tp.partition)
                 put(p.sweep_progress, floor, float(message.offset + 1), tp.partition)
         if not sends and not ackable and not noted:
@@ -130,9 +129,7 @@ class Store:
         if not task.cancelled() and task.exception() is not None:
             log.error("could not send a batch's changes: %r", task.exception())
 
-    async def _publish(
-        self, sends: list[Send], ackable: list[Message], noted: list[tuple[int, Message]]
-    ) -> None:
+    async def _publish(self, sends: list[Send], ackable: list[Message], noted: list[int]) -> None:
         """On the broker in this order, each step waiting for the one before: the
         batch's warnings and dead letters, the customers' states, the partitions'
         sweep progress and read floors; then the acks and the commit. Without
@@ -144,8 +141,8 @@ class Store:
         producer = p.app.producer
         await producer.flush()
         local: Any = p.sweep_progress.data
-        for partition, message in noted:  # delivered: nothing to send again after a crash
-            with storing_for(p.app, message):
+        for partition in noted:  # delivered: nothing to send again after a crash
+            with storing_for(p.app, partition):
                 note_delivered(local, partition)
         for step in (
             [send for send in sends if send[0] is p.states],

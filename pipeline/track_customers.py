@@ -100,6 +100,13 @@ class TrackCustomers:
             # A stop: the last batch's sends, acks and commit go out before the producer closes.
             await self.store.done()
 
+        if not self.event_clock:
+            every = self.p.settings.clock.wall_tick_seconds
+
+            @app.timer(interval=every, name="sweep_clock")  # type: ignore[untyped-decorator]
+            async def sweep_clock() -> None:
+                await self.wall_tick()
+
         on_batches(app, self.p.inputs, self.handle, self.idle)
 
     # -- the model and its metrics ---------------------------------------------
@@ -203,12 +210,12 @@ class TrackCustomers:
         if new:
             await self.start_reading(new)
         consumed: Counter[str] = Counter()
-        last_of: dict[int, Message] = {}
+        touched: set[int] = set()
         for message in batch:
             agent = self.partitions[message.partition]
             if agent.read_again(message):
                 continue
-            last_of[message.partition] = message
+            touched.add(message.partition)
             logical = self.topic_names.get(message.topic)
             consumed[logical.value if logical else "unknown"] += 1
             if message.timestamp:  # the producer's or broker's time (Faust gives seconds)
@@ -218,25 +225,25 @@ class TrackCustomers:
         # the same as after its last message, and the sweeps it lets run see
         # every event of the fetch before their boundary (due_sweeps gives every
         # boundary since the last sweep).
-        for partition in last_of:
+        for partition in touched:
             if self.partitions[partition].due:
                 self.partitions[partition].on_tick(received_at)
         if self.event_clock:
-            self.advance_waiting(last_of, received_at)
-            self.pace(self.paused_partitions() | set(last_of))
-        await self.store.write(self.partitions, last_of)
+            self.advance_waiting(touched, received_at)
+            self.pace(self.paused_partitions() | touched)
+        await self.store.write(self.partitions, touched)
         for topic, count in consumed.items():
             metrics.EVENTS_CONSUMED.labels(topic).inc(count)
-        self.report(last_of)
+        self.report(touched)
 
-    def advance_waiting(self, last_of: dict[int, Message], received_at: float) -> None:
+    def advance_waiting(self, touched: set[int], received_at: float) -> None:
         """Advance the partitions with events waiting that the batch did not touch:
         a topic partition's end may have become known since (the last fetch of a
         taken-over partition can come before its other topics' ends are)."""
         for partition, agent in self.partitions.items():
-            if partition not in last_of and agent.holding() and agent.last_message is not None:
+            if partition not in touched and agent.holding() and agent.last_message is not None:
                 agent.on_tick(received_at)
-                last_of[partition] = agent.last_message
+                touched.add(partition)
 
     async def idle(self) -> None:
         """A fetch found nothing new: events may still wait for a clock that can move."""
@@ -244,19 +251,38 @@ class TrackCustomers:
             return
         async with self.busy:
             self.ends.clear()
-            last_of: dict[int, Message] = {}
-            self.advance_waiting(last_of, time.time())
+            touched: set[int] = set()
+            self.advance_waiting(touched, time.time())
             self.pace(self.paused_partitions())
-            if last_of:
-                await self.store.write(self.partitions, last_of)
+            if touched:
+                await self.store.write(self.partitions, touched)
             now = time.monotonic()
             for agent in self.partitions.values():
                 agent.report_waiting(now)
 
-    def report(self, last_of: dict[int, Message]) -> None:
+    async def wall_tick(self) -> None:
+        """Wall clock: run the sweeps due by now in every partition this worker owns,
+        in the worker itself (silent customers send nothing that could wake it),
+        including partitions no message has reached since they were assigned."""
+        async with self.busy:
+            app = self.p.app
+            if app.rebalancing or app.in_recovery:
+                return  # the partitions are being handed round: the next tick sweeps
+            inputs = set(self.wiring.input_names)
+            owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in inputs}
+            new = owned - set(self.partitions)
+            if new:
+                await self.start_reading(new)
+            now = time.time()
+            for partition in owned:
+                self.partitions[partition].on_tick(now)
+            await self.store.write(self.partitions, owned)
+            self.report(owned)
+
+    def report(self, touched: set[int]) -> None:
         """The gauges a batch moves."""
         agents = self.partitions
-        for partition in last_of:
+        for partition in touched:
             agent = agents[partition]
             for topic, offset in agent.read_to.items():
                 end = self.highwater(topic, partition)

@@ -1,15 +1,15 @@
 """The worker's Faust app with its agents registered: what ``churnwatch worker`` runs.
 
-:mod:`pipeline.app` makes the app, its topics and tables; the agents
-(:mod:`pipeline.track_customers`, and :mod:`pipeline.sweep_clock` on the wall
-clock) register themselves on it here.
+:mod:`pipeline.app` makes the app, its topics and tables; the agent
+(:mod:`pipeline.track_customers`, with its wall-clock timer) registers itself
+on it here.
 """
 
 from __future__ import annotations
 
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Table, Topic
-from churnwatch.pipeline import sweep_clock, track_customers
+from churnwatch.pipeline import track_customers
 from churnwatch.pipeline.app import Pipeline, faust_app, input_topics, raw_topic
 
 
@@ -33,7 +33,6 @@ def create_app(settings: Settings) -> Pipeline:
         settings=settings,
         app=app,
         inputs=input_topics(app, settings),
-        ticks=raw_topic(app, settings, settings.topic(Topic.TICKS)),
         warnings=raw_topic(app, settings, settings.topic(Topic.WARNINGS)),
         dead_letters=raw_topic(app, settings, settings.topic(Topic.DEAD_LETTERS)),
         states=app.Table(
@@ -51,6 +50,4 @@ def create_app(settings: Settings) -> Pipeline:
         ),
     )
     track_customers.register(pipeline)
-    if settings.clock.mode == "wall":
-        sweep_clock.register(pipeline)
     return pipeline

@@ -29,7 +29,6 @@ class Topic(StrEnum):
     CUSTOMERS = "customers.v1"
     WARNINGS = "warnings.v1"
     DEAD_LETTERS = "deadletters.v1"
-    TICKS = "ticks.v1"
 
 
 class Table(StrEnum):
@@ -46,7 +45,7 @@ def changelog_topic(settings: Settings, table: Table) -> str:
     return f"{settings.worker.app_id}-{table.value}-changelog"
 
 
-#: Topics the worker consumes as customer events (ticks are internal).
+#: Topics the worker consumes as customer events.
 EVENT_TOPICS = (Topic.ORDERS, Topic.PAYMENTS, Topic.COMPLAINTS, Topic.ENGAGEMENT, Topic.CUSTOMERS)
 
 

@@ -63,11 +63,7 @@ def events_processed(metrics_port: int) -> int | None:
     total = 0.0
     for family in text_string_to_metric_families(text):
         if family.name == "churnwatch_events_consumed":
-            total += sum(
-                s.value
-                for s in family.samples
-                if s.name.endswith("_total") and s.labels.get("topic") != Topic.TICKS.value
-            )
+            total += sum(s.value for s in family.samples if s.name.endswith("_total"))
     return int(total)
 
 

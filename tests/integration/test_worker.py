@@ -82,7 +82,7 @@ def test_malformed_event_goes_to_dead_letters_and_processing_continues(stream_se
 
 
 def test_wall_clock_sweeps_find_silent_debt_without_new_events(broker, worker, tmp_path):
-    """Live mode: nothing arrives after the invoice, yet the tick-driven sweep warns."""
+    """Live mode: nothing arrives after the invoice, yet the wall-clock sweep warns."""
     settings = isolated_settings(
         broker, tmp_path / "wall", clock={"mode": "wall", "wall_tick_seconds": 1}
     )
