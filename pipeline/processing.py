@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
 import numpy as np
@@ -167,73 +168,121 @@ def sweep(
     return changed
 
 
+@dataclass(frozen=True, slots=True)
+class Taken(Generic[T]):
+    """What became of one event an :class:`Evaluator` was given."""
+
+    item: T
+    #: The customer's state after it (None: not applied, see ``duplicate``,
+    #: ``refused`` and ``error``).
+    state: CustomerState | None
+    late: bool = False
+    #: Seen before: the customer's state holds it already (or ``skip`` said so).
+    duplicate: bool = False
+    #: Refused as a possible copy of an older event: why.
+    refused: str = ""
+    #: Applying it failed (only when the run tolerates errors).
+    error: Exception | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[T]):
+    """What :meth:`Evaluator.run` did: each event's fate, in order, and the sweeps'
+    warnings (``failed_sweeps``: boundaries whose sweep raised, when tolerated)."""
+
+    taken: list[Taken[T]]
+    records: list[WarningRecord]
+    swept: list[float]
+    failed_sweeps: list[tuple[float, Exception]]
+
+
 class Evaluator(Generic[T]):
     """One partition's customers and the steps that change them: the step
-    interpreter of the worker's agent (:mod:`pipeline.partition_agent`, one per
-    partition) and of a batch run over history (:func:`run_history`).
+    interpreter of the worker (each :class:`~pipeline.partition_task.PartitionTask`
+    holds one) and of a batch run over history (:func:`run_history`).
 
-    The :class:`~pipeline.ordering.Sequencer` turns events and the clock into
+    A :class:`~pipeline.ordering.Sequencer` turns events and the clock into
     steps; :meth:`run` applies each event to its customer's state and runs each
     sweep at its boundary with the model ``model_at(boundary)`` serves
-    (``before_sweep(boundary, block)`` sees the states first). The rows
-    that changed (``changed``) are kept until the owner stores them. Items are
-    events (``T`` a :class:`CustomerEvent`) unless :meth:`event` says how to get one.
+    (``before_sweep(boundary, block)`` sees the states first), and returns what
+    it did (:class:`Done`). The rows that changed (``changed``) are kept until
+    the owner stores them. Items are events unless ``event_of`` says how to get
+    one from an item.
     """
 
     def __init__(
         self,
         thresholds: WarningThresholds,
-        every_seconds: float,
-        lateness_seconds: float = 0.0,
         model_at: Callable[[float], ChurnModel | None] | None = None,
         batch_size: int = 512,
         top_reasons: int = 3,
         before_sweep: Callable[[float, StateBlock], None] | None = None,
+        event_of: Callable[[T], CustomerEvent] | None = None,
     ) -> None:
         self.thresholds = thresholds
         self.block = StateBlock()
-        self.sequencer: Sequencer[T] = Sequencer(every_seconds, lateness_seconds)
         self.model_at = model_at or (lambda _boundary: None)
         self.batch_size = batch_size
         self.top_reasons = top_reasons
         self.before_sweep = before_sweep
+        self.event_of: Callable[[T], CustomerEvent] = event_of or (
+            lambda item: cast(CustomerEvent, item)
+        )
         self.changed: set[int] = set()
-        self.refused = 0
 
-    def event(self, item: T) -> CustomerEvent:
-        """The event an item carries."""
-        return cast(CustomerEvent, item)
+    def run(
+        self,
+        steps: Iterable[Apply[T] | Sweep],
+        *,
+        skip: Callable[[T], bool] | None = None,
+        sweep_skip: Callable[[float], npt.NDArray[np.bool_] | None] | None = None,
+        observe: Callable[[Matrix, Matrix], None] | None = None,
+        tolerate_errors: bool = False,
+    ) -> Done[T]:
+        """Take the steps in order and say what came of them.
 
-    def refuse(self, item: T, reason: str) -> None:
-        """An item not applied: it may be a copy of an older event (counted in
-        ``refused``; the worker's agent also dead-letters it)."""
-        self.refused += 1
-
-    def run(self, steps: Iterable[Apply[T] | Sweep]) -> list[WarningRecord]:
-        """Take the steps in order; the warnings of the sweeps among them."""
-        records: list[WarningRecord] = []
+        ``skip(item)``: the item is known to be applied already (a duplicate);
+        ``sweep_skip(boundary)``: the rows a sweep leaves alone; ``observe``
+        sees every scored batch of a sweep. With ``tolerate_errors`` an event or
+        a sweep that raises is reported in the result instead (a stream must
+        never stop on one message)."""
+        done: Done[T] = Done([], [], [], [])
         for step in steps:
             if isinstance(step, Sweep):
-                records += self.sweep(step.boundary)
-            else:
-                self.apply(step.item, step.late)
-        return records
+                skipped = sweep_skip(step.boundary) if sweep_skip is not None else None
+                try:
+                    done.records.extend(self.sweep(step.boundary, skipped, observe))
+                except Exception as exc:
+                    if not tolerate_errors:
+                        raise
+                    done.failed_sweeps.append((step.boundary, exc))
+                done.swept.append(step.boundary)
+                continue
+            item = step.item
+            if skip is not None and skip(item):
+                done.taken.append(Taken(item, None, step.late, duplicate=True))
+                continue
+            try:
+                done.taken.append(self.apply(item, step.late))
+            except Exception as exc:
+                if not tolerate_errors:
+                    raise
+                done.taken.append(Taken(item, None, step.late, error=exc))
+        return done
 
-    def apply(self, item: T, late: bool = False) -> CustomerState | None:
-        """Fold the item's event into its customer's state (None: seen before, or
-        refused as a possible copy of an older event: :meth:`refuse`)."""
-        event = self.event(item)
+    def apply(self, item: T, late: bool = False) -> Taken[T]:
+        """Fold the item's event into its customer's state."""
+        event = self.event_of(item)
         state = self.block.state(event.customer_id)
         try:
             if not apply_event(state, event):
-                return None
+                return Taken(item, None, late, duplicate=True)
         except PossibleCopy as exc:
-            self.refuse(item, str(exc))
-            return None
+            return Taken(item, None, late, refused=str(exc))
         if late:
             state.late_events += 1
         self.changed.add(state.row)
-        return state
+        return Taken(item, state, late)
 
     def sweep(
         self,
@@ -283,13 +332,14 @@ def run_history(
     before it runs (every event before the boundary applied, none after).
     """
     evaluator: Evaluator[CustomerEvent] = Evaluator(
-        thresholds, every_seconds, lateness_seconds, model_at, batch_size, before_sweep=before_sweep
+        thresholds, model_at, batch_size, before_sweep=before_sweep
     )
+    sequencer: Sequencer[CustomerEvent] = Sequencer(every_seconds, lateness_seconds)
     records: list[WarningRecord] = []
     watermark = 0.0
     for event in events:
         event_ts = event.epoch
         watermark = max(watermark, event_ts)
-        records += evaluator.run(evaluator.sequencer.offer(0, event_ts, event, watermark))
-    records += evaluator.run(evaluator.sequencer.drain(0))
+        records += evaluator.run(sequencer.offer(0, event_ts, event, watermark)).records
+    records += evaluator.run(sequencer.drain(0)).records
     return evaluator.block, records

@@ -20,7 +20,7 @@ from faust.types import Message
 from churnwatch.core.topics import Topic
 from churnwatch.pipeline.app import Pipeline
 from churnwatch.pipeline.faust_adapter import send_to_changelog, storing_for
-from churnwatch.pipeline.partition_agent import PartitionAgent
+from churnwatch.pipeline.partition_task import PartitionTask
 from churnwatch.pipeline.progress import (
     note_delivered,
     note_records,
@@ -37,9 +37,8 @@ Send = tuple[Any, str, Any, int]
 class Store:
     """Writes the batches' changes of one worker's partitions."""
 
-    def __init__(self, p: Pipeline, floor_topics: list[str]) -> None:
+    def __init__(self, p: Pipeline) -> None:
         self.p = p
-        self.floor_topics = floor_topics
         # The changelog writes of a store still on their way (see write()).
         self.publishing: set[asyncio.Future[None]] = set()
 
@@ -48,8 +47,9 @@ class Store:
         if self.publishing:
             await asyncio.gather(*self.publishing, return_exceptions=True)
 
-    async def write(self, partitions: dict[int, PartitionAgent], touched: Iterable[int]) -> None:
-        """Send the batch's warnings and dead letters; write every changed customer
+    async def write(self, tasks: dict[int, PartitionTask], touched: Iterable[int]) -> None:
+        """Take what the ``touched`` partitions' tasks did (:class:`FetchResult`) and
+        store it: send the warnings and dead letters; write every changed customer
         once, the sweeps that changed them and how far each input partition is
         applied; then send those (after the warnings), ack and commit the messages
         they cover, in a task the next store waits for.
@@ -70,9 +70,9 @@ class Store:
             # nothing; the revoke that follows forgets this batch and the next
             # owner reads it again.
             return
-        outgoing = {n: partitions[n].take_outgoing() for n in touched}
-        for records in outgoing.values():
-            for topic, key, value in records:
+        results = [tasks[n].take_result() for n in touched]
+        for result in results:
+            for topic, key, value in result.outgoing:
                 channel = p.warnings if topic is Topic.WARNINGS else p.dead_letters
                 await channel.send(key=key, value=value)
         if p.app.rebalancing:
@@ -86,30 +86,24 @@ class Store:
 
         local: Any = p.sweep_progress.data
         noted: list[int] = []  # partitions whose sent records are noted
-        for partition in outgoing:
-            agent = partitions[partition]
+        for result in results:
+            partition = result.partition
             with storing_for(p.app, partition):  # keys filed under this partition
-                changes = agent.take_changes()
-                for customer_id, value in changes:
+                for customer_id, value in result.states:
                     put(p.states, customer_id, value, partition)
-                if changes:
+                if result.states:
                     # Local only: a kill -9 before these reach the changelog leaves
                     # them in the local store alone, so a restart sends them again.
-                    note_unsent_customers(local, partition, [c for c, _ in changes])
-                if agent.swept is not None:
-                    put(p.sweep_progress, str(partition), agent.swept, partition)
-                    agent.swept = None
+                    note_unsent_customers(local, partition, [c for c, _ in result.states])
+                if result.swept is not None:
+                    put(p.sweep_progress, str(partition), result.swept, partition)
                 # The same for the warnings and dead letters this batch sent (still in
                 # the producer's buffer, maybe): local only, replaced by the next store.
-                if note_records(local, partition, outgoing[partition]):
+                if note_records(local, partition, result.outgoing):
                     noted.append(partition)
-                if agent.resend_floors:
-                    agent.resend_floors = False
-                    for name in self.floor_topics:
-                        if name in agent.floors:
-                            floor = read_floor_key(name, partition)
-                            put(p.sweep_progress, floor, float(agent.floors[name]), partition)
-        ackable = [m for agent in partitions.values() for m in agent.acks.ackable()]
+                for name, offset in (result.floors_again or {}).items():
+                    put(p.sweep_progress, read_floor_key(name, partition), float(offset), partition)
+        ackable = [message for result in results for message in result.ackable]
         # the newest acked message of each topic partition (ackable is in offset order)
         last_acked = {message.tp: message for message in ackable}
         for tp, message in last_acked.items():

@@ -2,7 +2,7 @@
 
 The Faust side of the worker's main agent. Messages come in batches, one per
 fetch (:func:`pipeline.faust_adapter.on_batches`, below Faust's per-message
-streams); each goes to the :class:`~pipeline.partition_agent.PartitionAgent`
+streams); each goes to the :class:`~pipeline.partition_task.PartitionTask`
 of its partition, which decodes and validates it (anything unusable goes to
 the dead-letter topic with the reason), folds it into the customer's state,
 and runs the sweeps the clock passes. At the end of a batch
@@ -35,7 +35,7 @@ from churnwatch.pipeline import metrics
 from churnwatch.pipeline.app import Pipeline
 from churnwatch.pipeline.events import WARNING_TYPES
 from churnwatch.pipeline.faust_adapter import on_batches
-from churnwatch.pipeline.partition_agent import PartitionAgent, Wiring
+from churnwatch.pipeline.partition_task import PartitionTask, Wiring
 from churnwatch.pipeline.scoring import ChurnModel, Matrix, ModelHolder
 from churnwatch.pipeline.state_format import stored_partition
 from churnwatch.pipeline.storing import Store
@@ -61,14 +61,14 @@ class TrackCustomers:
         self.topic_names = {settings.topic(t): t for t in Topic}
         self.models = ModelHolder(Path(settings.model.registry))
         self.wiring = Wiring(settings, self.models, self.highwater, self.scored)
-        self.partitions: dict[int, PartitionAgent] = {}
+        self.partitions: dict[int, PartitionTask] = {}
         # Each topic partition's end as the batch in hand found it (asked once per
         # batch: the consumer's answer crosses to its thread).
         self.ends: dict[tuple[str, int], int | None] = {}
         # Held while a batch is processed: a rebalance waits for the batch in hand
         # (never for the events held in the reorder buffers, which it drops).
         self.busy = asyncio.Lock()
-        self.store = Store(p, self.wiring.floor_topics)
+        self.store = Store(p)
         self.newest = 0.0  # event time of the newest event applied
         # The customers each partition's last sweep scored (the live population
         # whose drift against the training rows the metrics report), and their
@@ -192,7 +192,7 @@ class TrackCustomers:
             if value is not None and (n := stored_partition(value)) in stored:
                 stored[n].append(value)
         for n in sorted(partitions):
-            agent = PartitionAgent(n, self.wiring, stored[n], p.sweep_progress)
+            agent = PartitionTask(n, self.wiring, stored[n], p.sweep_progress)
             agent.start(committed[n])
             self.partitions[n] = agent
 

@@ -1,18 +1,21 @@
-"""The worker's work for one partition it owns: :class:`PartitionAgent`.
+"""The worker's work for one partition it owns: :class:`PartitionTask`.
 
 :mod:`pipeline.track_customers` makes one per partition when the partition's
-first message arrives and drops it on a rebalance; it hands each message to
-:meth:`PartitionAgent.on_event`, tells it when the clock may have moved
-(:meth:`PartitionAgent.on_tick`: the end of a fetch, an idle poll, a tick of
-the wall clock) and when the partition goes (:meth:`PartitionAgent.on_revoked`),
-and stores what it changed. The agent itself does no I/O: the warnings and
-dead letters it makes wait in ``outgoing`` for the next store, which sends them.
+first message arrives (or the wall clock's first tick) and drops it on a
+rebalance; it hands each message to :meth:`PartitionTask.on_event`, tells it
+when the clock may have moved (:meth:`PartitionTask.on_tick`: the end of a
+fetch, an idle poll, the wall clock's timer) and when the partition goes
+(:meth:`PartitionTask.on_revoked`), and takes what it did for the next store
+(:meth:`PartitionTask.take_result`: an immutable :class:`FetchResult`). The
+task itself does no I/O.
 
-Events and sweeps go through the same step interpreter as a batch run over
-history (:class:`pipeline.processing.Evaluator`); the agent adds what a stream
-needs around it: skipping what was stored before a crash, dead letters,
-the event-time watermark and the read-ahead pauses, acks in offset order, and
-metrics.
+It holds, by composition, the same step interpreter as a batch run over
+history (:class:`pipeline.processing.Evaluator`, which says what became of
+every step it took), the :class:`~pipeline.ordering.Sequencer` that orders
+the steps, the event-time :class:`~pipeline.ordering.Watermark` and the
+read-ahead pauses, and the acks in offset order; around the interpreter it
+adds what a stream needs: skipping what was stored before a crash, dead
+letters, and metrics.
 
 ``event`` clock (replay, simulation): the partition's event-time watermark
 across all input topics. Events wait in the reorder buffer until the watermark
@@ -46,8 +49,17 @@ from churnwatch.pipeline.events import (
     decode_message,
     encode_event,
 )
-from churnwatch.pipeline.ordering import InOrderAcks, ReadAhead, Stall, Watermark, due_sweeps
-from churnwatch.pipeline.processing import Evaluator
+from churnwatch.pipeline.ordering import (
+    Apply,
+    InOrderAcks,
+    ReadAhead,
+    Sequencer,
+    Stall,
+    Sweep,
+    Watermark,
+    due_sweeps,
+)
+from churnwatch.pipeline.processing import Done, Evaluator
 from churnwatch.pipeline.progress import Outgoing, PartitionProgress, holds, stamp
 from churnwatch.pipeline.scoring import INPUT_FEATURES, ChurnModel, Matrix, ModelHolder
 from churnwatch.pipeline.state import CustomerState, to_epoch
@@ -90,7 +102,27 @@ class Wiring:
         return self.input_names
 
 
-class PartitionAgent(Evaluator[Held]):
+def _event_of(item: Held) -> CustomerEvent:
+    return item[0]
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What a partition's task did since the last store, for the store to write:
+    the warnings and dead letters to send, the customers changed (encoded for the
+    state table), the last sweep boundary run (event clock), the read floors to
+    send again (after a crash cut off the last store's changelog writes) and the
+    messages that may now be acked (in offset order)."""
+
+    partition: int
+    outgoing: tuple[Outgoing, ...]
+    states: tuple[tuple[str, bytes], ...]
+    swept: float | None
+    floors_again: Mapping[str, int] | None
+    ackable: tuple[Message, ...]
+
+
+class PartitionTask:
     """One partition's customers, as its messages come (see the module docstring).
 
     ``stored`` are the partition's customer records in the state table and
@@ -101,13 +133,16 @@ class PartitionAgent(Evaluator[Held]):
         self, partition: int, wiring: Wiring, stored: Iterable[bytes], progress: Any
     ) -> None:
         settings = wiring.settings
-        super().__init__(
+        self.evaluator: Evaluator[Held] = Evaluator(
             settings.warnings,
-            settings.clock.sweep_every_hours * 3600,
-            settings.clock.allowed_lateness_hours * 3600,
             lambda _boundary: wiring.models.model,
             settings.model.batch_size,
             settings.model.top_reasons,
+            before_sweep=self._sweep_starts,
+            event_of=_event_of,
+        )
+        self.sequencer: Sequencer[Held] = Sequencer(
+            settings.clock.sweep_every_hours * 3600, settings.clock.allowed_lateness_hours * 3600
         )
         self.partition = partition
         self.wiring = wiring
@@ -117,12 +152,15 @@ class PartitionAgent(Evaluator[Held]):
         self.input_index = {name: i for i, name in enumerate(self.input_names)}
         self.topic_names = {settings.topic(t): t for t in Topic}
         for value in stored:
-            decode_state(value, self.block)
+            decode_state(value, self.evaluator.block)
         self.watermark = Watermark(self.input_names)
         self.read_ahead = ReadAhead(settings.worker.max_waiting_events)
         self.acks: InOrderAcks[Message] = InOrderAcks()
         #: The warnings and dead letters made since the last store, to send with it.
         self.outgoing: list[Outgoing] = []
+        # The customers the current sweep scored, and their expected loss (metrics).
+        self._scored: list[Matrix] = []
+        self._loss = 0.0
         #: The last sweep boundary run since the last store (stored with the states).
         self.swept: float | None = None
         #: Whether the read floors go to the changelog again with the next store.
@@ -141,6 +179,11 @@ class PartitionAgent(Evaluator[Held]):
         self._resumed = False
         self._wall_last_sweep = 0.0
         self._stall = Stall(WAITING_REPORT_SECONDS)
+
+    @property
+    def block(self) -> Any:
+        """The partition's customers' states (the interpreter's)."""
+        return self.evaluator.block
 
     # -- the three things that happen to a partition ---------------------------
 
@@ -190,12 +233,12 @@ class PartitionAgent(Evaluator[Held]):
             self.acks.finished(message)
             return
         if not self.event_clock:
-            self.apply((decoded, message))
+            self._run([Apply((decoded, message))])
             return
         event_ts = decoded.epoch
         self.watermark.observe(message.topic, self.partition, message.offset, event_ts)
         self._resume()
-        self.run(self.sequencer.offer(self.partition, event_ts, (decoded, message)))
+        self._run(self.sequencer.offer(self.partition, event_ts, (decoded, message)))
         if self.sequencer.last_sweep.get(self.partition, 0.0) > 0:
             self.due = True
         else:  # the first sweep: at the first boundary the clock passes, as in a batch run
@@ -211,15 +254,16 @@ class PartitionAgent(Evaluator[Held]):
         self.received_at = received_at
         self.due = False
         if not self.event_clock:
-            for boundary in due_sweeps(self._wall_last_sweep, time.time(), self.sequencer.every):
-                self.sweep(boundary)
-                self._wall_last_sweep = boundary
+            due = due_sweeps(self._wall_last_sweep, time.time(), self.sequencer.every)
+            self._run([Sweep(boundary) for boundary in due])
+            if due:
+                self._wall_last_sweep = due[-1]
             return
         now = self.watermark.advance(self.partition, self.wiring.highwater)
         self._resume()
         steps = self.sequencer.advance(self.partition, now)
         self.clock = max(self.clock, now - self.sequencer.lateness)
-        self.run(steps)
+        self._run(steps)
 
     def on_revoked(self) -> None:
         """The partition goes (a rebalance): the events held are dropped unacked, so
@@ -233,28 +277,33 @@ class PartitionAgent(Evaluator[Held]):
         self.sequencer.clear()
         self.read_ahead.clear()
 
-    # -- the step interpreter's two steps, with the stream's bookkeeping ------
+    # -- the step interpreter, with the stream's bookkeeping ----------------------
 
-    def event(self, item: Held) -> CustomerEvent:
-        return item[0]
+    def _run(self, steps: Iterable[Apply[Held] | Sweep]) -> None:
+        """Take the steps, then do what a stream does with what came of them."""
+        done = self.evaluator.run(
+            steps,
+            skip=self._stored_already,
+            sweep_skip=self._stored_after,
+            observe=self._observed,
+            tolerate_errors=True,  # an agent must never die on one message, or one sweep
+        )
+        self._events_taken(done)
+        self._sweeps_run(done)
 
-    def apply(self, item: Held, late: bool = False) -> CustomerState | None:
-        decoded, message = item
-        state = None
-        refused = self.refused
-        try:
-            if not self._stored_already(decoded, message):
-                # None: seen before (redelivered after a restart, or sent twice)
-                state = super().apply(item, late)
-        except Exception as exc:  # an agent must never die on one message
-            log.exception("could not apply %s", decoded.event_id)
-            self.dead_letter(message, f"processing error: {exc!r}", "processing_error")
-        else:
-            if state is None and self.refused == refused:  # not refused: a duplicate
+    def _events_taken(self, done: Done[Held]) -> None:
+        for taken in done.taken:
+            decoded, message = taken.item
+            if taken.error is not None:
+                log.error("could not apply %s", decoded.event_id, exc_info=taken.error)
+                self.dead_letter(message, f"processing error: {taken.error!r}", "processing_error")
+            elif taken.duplicate:  # seen before (redelivered after a restart, or sent twice)
                 metrics.EVENTS_DUPLICATE.inc()
             else:
+                if taken.refused:
+                    self.dead_letter(message, taken.refused, "possible_copy")
                 self.newest = max(self.newest, decoded.epoch)
-                if late:
+                if taken.late:
                     metrics.LATE_EVENTS.inc()
                     log.warning(
                         "late event %s for %s at %s: applied after its sweep",
@@ -262,52 +311,59 @@ class PartitionAgent(Evaluator[Held]):
                         decoded.customer_id,
                         decoded.occurred_at.isoformat(),
                     )
-        self.acks.finished(message)
-        return state
+            self.acks.finished(message)
 
-    def refuse(self, item: Held, reason: str) -> None:
-        super().refuse(item, reason)
-        self.dead_letter(item[1], reason, "possible_copy")
-
-    def sweep(
-        self,
-        boundary: float,
-        skip: npt.NDArray[np.bool_] | None = None,
-        observe: Callable[[Matrix, Matrix], None] | None = None,
-    ) -> list[WarningRecord]:
-        scored: list[Matrix] = []
-        loss = [0.0]
-
-        def observed(rows: Matrix, probabilities: Matrix) -> None:
-            scored.append(rows)
-            loss[0] += float(np.dot(probabilities, np.nan_to_num(rows[:, REVENUE])))
-            metrics.observe_many(metrics.CHURN_SCORE, probabilities)
-
-        records: list[WarningRecord] = []
-        try:
-            records = super().sweep(
-                boundary,
-                # customers stored after this sweep (a crash cut off the rest of their batch)
-                skip=self.block.used()["stream_sweep"] >= boundary,
-                observe=observed,
-            )
-        except Exception:  # one bad sweep must not stop the partition
-            log.exception("sweep of partition %s at %s failed", self.partition, boundary)
+    def _sweeps_run(self, done: Done[Held]) -> None:
+        for boundary, exc in done.failed_sweeps:  # one bad sweep must not stop the partition
+            log.error("sweep of partition %s at %s failed", self.partition, boundary, exc_info=exc)
+        if not done.swept:
+            return
         if self.event_clock:
-            self.swept = boundary  # stored with the states it made
-        metrics.SWEEPS.labels(self.wiring.settings.clock.mode).inc()
-        self._emit(records)
-        model = self.model_at(boundary)
-        if model is not None and scored:
-            self.wiring.scored(self.partition, model, scored, loss[0])
-        return records
+            self.swept = done.swept[-1]  # stored with the states it made
+        metrics.SWEEPS.labels(self.wiring.settings.clock.mode).inc(len(done.swept))
+        self._emit(done.records)
+        model = self.evaluator.model_at(done.swept[-1])
+        if model is not None and self._scored:
+            self.wiring.scored(self.partition, model, self._scored, self._loss)
+
+    def _sweep_starts(self, boundary: float, block: Any) -> None:
+        self._scored, self._loss = [], 0.0
+
+    def _observed(self, rows: Matrix, probabilities: Matrix) -> None:
+        self._scored.append(rows)
+        self._loss += float(np.dot(probabilities, np.nan_to_num(rows[:, REVENUE])))
+        metrics.observe_many(metrics.CHURN_SCORE, probabilities)
+
+    def _stored_after(self, boundary: float) -> npt.NDArray[np.bool_]:
+        """The customers stored after this sweep (a crash cut off the rest of their batch)."""
+        stored: npt.NDArray[np.bool_] = self.block.used()["stream_sweep"] >= boundary
+        return stored
 
     # -- what the next store takes ---------------------------------------------
 
-    def take_changes(self) -> list[tuple[str, bytes]]:
+    def take_result(self) -> FetchResult:
+        """What the task did since the last store (and forget it: the store writes it)."""
+        floors = None
+        if self.resend_floors:
+            self.resend_floors = False
+            floors = {
+                name: self.floors[name] for name in self.wiring.floor_topics if name in self.floors
+            }
+        swept, self.swept = self.swept, None
+        outgoing, self.outgoing = self.outgoing, []
+        return FetchResult(
+            self.partition,
+            tuple(outgoing),
+            tuple(self._take_changes()),
+            swept,
+            floors,
+            tuple(self.acks.ackable()),
+        )
+
+    def _take_changes(self) -> list[tuple[str, bytes]]:
         """The customers changed since the last store, encoded for the state table,
         each stamped with where the stream stands (see ``_stored_already``)."""
-        rows, self.changed = self.changed, set()
+        rows, self.evaluator.changed = self.evaluator.changed, set()
         stamp(
             self.block,
             rows,
@@ -319,10 +375,6 @@ class PartitionAgent(Evaluator[Held]):
         return [
             (ids[row], encode_state(CustomerState(self.block, row), self.partition)) for row in rows
         ]
-
-    def take_outgoing(self) -> list[Outgoing]:
-        out, self.outgoing = self.outgoing, []
-        return out
 
     def dead_letter(self, message: Message, reason: str, kind: str) -> None:
         record = dead_letter_for(
@@ -378,9 +430,10 @@ class PartitionAgent(Evaluator[Held]):
             )
         return decoded
 
-    def _stored_already(self, decoded: CustomerEvent, message: Message) -> bool:
+    def _stored_already(self, item: Held) -> bool:
         """Whether the customer's stored record holds this event already (after a
         crash a record can be newer than its partition's read floors and commits)."""
+        decoded, message = item
         topic = self.input_index.get(message.topic)
         return topic is not None and holds(
             self.block, decoded.customer_id, decoded.epoch, topic, message.offset
@@ -407,7 +460,7 @@ class PartitionAgent(Evaluator[Held]):
         if not unsent:
             return records
         rows = self.block.rows
-        self.changed.update(rows[c] for c in unsent if c in rows)
+        self.evaluator.changed.update(rows[c] for c in unsent if c in rows)
         last_sweep = self.progress.last_sweep()
         if last_sweep:
             self.swept = max(self.swept or 0.0, last_sweep)
