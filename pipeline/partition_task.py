@@ -279,8 +279,10 @@ class PartitionTask:
 
     # -- the step interpreter, with the stream's bookkeeping ----------------------
 
-    def _run(self, steps: Iterable[Apply[Held] | Sweep]) -> None:
+    def _run(self, steps: list[Apply[Held] | Sweep]) -> None:
         """Take the steps, then do what a stream does with what came of them."""
+        if not steps:
+            return  # (most events wait in the reorder buffer: nothing to take yet)
         done = self.evaluator.run(
             steps,
             skip=self._stored_already,

@@ -168,9 +168,9 @@ def sweep(
     return changed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per event, and frozen is slower to make
 class Taken(Generic[T]):
-    """What became of one event an :class:`Evaluator` was given."""
+    """What became of one event an :class:`Evaluator` was given (read-only)."""
 
     item: T
     #: The customer's state after it (None: not applied, see ``duplicate``,

@@ -13,6 +13,7 @@ from churnwatch.pipeline.events import (
     OrderPlaced,
     PaymentReceived,
 )
+from churnwatch.pipeline.state import STATE_DTYPE, STREAM_FIELDS, StateBlock
 
 T0 = datetime(2025, 1, 2, 9, 0, tzinfo=UTC)
 
@@ -39,3 +40,27 @@ def make_event(kind: str, customer_id: str = "C1", at: datetime = T0, **fields: 
         defaults = {"complaint_id": "T1", "category": "product", "severity": 2}
         return ComplaintOpened(**{**base, **defaults, **fields})
     raise ValueError(kind)
+
+
+# Every field of the stored record but the segment's code, which numbers segments
+# in the order a block first met them (compared by name instead), and where the
+# stream stood when it was stored (the batch run has no stream).
+FIELDS = [n for n in STATE_DTYPE.names or () if n != "segment_code" and n not in STREAM_FIELDS]
+
+
+def assert_same_states(restored: StateBlock, expected: StateBlock) -> None:
+    """The same customers with the same records (a stream's states against a batch
+    run's, or two runs' against each other)."""
+    import numpy as np
+
+    assert sorted(restored) == sorted(expected)
+    for customer in expected:
+        ours, theirs = restored.rows[customer], expected.rows[customer]
+        for name in FIELDS:
+            np.testing.assert_array_equal(
+                restored.data[name][ours], expected.data[name][theirs], err_msg=name
+            )
+        assert restored.invoices.get(ours) == expected.invoices.get(theirs)
+        assert restored.complaints.get(ours) == expected.complaints.get(theirs)
+        assert restored.owners[ours] == expected.owners[theirs]
+        assert restored[customer].segment == expected[customer].segment

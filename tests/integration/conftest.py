@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,8 +22,8 @@ from churnwatch.core.topics import Topic, end_offsets, ensure_topics
 from churnwatch.demo.tally import events_processed
 from churnwatch.pipeline.events import WarningRecord, decode_event
 from churnwatch.pipeline.processing import run_history
-from churnwatch.pipeline.state import STATE_DTYPE, STREAM_FIELDS
 from churnwatch.producers.simulator import SimEvent
+from tests.factories import assert_same_states
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +43,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CHURNWATCH_WORKER__METRICS_PORT": str(settings.worker.metrics_port),
         "CHURNWATCH_CLOCK__MODE": settings.clock.mode,
         "CHURNWATCH_CLOCK__WALL_TICK_SECONDS": str(settings.clock.wall_tick_seconds),
+        "CHURNWATCH_CLOCK__SWEEP_EVERY_HOURS": str(settings.clock.sweep_every_hours),
         "CHURNWATCH_CLOCK__ALLOWED_LATENESS_HOURS": str(settings.clock.allowed_lateness_hours),
         "CHURNWATCH_MODEL__REGISTRY": settings.model.registry,
         "CHURNWATCH_MODEL__RELOAD_SECONDS": str(settings.model.reload_seconds),
@@ -160,14 +160,6 @@ def samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
     ]
 
 
-# Every field of the stored record but the segment's code, which numbers segments
-# in the order a block first met them (compared by name instead), and where the
-# stream stood when it was stored (the batch run has no stream).
-FIELDS = [
-    name for name in STATE_DTYPE.names or () if name != "segment_code" and name not in STREAM_FIELDS
-]
-
-
 def assert_same_as_batch(settings: Settings, events: list[SimEvent]) -> None:
     """The warnings on the topic and the states in the table are the batch run's."""
     decoded = [decode_event(e.payload) for e in events]
@@ -182,18 +174,7 @@ def assert_same_as_batch(settings: Settings, events: list[SimEvent]) -> None:
     extra = [describe(streamed[key]) for key in sorted(set(streamed) - set(expected))]
     assert not lost and not extra, f"lost {lost[:5]} and extra {extra[:5]}"
 
-    restored = live_states(settings)
-    assert sorted(restored) == sorted(states)
-    for customer in states:
-        ours, theirs = restored.rows[customer], states.rows[customer]
-        for field in FIELDS:
-            np.testing.assert_array_equal(
-                restored.data[field][ours], states.data[field][theirs], err_msg=field
-            )
-        assert restored.invoices.get(ours) == states.invoices.get(theirs)
-        assert restored.complaints.get(ours) == states.complaints.get(theirs)
-        assert restored.owners[ours] == states.owners[theirs]
-        assert restored[customer].segment == states[customer].segment
+    assert_same_states(live_states(settings), states)
 
 
 def describe(record: WarningRecord) -> str:

@@ -107,3 +107,45 @@ def test_wall_clock_sweeps_find_silent_debt_without_new_events(broker, worker, t
     assert warning.warning_type == "overdue_debt" and warning.status == "opened"
     assert abs((warning.opened_at - now).days) <= 1  # swept on the real clock
     assert warning.evidence["max_days_past_due"] >= 69
+
+
+def test_a_restarted_wall_clock_worker_sweeps_customers_no_message_reaches(
+    broker, worker, tmp_path
+):
+    """Live mode, and no event at all after a restart: the worker's own timer still
+    sweeps the partitions it owns (from their stored states), so a debt that falls
+    due while nothing arrives is warned about."""
+    import signal
+
+    settings = isolated_settings(
+        broker,
+        tmp_path / "wall",
+        store="rocksdb://",
+        clock={"mode": "wall", "wall_tick_seconds": 0.5, "sweep_every_hours": 1 / 3600},
+    )
+    first = worker(settings)
+    now = datetime.now(UTC)
+    threshold = timedelta(days=settings.warnings.overdue_debt.enter_days_past_due)
+    invoice = make_event(
+        "invoice",
+        customer_id="C78",
+        at=now - timedelta(days=60),
+        amount=500.0,
+        due_date=now - threshold + timedelta(seconds=45),  # past due long enough in 45 s
+    )
+    produce_raw(settings, [(Topic.PAYMENTS, "C78", encode_event(invoice))])
+    wait_processed(settings, 1, first)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    assert read_topic(settings, Topic.WARNINGS) == []  # not yet due when it stopped
+    worker(settings)  # nothing more is produced
+    deadline = time.monotonic() + 90
+    warnings: list[WarningRecord] = []
+    while not warnings and time.monotonic() < deadline:
+        time.sleep(1)
+        warnings = [
+            WarningRecord.model_validate_json(v) for v in read_topic(settings, Topic.WARNINGS)
+        ]
+    assert [(w.customer_id, w.warning_type, w.status) for w in warnings] == [
+        ("C78", "overdue_debt", "opened")
+    ]

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from faust.types import Message
 
@@ -26,11 +25,10 @@ from churnwatch.pipeline.partition_task import PartitionTask, Wiring
 from churnwatch.pipeline.processing import run_history
 from churnwatch.pipeline.progress import read_floor_key
 from churnwatch.pipeline.scoring import ModelHolder
-from churnwatch.pipeline.state import STATE_DTYPE, STREAM_FIELDS, StateBlock
+from churnwatch.pipeline.state import StateBlock
 from churnwatch.pipeline.state_format import decode_state
 from churnwatch.producers.simulator import parse_start, simulate
-
-FIELDS = [n for n in STATE_DTYPE.names or () if n != "segment_code" and n not in STREAM_FIELDS]
+from tests.factories import assert_same_states
 
 
 class Table(dict[str, Any]):
@@ -189,16 +187,7 @@ def assert_same_as_batch(settings: Settings, events: list[Any], stored: Stored) 
     expected = {(w.warning_id, w.status, w.at): w for w in batch}
     assert sorted(streamed) == sorted(expected)
     assert streamed == expected
-    restored = states_of(stored)
-    assert sorted(restored) == sorted(block)
-    for customer in block:
-        ours, theirs = restored.rows[customer], block.rows[customer]
-        for name in FIELDS:
-            np.testing.assert_array_equal(
-                restored.data[name][ours], block.data[name][theirs], err_msg=name
-            )
-        assert restored.invoices.get(ours) == block.invoices.get(theirs)
-        assert restored.complaints.get(ours) == block.complaints.get(theirs)
+    assert_same_states(states_of(stored), block)
 
 
 @pytest.fixture(scope="module")
