@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test check docs clean prometheus-tools browser
+.PHONY: demo test check docs clean prometheus-tools browser apache-kafka
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)  ## set up and run the whole pipeline on this machine
 	$(BIN)/churnwatch demo $(DEMO_ARGS)
 
-test: $(TEST_STAMP) prometheus-tools browser  ## set up and run the full test suite
+test: $(TEST_STAMP) prometheus-tools browser apache-kafka  ## set up and run the full test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian's prometheus package brings promtool and the server the monitoring
@@ -37,6 +37,13 @@ prometheus-tools:
 	  else \
 	    echo "promtool not found and not root: the Prometheus tests will be skipped"; \
 	  fi; }
+
+# Apache Kafka's broker jars (the version of configs/versions.env) from Maven
+# Central into ~/.cache/churnwatch/apache-kafka, once; the Apache Kafka tests
+# are skipped, with the reason, where Java or Maven is missing.
+apache-kafka: $(TEST_STAMP)
+	@$(BIN)/python -c 'from churnwatch.core.apache_kafka import fetch_jars; print("Apache Kafka jars in", fetch_jars())' \
+	  || echo "Apache Kafka unavailable: its tests will be skipped"
 
 # Debian's chromium and its driver (and a Chinese font) for the web inbox's browser
 # test; installed here when missing and we are root (as on CI).

@@ -27,7 +27,7 @@ import pandas as pd
 from kafka import KafkaConsumer
 
 from churnwatch.core.settings import Settings
-from churnwatch.core.topics import EVENT_TOPICS
+from churnwatch.core.topics import EVENT_TOPICS, ThroughOutages
 from churnwatch.pipeline import metrics
 from churnwatch.pipeline.events import (
     CustomerEvent,
@@ -129,6 +129,7 @@ def run_archiver(
         **settings.kafka_group_options(),
         **settings.kafka_client_options(),
     )
+    kafka = ThroughOutages(consumer, "archiver")
     buffer: dict[str, list[CustomerEvent]] = defaultdict(list)
     buffered = 0
     last_flush = time.monotonic()
@@ -140,13 +141,13 @@ def run_archiver(
         buffer.clear()
         buffered = 0
         last_flush = time.monotonic()
-        consumer.commit()  # only after the files are written
+        kafka.commit()  # only after the files are written
         if on_flush is not None:
             on_flush(stats)
 
     try:
         while not stop.is_set():
-            for batch in consumer.poll(timeout_ms=500, max_records=a.flush_events).values():
+            for batch in kafka.poll(timeout_ms=500, max_records=a.flush_events).values():
                 for message in batch:
                     try:
                         event = decode_message(message.value, message.key)

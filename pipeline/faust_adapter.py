@@ -222,6 +222,13 @@ def on_batches(
     app.topics.add(topic)
 
 
+def paused_by_consumer(app: faust.App) -> set[TP]:
+    """The topic partitions Faust's consumer holds paused (it pauses and resumes
+    them around recoveries too; after quick successive rebalances a pause can
+    outlive the recovery that set it)."""
+    return set(app.consumer._paused_partitions)  # type: ignore[attr-defined]  # noqa: SLF001 - no public view
+
+
 @contextlib.contextmanager
 def storing_for(app: faust.App, partition: int) -> Iterator[None]:
     """Table writes in the block go to ``partition`` of the local store.

@@ -50,17 +50,26 @@ class Watermark:
     the newest event time seen. It never goes back.
     """
 
-    def __init__(self, topics: Iterable[str]) -> None:
+    def __init__(self, topics: Iterable[str], idle_wait: float = 0.0) -> None:
         self.topics = tuple(topics)
+        #: How long (seconds, on the caller's clock) a topic partition that has
+        #: nothing unread still holds the watermark back, as Kafka Streams'
+        #: ``max.task.idle.ms``: read to its end is not "no older event to come"
+        #: while a producer is still writing it (Apache Kafka reports the end of
+        #: a partition the moment it is read to it; events of another topic
+        #: written a moment later but older would otherwise arrive late).
+        self.idle_wait = idle_wait
         self.latest: dict[tuple[str, int], float] = {}
         self.offset: dict[tuple[str, int], int] = {}
         self.value: dict[int, float] = {}
+        self.caught_up: dict[tuple[str, int], float] = {}
 
     def reset(self) -> None:
         """Forget everything (after a rebalance: partitions may have moved)."""
         self.latest.clear()
         self.offset.clear()
         self.value.clear()
+        self.caught_up.clear()
 
     def observe(
         self, topic: str, partition: int, offset: int, event_time: float | None = None
@@ -68,6 +77,7 @@ class Watermark:
         """Record a consumed message (``event_time`` None: unusable, but read)."""
         key = (topic, partition)
         self.offset[key] = max(offset, self.offset.get(key, -1))
+        self.caught_up.pop(key, None)  # it gave a message: not idle (yet) again
         if event_time is not None:
             self.latest[key] = max(event_time, self.latest.get(key, event_time))
 
@@ -91,11 +101,15 @@ class Watermark:
             )
         return "; ".join(parts)
 
-    def advance(self, partition: int, highwater: Callable[[str, int], int | None]) -> float:
+    def advance(
+        self, partition: int, highwater: Callable[[str, int], int | None], now: float = 0.0
+    ) -> float:
         """Recompute the partition's watermark.
 
         ``highwater(topic, partition)`` is the offset after the last message of
-        that topic partition, or None while unknown.
+        that topic partition, or None while unknown. ``now`` (seconds, any
+        monotonic clock) times how long a topic partition read to its end has
+        been so (see ``idle_wait``).
         """
         lagging: list[float] = []
         seen: list[float] = []
@@ -104,6 +118,9 @@ class Watermark:
             end = highwater(topic, partition)
             # An unknown end (no fetch answered yet) may hide older events.
             unread = end is None or self.offset.get(key, -1) + 1 < end
+            if not unread and self.idle_wait > 0:
+                # read to its end: it holds the clock back until idle long enough
+                unread = now - self.caught_up.setdefault(key, now) < self.idle_wait
             if key in self.latest:
                 seen.append(self.latest[key])
                 if unread:

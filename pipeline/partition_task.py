@@ -87,6 +87,8 @@ class Wiring:
     highwater: Callable[[str, int], int | None]
     #: ``scored(partition, model, rows, expected_loss)`` after a sweep scored customers.
     scored: Callable[[int, ChurnModel, list[Matrix], float], None]
+    #: The clock that times a topic read to its end (``clock.idle_topic_wait_seconds``).
+    clock: Callable[[], float] = time.monotonic
 
     @property
     def event_clock(self) -> bool:
@@ -153,7 +155,7 @@ class PartitionTask:
         self.topic_names = {settings.topic(t): t for t in Topic}
         for value in stored:
             decode_state(value, self.evaluator.block)
-        self.watermark = Watermark(self.input_names)
+        self.watermark = Watermark(self.input_names, settings.clock.idle_topic_wait_seconds)
         self.read_ahead = ReadAhead(settings.worker.max_waiting_events)
         self.acks: InOrderAcks[Message] = InOrderAcks()
         #: The warnings and dead letters made since the last store, to send with it.
@@ -259,7 +261,7 @@ class PartitionTask:
             if due:
                 self._wall_last_sweep = due[-1]
             return
-        now = self.watermark.advance(self.partition, self.wiring.highwater)
+        now = self.watermark.advance(self.partition, self.wiring.highwater, self.wiring.clock())
         self._resume()
         steps = self.sequencer.advance(self.partition, now)
         self.clock = max(self.clock, now - self.sequencer.lateness)

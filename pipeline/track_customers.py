@@ -34,7 +34,7 @@ from churnwatch.core.topics import Topic, committed_offsets
 from churnwatch.pipeline import metrics
 from churnwatch.pipeline.app import Pipeline
 from churnwatch.pipeline.events import WARNING_TYPES
-from churnwatch.pipeline.faust_adapter import on_batches
+from churnwatch.pipeline.faust_adapter import on_batches, paused_by_consumer
 from churnwatch.pipeline.partition_task import PartitionTask, Wiring
 from churnwatch.pipeline.scoring import ChurnModel, Matrix, ModelHolder
 from churnwatch.pipeline.state_format import stored_partition
@@ -164,6 +164,27 @@ class TrackCustomers:
         if restart:
             self.p.app.consumer.resume_partitions(restart)
 
+    def own_the_pauses(self) -> None:
+        """Resume the input topic partitions the consumer holds paused that the read-ahead
+        did not pause. Outside a rebalance or a recovery only the read-ahead pauses
+        inputs; a pause left over from a recovery cut short by the next rebalance
+        (seen on Apache Kafka: a taken-over partition's quiet topics never fetched,
+        its events waiting for a clock they alone could move) is lifted here."""
+        app = self.p.app
+        if app.rebalancing or app.in_recovery:
+            return
+        inputs = set(self.wiring.input_names)
+        ours = {TP(t, n) for agent in self.partitions.values() for t, n in agent.read_ahead.paused}
+        stray = {tp for tp in paused_by_consumer(app) if tp.topic in inputs} - ours
+        stray &= set(app.consumer.assignment())
+        if stray:
+            log.warning(
+                "resuming %s input partition(s) paused by nobody here: %s",
+                len(stray),
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(stray)),
+            )
+            app.consumer.resume_partitions(stray)
+
     def paused_partitions(self) -> set[int]:
         return {n for n, agent in self.partitions.items() if agent.read_ahead.paused}
 
@@ -254,8 +275,10 @@ class TrackCustomers:
             touched: set[int] = set()
             self.advance_waiting(touched, time.time())
             self.pace(self.paused_partitions())
+            self.own_the_pauses()
             if touched:
                 await self.store.write(self.partitions, touched)
+                self.report(touched)  # (the waiting events' gauge above all)
             now = time.monotonic()
             for agent in self.partitions.values():
                 agent.report_waiting(now)

@@ -25,17 +25,53 @@ from churnwatch.cli.base import (
 
 
 @cli.command()
+@click.option(
+    "--apache-kafka",
+    is_flag=True,
+    help="Run Apache Kafka (KRaft, the version pinned in configs/versions.env; needs Java, "
+    "jars fetched with Maven on first use) instead of the embedded Tansu broker.",
+)
+@click.option(
+    "--nodes",
+    type=click.Choice(["1", "3"]),
+    default="1",
+    show_default=True,
+    help="Apache Kafka nodes (3: replication factor 3, min.insync.replicas 2).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".churnwatch/apache-kafka"),
+    show_default=True,
+    help="Apache Kafka's logs, kept between runs (remove the folder to start afresh).",
+)
 @click.pass_context
-def broker(ctx: click.Context) -> None:
-    """Run the embedded Kafka-protocol broker (Tansu) until Ctrl-C."""
+def broker(ctx: click.Context, apache_kafka: bool, nodes: str, data_dir: Path) -> None:
+    """Run a broker on this machine until Ctrl-C: the embedded Kafka-protocol broker
+    (Tansu, memory only), or Apache Kafka with --apache-kafka."""
+    from churnwatch.core.apache_kafka import ApacheKafkaCluster
     from churnwatch.core.broker import BrokerError, EmbeddedBroker
 
     b = settings_of(ctx).broker
     stop = stop_on_signal()  # before "ready": a client may stop us right after it
     try:
-        with EmbeddedBroker(b.host, b.port, b.startup_timeout_seconds) as running:
-            click.echo(f"broker ready on {running.bootstrap_servers} (memory only; Ctrl-C stops)")
-            stop.wait()
+        if apache_kafka:
+            cluster = ApacheKafkaCluster(
+                data_dir, int(nodes), host=b.host, ports=None if nodes == "3" else [b.port]
+            )
+            click.echo(f"starting Apache Kafka {cluster.version} ({nodes} node(s)) in {data_dir}")
+            with cluster as running:
+                click.echo(
+                    f"broker ready on {running.bootstrap_servers} (Apache Kafka "
+                    f"{running.version}, data in {data_dir}; Ctrl-C stops)"
+                )
+                stop.wait()
+        else:
+            with EmbeddedBroker(b.host, b.port, b.startup_timeout_seconds) as running:
+                click.echo(
+                    f"broker ready on {running.bootstrap_servers} (memory only; Ctrl-C stops)"
+                )
+                stop.wait()
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("broker stopped")

@@ -35,6 +35,16 @@ from churnwatch.cli.base import cli, settings_of
     help="Accelerated clock for the simulated history.",
 )
 @click.option("--quiet", is_flag=True, help="Do not print each warning, only progress.")
+@click.option(
+    "--broker",
+    "broker_kind",
+    type=click.Choice(["tansu", "apache-kafka"]),
+    default="tansu",
+    show_default=True,
+    help="tansu: the embedded broker (memory only, nothing to install); apache-kafka: "
+    "a one-node Apache Kafka of the pinned version (needs Java; jars fetched with Maven "
+    "on first use).",
+)
 @click.option("--no-model", is_flag=True, help="Skip training the demo's churn model: rules only.")
 @click.option(
     "--no-web",
@@ -52,6 +62,7 @@ def demo(
     quiet: bool,
     no_model: bool,
     no_web: bool,
+    broker_kind: str,
 ) -> None:
     """Run everything on this machine: broker, worker, simulator, the warnings view and
     the sales team's web inbox."""
@@ -69,6 +80,7 @@ def demo(
             with_model=not no_model,
             web=not no_web,
             keep_serving=not no_web and duration is None and summary is None,
+            broker=broker_kind,
         )
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import time
 from enum import StrEnum
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 
 from churnwatch.core.settings import Settings
 
@@ -53,6 +54,10 @@ class TopicsError(RuntimeError):
     """Topics could not be created or have the wrong shape."""
 
 
+class _CreateFailed(TopicsError):
+    """The broker refused to create them (maybe only for now)."""
+
+
 def admin_client(settings: Settings, timeout: float = 20.0) -> KafkaAdminClient:
     deadline = time.monotonic() + timeout
     while True:
@@ -71,8 +76,23 @@ def admin_client(settings: Settings, timeout: float = 20.0) -> KafkaAdminClient:
             time.sleep(0.5)
 
 
-def ensure_topics(settings: Settings) -> list[str]:
-    """Create the missing topics; return the names created."""
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create the missing topics; return the names created.
+
+    A cluster that has just started may not yet know its own controller (Apache
+    Kafka answers ``UnknownBrokerId`` for a few seconds); such errors are retried,
+    with fresh metadata, until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _ensure_topics(settings)
+        except _CreateFailed:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _ensure_topics(settings: Settings) -> list[str]:
     wanted = {settings.topic(t): t for t in Topic}
     admin = admin_client(settings)
     try:
@@ -93,7 +113,7 @@ def ensure_topics(settings: Settings) -> list[str]:
             except TopicAlreadyExistsError:
                 pass  # another process won the race
             except KafkaError as exc:
-                raise TopicsError(f"could not create topics: {exc}") from exc
+                raise _CreateFailed(f"could not create topics: {exc}") from exc
         _check_partitions(admin, settings, list(wanted))
         return [t.name for t in missing]
     finally:
@@ -155,3 +175,58 @@ def committed_offsets(
         return {tp: probe.committed(tp) for tp in tps}
     finally:
         probe.close()
+
+
+class ThroughOutages:
+    """A kafka-python consumer loop's poll and commit, carried through a broker outage.
+
+    kafka-python raises from ``poll`` while no broker of the group's coordinator
+    answers (a whole cluster restarting, every node of it down for seconds), and
+    from ``commit`` during a rebalance. A consumer that stores before it commits
+    (the archiver's files, the dispatcher's ledger) loses nothing by waiting:
+    retriable errors are logged once per outage and the loop goes on, a commit
+    that failed is made good by the next one (a rebalance in between delivers
+    those messages again, and the store skips what it has)."""
+
+    def __init__(self, consumer: Any, what: str, pause: float = 1.0) -> None:
+        self.consumer = consumer
+        self.what = what
+        self.pause = pause
+        self.since: float | None = None
+
+    def poll(self, timeout_ms: int, max_records: int | None = None) -> dict[Any, list[Any]]:
+        try:
+            batches: dict[Any, list[Any]] = self.consumer.poll(
+                timeout_ms=timeout_ms, max_records=max_records
+            )
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            self._down(exc)
+            time.sleep(self.pause)
+            return {}
+        self._up()
+        return batches
+
+    def commit(self) -> bool:
+        """Commit the consumed offsets; False (logged) when the broker refused for now."""
+        try:
+            self.consumer.commit()
+        except (CommitFailedError, KafkaError) as exc:
+            if not (exc.retriable or isinstance(exc, CommitFailedError)):
+                raise
+            log.warning("%s: commit failed (%s); the next commit covers it", self.what, exc)
+            return False
+        return True
+
+    def _down(self, exc: Exception) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s: Kafka unreachable (%s); retrying until it is back", self.what, exc)
+
+    def _up(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "%s: Kafka reachable again after %.1f s", self.what, time.monotonic() - self.since
+            )
+            self.since = None

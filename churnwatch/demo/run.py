@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from churnwatch.consumers.alerts.ledger import open_ledger
 from churnwatch.consumers.warnings_view import format_warning, tail_warnings
 from churnwatch.consumers.web.app import WebServer
+from churnwatch.core.apache_kafka import ApacheKafkaCluster, pinned_version
 from churnwatch.core.broker import EmbeddedBroker, free_port, port_is_free, start_child, stop_child
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.settings import Settings
@@ -72,16 +73,19 @@ def run_demo(
     with_model: bool = True,
     web: bool = True,
     keep_serving: bool = False,
+    broker: str = "tansu",
 ) -> bool:
     """Run the demo; True if it ran to the end (or the duration) without failing.
 
     With ``web`` the inbox serves the demo's ledger and live states, with a rep
     and a manager made for the demo; with ``keep_serving`` it goes on serving
     after the summary until Ctrl-C, so one can click through the warnings.
+    ``broker`` is ``tansu`` (embedded, memory only) or ``apache-kafka`` (a one-node
+    KRaft cluster from Maven Central's jars; needs Java).
     """
     say = functools.partial(print, flush=True)  # progress shows at once, even into a pipe
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    demo = Demo(settings, say, summary_path, customers, days_per_second, with_model, web)
+    demo = Demo(settings, say, summary_path, customers, days_per_second, with_model, web, broker)
     interrupted = failed = False
     try:
         demo.start(show_warnings)
@@ -112,6 +116,7 @@ class Demo:
         days_per_second: float,
         with_model: bool,
         web: bool,
+        broker: str = "tansu",
     ) -> None:
         self.say = say
         self.summary_path = summary_path
@@ -145,7 +150,12 @@ class Demo:
             f"{days_per_second:g} simulated days/s"
         )
         self.web = web
-        self.broker = EmbeddedBroker(host, port, settings.broker.startup_timeout_seconds)
+        self.broker: EmbeddedBroker | ApacheKafkaCluster
+        if broker == "apache-kafka":
+            say(f"Apache Kafka {pinned_version()} (one KRaft node) as the broker")
+            self.broker = ApacheKafkaCluster(self.workdir / "apache-kafka", ports=[port])
+        else:
+            self.broker = EmbeddedBroker(host, port, settings.broker.startup_timeout_seconds)
         self.worker: subprocess.Popen[bytes] | None = None
         self.dispatcher: subprocess.Popen[bytes] | None = None
         self.worker_log = self.workdir / "worker.log"

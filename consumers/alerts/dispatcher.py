@@ -48,7 +48,7 @@ from churnwatch.consumers.alerts.outbox import Clock, Outbox, Sender, apprise_se
 from churnwatch.consumers.alerts.policy import Policy
 from churnwatch.consumers.alerts.routing import Channel, Recipient, Routing, load_routing
 from churnwatch.core.settings import AlertSettings, Settings
-from churnwatch.core.topics import Topic
+from churnwatch.core.topics import ThroughOutages, Topic
 from churnwatch.pipeline import metrics
 from churnwatch.pipeline.events import CustomerUpdated, WarningRecord, decode_message
 
@@ -382,15 +382,16 @@ def run_dispatcher(settings: Settings, stop: threading.Event, dispatcher: Dispat
         **settings.kafka_group_options(),
         **settings.kafka_client_options(),
     )
+    kafka = ThroughOutages(consumer, "alert dispatcher")
     try:
         while not stop.is_set():
-            batches = consumer.poll(timeout_ms=int(settings.alerts.poll_seconds * 1000))
+            batches = kafka.poll(timeout_ms=int(settings.alerts.poll_seconds * 1000))
             for messages in batches.values():
                 for message in messages:
                     _consume(dispatcher, message, warnings_topic)
             if batches:
-                consumer.commit()  # after the ledger has them: at least once, deduplicated
-            dispatcher.tick()
+                kafka.commit()  # after the ledger has them: at least once, deduplicated
+            dispatcher.tick()  # the outbox delivers while Kafka is away, too
     finally:
         consumer.close()
 

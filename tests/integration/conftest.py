@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from churnwatch.consumers.consistency import live_states
+from churnwatch.core.apache_kafka import ApacheKafkaCluster, ApacheKafkaUnavailable
 from churnwatch.core.broker import EmbeddedBroker, free_port, start_child, stop_child
 from churnwatch.core.settings import Settings, load_settings
 from churnwatch.core.topics import Topic, end_offsets, ensure_topics
@@ -23,13 +24,35 @@ from churnwatch.demo.tally import events_processed
 from churnwatch.pipeline.events import WarningRecord, decode_event
 from churnwatch.pipeline.processing import run_history
 from churnwatch.producers.simulator import SimEvent
+from tests.conftest import BROKERS, TANSU
 from tests.factories import assert_same_states
 
+Broker = EmbeddedBroker | ApacheKafkaCluster
 
-@pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker("127.0.0.1", free_port(), startup_timeout=30) as running:
-        yield running
+
+@pytest.fixture(scope="session", params=BROKERS)
+def broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Broker]:
+    """Each broker test runs on the embedded Tansu broker and on a one-node Apache
+    Kafka (the compose file's version); the Apache Kafka runs are skipped, with the
+    reason, where Java or the jars cannot be had."""
+    if request.param == TANSU:
+        with EmbeddedBroker("127.0.0.1", free_port(), startup_timeout=30) as running:
+            yield running
+        return
+    cluster = start_apache_kafka(tmp_path_factory.mktemp("apache-kafka"), nodes=1)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def start_apache_kafka(folder: Path, nodes: int) -> ApacheKafkaCluster:
+    try:
+        return ApacheKafkaCluster(folder, nodes=nodes).start()
+    except ApacheKafkaUnavailable as exc:
+        pytest.skip(f"Apache Kafka cannot run here: {exc}")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -37,6 +60,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {
         "CHURNWATCH_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "CHURNWATCH_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "CHURNWATCH_KAFKA__REPLICATION_FACTOR": str(settings.kafka.replication_factor),
         "CHURNWATCH_WORKER__APP_ID": settings.worker.app_id,
         "CHURNWATCH_WORKER__STORE": settings.worker.store,
         "CHURNWATCH_WORKER__DATA_DIR": settings.worker.data_dir,
@@ -45,18 +69,23 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CHURNWATCH_CLOCK__WALL_TICK_SECONDS": str(settings.clock.wall_tick_seconds),
         "CHURNWATCH_CLOCK__SWEEP_EVERY_HOURS": str(settings.clock.sweep_every_hours),
         "CHURNWATCH_CLOCK__ALLOWED_LATENESS_HOURS": str(settings.clock.allowed_lateness_hours),
+        "CHURNWATCH_CLOCK__IDLE_TOPIC_WAIT_SECONDS": str(settings.clock.idle_topic_wait_seconds),
         "CHURNWATCH_MODEL__REGISTRY": settings.model.registry,
         "CHURNWATCH_MODEL__RELOAD_SECONDS": str(settings.model.reload_seconds),
     }
 
 
 def isolated_settings(
-    broker: EmbeddedBroker, data_dir: Path, store: str = "memory://", **overrides: Any
+    broker: Broker, data_dir: Path, store: str = "memory://", **overrides: Any
 ) -> Settings:
     """Settings with a unique topic prefix and consumer group, topics created."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     settings = load_settings(
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "topic_prefix": prefix},
+        kafka={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "topic_prefix": prefix,
+            **overrides.pop("kafka", {}),
+        },
         worker={
             "app_id": f"cw-{prefix}",
             "store": store,
@@ -70,7 +99,7 @@ def isolated_settings(
 
 
 @pytest.fixture
-def stream_settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+def stream_settings(broker: Broker, tmp_path: Path) -> Settings:
     """Settings with a unique topic prefix and consumer group for this test."""
     return isolated_settings(broker, tmp_path / "worker")
 
@@ -121,17 +150,27 @@ def read_topic(settings: Settings, topic: Topic) -> list[bytes]:
 
 
 def wait_processed(settings: Settings, count: int, proc: Any, timeout: float = 120) -> None:
-    """Until the worker has consumed ``count`` event messages, then a moment to flush."""
+    """Until the worker has consumed ``count`` event messages and holds none of them
+    back (the event clock releases the last ones once their topics have been idle
+    for clock.idle_topic_wait_seconds), then a moment to flush."""
     deadline = time.monotonic() + timeout
     seen = None
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the worker died"
         seen = events_processed(settings.worker.metrics_port)
-        if seen is not None and seen >= count:
+        if seen is not None and seen >= count and not events_waiting(settings):
             time.sleep(2)  # let the last sends reach the broker
             return
         time.sleep(0.5)
     raise AssertionError(f"worker processed {seen} of {count} events in {timeout}s")
+
+
+def events_waiting(settings: Settings) -> float:
+    """The events the worker holds in its reorder buffer (its gauge)."""
+    try:
+        return sum(v for _, v in samples(settings.worker.metrics_port, "churnwatch_events_waiting"))
+    except OSError:
+        return 1.0  # not answering: not known to be done
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> None:

@@ -122,3 +122,36 @@ def test_a_worker_whose_broker_lost_its_data_rebuilds_from_the_changelog(tmp_pat
         if proc is not None:
             stop_child(proc)
         broker.stop()
+
+
+@pytest.mark.apache_kafka
+def test_apache_kafka_broker_command_keeps_its_topics_across_a_restart(tmp_path):
+    """`churnwatch broker --apache-kafka`: ready on the configured port, stops on
+    SIGTERM, and a second start on the same data folder still has the topic."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from churnwatch.core.apache_kafka import ApacheKafkaUnavailable, fetch_jars
+
+    try:
+        fetch_jars()
+    except ApacheKafkaUnavailable as exc:
+        pytest.skip(f"Apache Kafka cannot run here: {exc}")
+    port = free_port()
+    command = [sys.executable, "-m", "churnwatch.cli", "broker", "--apache-kafka"]
+    command += ["--data-dir", str(tmp_path / "kafka")]
+    env = dict(os.environ, CHURNWATCH_BROKER__PORT=str(port))
+    for run in (1, 2):
+        with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as proc:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline(), proc.stdout.readline()]
+            assert f"broker ready on 127.0.0.1:{port} (Apache Kafka" in lines[1], lines
+            admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+            if run == 1:
+                admin.create_topics([NewTopic("kept", 2, 1)])
+            assert "kept" in admin.list_topics()
+            admin.close()
+            proc.terminate()
+            assert proc.wait(timeout=60) == 0
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1)

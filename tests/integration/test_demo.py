@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from churnwatch.core.apache_kafka import ApacheKafkaUnavailable, fetch_jars
 from churnwatch.core.broker import free_port
+from tests.conftest import APACHE_KAFKA, BROKERS
 
 pytestmark = pytest.mark.integration
 
@@ -76,9 +78,19 @@ def start_demo(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path):
+@pytest.mark.parametrize("broker", BROKERS)
+def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path, broker):
+    """On the embedded broker (`make demo`) and on Apache Kafka (``--broker
+    apache-kafka``): the same summary."""
+    if broker == APACHE_KAFKA:
+        try:
+            fetch_jars()
+        except ApacheKafkaUnavailable as exc:
+            pytest.skip(f"Apache Kafka cannot run here: {exc}")
     summary = tmp_path / "s.json"
     demo = start_demo(
+        "--broker",
+        broker,
         "--customers",
         "60",
         "--days-per-second",

@@ -94,22 +94,24 @@ def test_thousands_of_hostile_messages_are_dead_lettered_and_the_history_still_a
             kind, _, topic, key, value = queue.pop()
             messages.append((topic, key, value))
     messages += [(topic, key, value) for _, _, topic, key, value in queue]
-    # Then copies of earlier valid events, at new offsets long after their originals
+    # Then, once those are processed, copies of earlier valid events at new offsets
     # (a history replayed twice): none may be applied a second time.
     copies = rng.sample(events, 300)
-    messages += [(e.topic, e.key, e.payload) for e in copies]
 
     proc = worker()
     producer = KafkaProducer(max_request_size=2_000_000, **stream_settings.kafka_client_options())
-    for topic, key, value in messages:
-        producer.send(
-            stream_settings.topic(topic),
-            key=None if key is None else key.encode(),
-            value=value,
+    for part in (messages, [(e.topic, e.key, e.payload) for e in copies]):
+        for topic, key, value in part:
+            producer.send(
+                stream_settings.topic(topic),
+                key=None if key is None else key.encode(),
+                value=value,
+            )
+        producer.flush()
+        wait_processed(
+            stream_settings, len(messages) + len(copies) * (part is not messages), proc, timeout=240
         )
-    producer.flush()
     producer.close()
-    wait_processed(stream_settings, len(messages), proc, timeout=240)
     assert proc.poll() is None, "hostile input must not stop the worker"
     rss = rss_mb(proc.pid)
     assert 0 < rss < 800, f"worker RSS {rss:.0f} MB after hostile input"

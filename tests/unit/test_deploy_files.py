@@ -85,7 +85,11 @@ def test_compose_file_validates_against_the_compose_specification():
     )
     text = COMPOSE.read_text()
     for name in re.findall(r"\$\{([A-Z_]+)(?::?[-?])?[^}]*\}", text):
-        assert name in env or re.search(rf"\$\{{{name}:-", text), f"${{{name}}} has no value"
+        # a value from .env, a default, or required of the user with a message (:?)
+        required = re.search(rf"\$\{{{name}:\?", text) and name not in env
+        assert name in env or re.search(rf"\$\{{{name}:-", text) or required, name
+        if required:
+            assert name == "GRAFANA_ADMIN_PASSWORD", f"${{{name}}} must be set by the user"
     jsonschema.validate(compose(), schema)  # raises with the path of the first problem
     broken = compose()
     broken["services"]["worker"]["restart"] = ["always"]
@@ -142,3 +146,71 @@ def test_only_services_with_a_login_publish_on_every_interface():
             if name == "grafana":  # admin password required, no anonymous access
                 continue
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} to everyone"
+
+
+def kafka_properties(environment: dict) -> dict[str, str]:
+    """The apache/kafka image's KAFKA_FOO_BAR=... variables as foo.bar properties."""
+    return {
+        key.removeprefix("KAFKA_").lower().replace("_", "."): str(value)
+        for key, value in environment.items()
+        if key.startswith("KAFKA_")
+    }
+
+
+def suite_properties(tmp_path, nodes: int) -> dict[str, str]:
+    from churnwatch.core.apache_kafka import ApacheKafkaCluster
+
+    cluster = ApacheKafkaCluster(tmp_path, nodes=nodes)
+    text = cluster._properties(cluster.nodes[0])
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
+# the broker settings that make the suite's Apache Kafka behave as the deployed one
+# (listeners, ports and folders differ by nature)
+BEHAVIOUR = (
+    "process.roles",
+    "controller.listener.names",
+    "offsets.topic.replication.factor",
+    "transaction.state.log.replication.factor",
+    "transaction.state.log.min.isr",
+    "auto.create.topics.enable",
+)
+
+
+def test_the_suite_runs_the_compose_files_kafka_version_and_broker_settings(tmp_path):
+    from churnwatch.core.apache_kafka import pinned_version
+
+    kafka = compose()["services"]["kafka"]
+    assert substitute(kafka["image"]) == f"apache/kafka:{pinned_version()}"
+    assert (REPO / ".env").resolve() == (REPO / "configs" / "versions.env").resolve()
+    deployed, suite = kafka_properties(kafka["environment"]), suite_properties(tmp_path, 1)
+    for key in BEHAVIOUR:
+        assert deployed[key] == suite[key], key
+
+
+def test_the_three_broker_override_is_the_shape_the_failure_tests_run(tmp_path):
+    import json
+
+    import jsonschema
+
+    override = yaml.safe_load((REPO / "docker-compose.kafka3.yml").read_text())
+    schema = json.loads((REPO / "tests" / "schemas" / "compose-spec.json").read_text())
+    jsonschema.validate(override, schema)
+    base = compose()["services"]
+    suite = suite_properties(tmp_path, 3)
+    nodes = {n: s for n, s in override["services"].items() if n.startswith("kafka")}
+    assert len(nodes) == 3
+    for name, service in nodes.items():
+        env = {**base.get(name, {}).get("environment", {}), **service["environment"]}
+        deployed = kafka_properties(env)
+        for key in (*BEHAVIOUR, "default.replication.factor", "min.insync.replicas"):
+            assert deployed[key] == suite[key], (name, key)
+        assert len(deployed["controller.quorum.voters"].split(",")) == 3
+        if name != "kafka":
+            assert substitute(service["image"]) == substitute(base["kafka"]["image"])
+    # every churnwatch service reaches all three brokers and replicates its topics
+    for name, service in base.items():
+        if str(service.get("command", [""])[0]) == "churnwatch" or name == "simulator":
+            env = override["services"][name]["environment"]
+            assert env["CHURNWATCH_KAFKA__BOOTSTRAP_SERVERS"].count(",") == 2, name
+            assert env["CHURNWATCH_KAFKA__REPLICATION_FACTOR"] == "3", name

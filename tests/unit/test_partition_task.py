@@ -70,6 +70,9 @@ class Stored:
             self.committed[message.topic] = message.offset + 1
 
 
+FETCH_SECONDS = 0.1
+
+
 class Log:
     """The input topics of partition 0, and a consumer reading them a fetch at a time."""
 
@@ -79,6 +82,7 @@ class Log:
         """``swaps``: the share of neighbouring events of a topic written in the
         wrong order (a topic out of event-time order)."""
         self.rng = random.Random(seed)
+        self.now = 0.0  # the worker's monotonic clock: a fetch takes FETCH_SECONDS
         by_topic: dict[str, list[Any]] = {}
         for event in events:
             by_topic.setdefault(settings.topic(event.topic), []).append(event)
@@ -113,11 +117,20 @@ class Log:
                 take = self.rng.randint(0, fetch)
                 batch += messages[at : at + take]
                 position[name] = min(len(messages), at + take)
+            self.now += FETCH_SECONDS
             self.process(task, batch)
             stop, go = task.pace()
             paused = (paused | {topic for topic, _ in stop}) - {topic for topic, _ in go}
             if not batch and paused:
                 paused.clear()  # (a consumer resumes once the watermark catches up)
+            stored.keep(task)
+            number += 1
+            yield number
+        # Read to the end: the worker's fetches come back empty and it moves the
+        # clock once the topics have been idle long enough (TrackCustomers.idle).
+        while task.holding():
+            self.now += FETCH_SECONDS
+            task.on_tick(0.0)
             stored.keep(task)
             number += 1
             yield number
@@ -138,7 +151,9 @@ class Log:
 
 
 def new_task(settings: Settings, log: Log, stored: Stored, tmp_path: Path) -> PartitionTask:
-    wiring = Wiring(settings, ModelHolder(tmp_path / "no-registry"), log.end, lambda *a: None)
+    wiring = Wiring(
+        settings, ModelHolder(tmp_path / "no-registry"), log.end, lambda *a: None, lambda: log.now
+    )
     task = PartitionTask(0, wiring, stored.states.values(), stored.progress)
     task.start({name: stored.committed.get(name) for name in wiring.input_names})
     return task

@@ -43,6 +43,28 @@ def test_watermark_waits_for_the_slowest_topic_with_unread_messages():
     assert wm.advance(0, lambda t, p: ends[(t, p)]) == 520.0
 
 
+def test_a_topic_read_to_its_end_holds_the_watermark_until_idle_long_enough():
+    """Apache Kafka reports a partition's end as soon as it is read to it, while a
+    producer may still be writing older events to it: read to the end, a topic
+    holds the clock at its newest event for ``idle_wait`` seconds after its last
+    message (as Kafka Streams' max.task.idle.ms), then lets it move."""
+    ends = {("orders", 0): 10, ("payments", 0): 5}
+    wm = Watermark(["orders", "payments"], idle_wait=1.0)
+    wm.observe("orders", 0, 9, 500.0)
+    wm.observe("payments", 0, 4, 100.0)  # both read to their ends
+    assert wm.advance(0, lambda t, p: ends[(t, p)], now=10.0) == 100.0
+    assert wm.advance(0, lambda t, p: ends[(t, p)], now=10.9) == 100.0
+    ends[("payments", 0)] = 6  # the producer wrote on; a message read resets the wait
+    wm.observe("payments", 0, 5, 300.0)
+    assert wm.advance(0, lambda t, p: ends[(t, p)], now=11.5) == 300.0
+    assert wm.advance(0, lambda t, p: ends[(t, p)], now=12.6) == 500.0  # idle: move on
+    # without the wait (0) the topics read to their ends never hold it
+    wm = Watermark(["orders", "payments"])
+    wm.observe("orders", 0, 9, 500.0)
+    wm.observe("payments", 0, 4, 100.0)
+    assert wm.advance(0, lambda t, p: {"orders": 10, "payments": 5}[t]) == 500.0
+
+
 def test_watermark_never_goes_back():
     wm = Watermark(["orders"])
     wm.observe("orders", 1, 0, 1000.0)

@@ -30,3 +30,15 @@ def test_not_integration_runs_no_broker_test_and_integration_runs_them_all():
     assert all(t.startswith("tests/integration/") for t in slow)
     everything = collected("tests/integration")
     assert sorted(slow) == sorted(everything)
+
+
+def test_apache_kafka_selects_every_run_on_apache_kafka_and_nothing_else():
+    """`pytest tests/integration -m apache_kafka`: the broker tests' second run, the
+    three-node failure tests, the demo on Apache Kafka; no Tansu run."""
+    chosen = collected("-m", "apache_kafka", "tests/integration")
+    assert chosen and all("[tansu" not in t for t in chosen)
+    on_both = [t for t in collected("tests/integration") if "[tansu" in t]
+    assert on_both
+    for test in on_both:  # each broker test runs on both
+        assert test.replace("[tansu", "[apache-kafka") in chosen, test
+    assert any("test_broker_failures.py" in t for t in chosen)
