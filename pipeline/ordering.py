@@ -248,7 +248,14 @@ class Sequencer(Generic[T]):
     def advance(self, partition: int, watermark: float) -> list[Apply[T] | Sweep]:
         clock = watermark - self.lateness
         steps: list[Apply[T] | Sweep] = []
-        for boundary in due_sweeps(self.last_sweep.get(partition, 0.0), clock, self.every):
+        last = self.last_sweep.get(partition, 0.0)
+        oldest = self.buffer.oldest(partition)
+        if last <= 0 and oldest is not None:
+            # Never swept, events held: the sweeps start at the boundary of the oldest
+            # of them, as in a batch run (whose clock moves event by event), however
+            # far the clock has jumped since (it waits while a topic is idle).
+            last = math.floor((oldest - self.lateness) / self.every) * self.every - self.every
+        for boundary in due_sweeps(last, clock, self.every):
             steps += [Apply(item) for item in self.buffer.release(partition, boundary)]
             steps.append(Sweep(boundary))
             self.last_sweep[partition] = boundary
@@ -297,6 +304,11 @@ class ReorderBuffer(Generic[T]):
 
     def held(self, partition: int) -> int:
         return len(self._heaps.get(partition, ()))
+
+    def oldest(self, partition: int) -> float | None:
+        """The event time of the oldest item held, or None."""
+        heap = self._heaps.get(partition)
+        return heap[0][0] if heap else None
 
     def partitions(self) -> list[int]:
         return [partition for partition, heap in self._heaps.items() if heap]

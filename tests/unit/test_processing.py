@@ -121,6 +121,30 @@ def test_sequencer_sweeps_each_boundary_after_the_events_before_it():
     assert steps == [Sweep(12 * DAY), Apply("b"), Sweep(13 * DAY)]
 
 
+def test_a_first_clock_that_jumps_sweeps_every_day_from_the_oldest_event_held():
+    """The clock can stay unknown while a topic is idle, then jump: the sweeps still
+    start at the oldest held event's day, as when the clock moves event by event."""
+    stepwise: Sequencer[str] = Sequencer(DAY)
+    jumped: Sequencer[str] = Sequencer(DAY)
+    events = [(10.2 * DAY, "a"), (11.5 * DAY, "b"), (13.1 * DAY, "c")]
+    by_event = [step for t, e in events for step in stepwise.offer(0, t, e, watermark=t)]
+    for t, e in events:
+        assert jumped.offer(0, t, e, watermark=0.0) == []  # nothing known yet
+    assert (
+        jumped.advance(0, 13.1 * DAY)
+        == by_event
+        == [
+            Sweep(10 * DAY),
+            Apply("a"),
+            Sweep(11 * DAY),
+            Apply("b"),
+            Sweep(12 * DAY),
+            Sweep(13 * DAY),
+            Apply("c"),
+        ]
+    )
+
+
 def test_sequencer_holds_back_for_the_allowed_lateness_and_counts_later_events():
     seq: Sequencer[str] = Sequencer(DAY, lateness_seconds=DAY / 2)
     assert seq.offer(0, 10.2 * DAY, "a", 10.2 * DAY) == [Sweep(9 * DAY)]  # clock 9.7: a waits
