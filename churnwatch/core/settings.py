@@ -100,7 +100,7 @@ class ClockSettings(_Section):
     mode: Literal["event", "wall"] = "event"
     sweep_every_hours: float = Field(24.0, gt=0)
     allowed_lateness_hours: float = Field(0.0, ge=0)
-    idle_topic_wait_seconds: float = Field(1.0, ge=0)
+    idle_topic_wait_seconds: float = Field(0.0, ge=0)
     wall_tick_seconds: float = Field(60.0, gt=0)
 
 

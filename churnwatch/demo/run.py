@@ -226,6 +226,10 @@ class Demo:
             ),
             CHURNWATCH_MODEL__REGISTRY=str(self.registry),
         )
+        if isinstance(self.broker, ApacheKafkaCluster):
+            # the simulator writes while the worker reads: Apache Kafka reports a topic
+            # read to its end at once, so the event clock waits a moment for it
+            env["CHURNWATCH_CLOCK__IDLE_TOPIC_WAIT_SECONDS"] = "1"
         command = [sys.executable, "-m", "churnwatch.cli"]
         self.worker = start_child([*command, "worker"], env=env, log=self.worker_log)
         say(f"worker started (pid {self.worker.pid}, log {self.worker_log})")
