@@ -54,24 +54,20 @@ def broker(ctx: click.Context, apache_kafka: bool, nodes: str, data_dir: Path) -
 
     b = settings_of(ctx).broker
     stop = stop_on_signal()  # before "ready": a client may stop us right after it
+    running: EmbeddedBroker | ApacheKafkaCluster
     try:
         if apache_kafka:
-            cluster = ApacheKafkaCluster(
+            running = ApacheKafkaCluster(
                 data_dir, int(nodes), host=b.host, ports=None if nodes == "3" else [b.port]
             )
-            click.echo(f"starting Apache Kafka {cluster.version} ({nodes} node(s)) in {data_dir}")
-            with cluster as running:
-                click.echo(
-                    f"broker ready on {running.bootstrap_servers} (Apache Kafka "
-                    f"{running.version}, data in {data_dir}; Ctrl-C stops)"
-                )
-                stop.wait()
+            kept = f"Apache Kafka {running.version}, data in {data_dir}"
+            click.echo(f"starting Apache Kafka {running.version} ({nodes} node(s)) in {data_dir}")
         else:
-            with EmbeddedBroker(b.host, b.port, b.startup_timeout_seconds) as running:
-                click.echo(
-                    f"broker ready on {running.bootstrap_servers} (memory only; Ctrl-C stops)"
-                )
-                stop.wait()
+            running = EmbeddedBroker(b.host, b.port, b.startup_timeout_seconds)
+            kept = "memory only"
+        with running:
+            click.echo(f"broker ready on {running.bootstrap_servers} ({kept}; Ctrl-C stops)")
+            stop.wait()
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("broker stopped")

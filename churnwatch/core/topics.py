@@ -212,7 +212,7 @@ class ThroughOutages:
         """Commit the consumed offsets; False (logged) when the broker refused for now."""
         try:
             self.consumer.commit()
-        except (CommitFailedError, KafkaError) as exc:
+        except KafkaError as exc:
             if not (exc.retriable or isinstance(exc, CommitFailedError)):
                 raise
             log.warning("%s: commit failed (%s); the next commit covers it", self.what, exc)

@@ -81,6 +81,18 @@ def test_malformed_event_goes_to_dead_letters_and_processing_continues(stream_se
     assert proc.poll() is None, "a bad message must not stop the worker"
 
 
+def first_warnings(settings, within: float) -> list[WarningRecord]:
+    """The warnings topic once it holds any (polled each second), or [] after ``within`` s."""
+    deadline = time.monotonic() + within
+    warnings: list[WarningRecord] = []
+    while not warnings and time.monotonic() < deadline:
+        time.sleep(1)
+        warnings = [
+            WarningRecord.model_validate_json(v) for v in read_topic(settings, Topic.WARNINGS)
+        ]
+    return warnings
+
+
 def test_wall_clock_sweeps_find_silent_debt_without_new_events(broker, worker, tmp_path):
     """Live mode: nothing arrives after the invoice, yet the wall-clock sweep warns."""
     settings = isolated_settings(
@@ -96,13 +108,7 @@ def test_wall_clock_sweeps_find_silent_debt_without_new_events(broker, worker, t
     )
     worker(settings)
     produce_raw(settings, [(Topic.PAYMENTS, "C77", encode_event(invoice))])
-    deadline = time.monotonic() + 90
-    warnings: list[WarningRecord] = []
-    while not warnings and time.monotonic() < deadline:
-        time.sleep(1)
-        warnings = [
-            WarningRecord.model_validate_json(v) for v in read_topic(settings, Topic.WARNINGS)
-        ]
+    warnings = first_warnings(settings, within=90)
     (warning,) = warnings
     assert warning.warning_type == "overdue_debt" and warning.status == "opened"
     assert abs((warning.opened_at - now).days) <= 1  # swept on the real clock
@@ -139,13 +145,7 @@ def test_a_restarted_wall_clock_worker_sweeps_customers_no_message_reaches(
     assert first.wait(timeout=30) == 0
     assert read_topic(settings, Topic.WARNINGS) == []  # not yet due when it stopped
     worker(settings)  # nothing more is produced
-    deadline = time.monotonic() + 90
-    warnings: list[WarningRecord] = []
-    while not warnings and time.monotonic() < deadline:
-        time.sleep(1)
-        warnings = [
-            WarningRecord.model_validate_json(v) for v in read_topic(settings, Topic.WARNINGS)
-        ]
+    warnings = first_warnings(settings, within=90)
     assert [(w.customer_id, w.warning_type, w.status) for w in warnings] == [
         ("C78", "overdue_debt", "opened")
     ]
