@@ -41,9 +41,7 @@ is rebuilt from the changelog like a new worker's.
 
 **Writing tables from a batch.** :func:`storing_for` files table writes under a
 partition (Faust takes it from the stream's current event, and batch
-delivery has no stream); :func:`send_to_changelog` sends one table
-change straight to the producer, recording in the local store the changelog
-offset it holds once it is delivered.
+delivery has no stream).
 """
 
 from __future__ import annotations
@@ -317,20 +315,3 @@ class TableManager(FaustTableManager):
         if self._recovery is None:
             self._recovery = Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery  # type: ignore[return-value]
-
-
-async def send_to_changelog(table: Any, key: str, value: Any, partition: int) -> None:
-    """Send one change of ``table`` (written to its local store already) to its
-    changelog partition, straight to the producer: Faust's table buffer would hand
-    the changes over one by one, and its flush gives up after 0.1 s. Once
-    delivered, the local store records the changelog offset it holds (what
-    recovery reads on from)."""
-    await table.changelog_topic.send(
-        key=key,
-        value=value,
-        partition=partition,
-        key_serializer=table.key_serializer,
-        value_serializer=table.value_serializer,
-        callback=table._on_changelog_sent,  # noqa: SLF001 - records the offset the store holds
-        force=True,
-    )

@@ -112,15 +112,13 @@ def _event_of(item: Held) -> CustomerEvent:
 class FetchResult:
     """What a partition's task did since the last store, for the store to write:
     the warnings and dead letters to send, the customers changed (encoded for the
-    state table), the last sweep boundary run (event clock), the read floors to
-    send again (after a crash cut off the last store's changelog writes) and the
-    messages that may now be acked (in offset order)."""
+    state table), the last sweep boundary run (event clock) and the messages that
+    may now be acked (in offset order)."""
 
     partition: int
     outgoing: tuple[Outgoing, ...]
     states: tuple[tuple[str, bytes], ...]
     swept: float | None
-    floors_again: Mapping[str, int] | None
     ackable: tuple[Message, ...]
 
 
@@ -165,8 +163,6 @@ class PartitionTask:
         self._loss = 0.0
         #: The last sweep boundary run since the last store (stored with the states).
         self.swept: float | None = None
-        #: Whether the read floors go to the changelog again with the next store.
-        self.resend_floors = False
         #: The event clock (watermark minus lateness: every event read at or before
         #: it has been applied).
         self.clock = 0.0
@@ -195,7 +191,6 @@ class PartitionTask:
         (the events before it are applied and stored). Without it, a topic with
         nothing new since a restart or a rebalance would hold the clock for good."""
         self.floors = self.progress.read_floors(self.wiring.floor_topics)
-        self.outgoing += self._unsent()  # before anything new: sent again, noted again
         if self.event_clock:
             for name, offset in committed.items():
                 floor = self.floors.get(name)
@@ -347,12 +342,6 @@ class PartitionTask:
 
     def take_result(self) -> FetchResult:
         """What the task did since the last store (and forget it: the store writes it)."""
-        floors = None
-        if self.resend_floors:
-            self.resend_floors = False
-            floors = {
-                name: self.floors[name] for name in self.wiring.floor_topics if name in self.floors
-            }
         swept, self.swept = self.swept, None
         outgoing, self.outgoing = self.outgoing, []
         return FetchResult(
@@ -360,7 +349,6 @@ class PartitionTask:
             tuple(outgoing),
             tuple(self._take_changes()),
             swept,
-            floors,
             tuple(self.acks.ackable()),
         )
 
@@ -450,26 +438,6 @@ class PartitionTask:
             last = self.sequencer.last_sweep
             last[self.partition] = max(last.get(self.partition, 0.0), done_until)
             self._resumed = True
-
-    def _unsent(self) -> list[Outgoing]:
-        """The customers whose changes were on their way to the changelog when the
-        worker last stored them (a kill -9 can cut that off; a stop or a rebalance
-        waits for it): their states, the partition's sweep progress and read floors
-        go to the changelog again with the next store, so it holds everything the
-        local store does. Identical records sent twice change nothing. The warnings
-        and dead letters the batch had sent are returned, to be sent again (the same
-        records: the dispatcher and the warning's id keep one)."""
-        records = self.progress.unsent_records()
-        unsent = self.progress.unsent_customers()
-        if not unsent:
-            return records
-        rows = self.block.rows
-        self.evaluator.changed.update(rows[c] for c in unsent if c in rows)
-        last_sweep = self.progress.last_sweep()
-        if last_sweep:
-            self.swept = max(self.swept or 0.0, last_sweep)
-        self.resend_floors = True
-        return records
 
     def _emit(self, records: list[WarningRecord]) -> None:
         now = time.time()

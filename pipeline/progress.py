@@ -8,24 +8,15 @@ On the changelog (so a partition's next owner has them):
   message of that topic partition whose effects are stored; a message below it
   is skipped when read again.
 
-In the local store only (never on the changelog), what the last store was
-still sending when it returned, so that a restart after a ``kill -9`` sends it
-again:
-
-- ``"unsent:<partition>"``: the customers whose states were on their way to
-  the changelog;
-- ``"unsent-records:<partition>"``: the warnings and dead letters the batch
-  had sent (the local store holds their effects before they are delivered).
-
-Each customer's record also says where the stream stood when it was stored
-(:func:`stamp`), so after a crash that stored a record but not its
-partition's read floors, an event it holds is recognised (:func:`holds`).
+Both are written by a checkpoint (:mod:`pipeline.checkpoint`) after the states
+they vouch for. Each customer's record also says where the stream stood when
+it was stored (:func:`stamp`), so after a crash that delivered a record but
+not its partition's read floors or commit, an event it holds is recognised
+(:func:`holds`).
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,20 +27,10 @@ from churnwatch.pipeline.state import StateBlock
 
 #: A record for an output topic: (topic, key, value).
 Outgoing = tuple[Topic, bytes | None, bytes]
-#: The local note of a partition whose last store's records were all delivered.
-DELIVERED = "[]"
 
 
 def read_floor_key(topic: str, partition: int) -> str:
     return f"read:{topic}:{partition}"
-
-
-def unsent_key(partition: int) -> str:
-    return f"unsent:{partition}"
-
-
-def unsent_records_key(partition: int) -> str:
-    return f"unsent-records:{partition}"
 
 
 class PartitionProgress:
@@ -70,37 +51,6 @@ class PartitionProgress:
             if floor:
                 floors[name] = int(floor)
         return floors
-
-    def unsent_customers(self) -> list[str]:
-        noted = self.table.data.get(unsent_key(self.partition))
-        return list(json.loads(noted)) if noted else []
-
-    def unsent_records(self) -> list[Outgoing]:
-        noted = self.table.data.get(unsent_records_key(self.partition))
-        return [
-            (Topic(topic), _unb64(key), base64.b64decode(value))
-            for topic, key, value in (json.loads(noted) if noted else [])
-        ]
-
-
-def note_unsent_customers(local: Any, partition: int, customer_ids: list[str]) -> None:
-    """Note in the local store (``sweep_progress``'s ``data``) the customers being sent."""
-    local[unsent_key(partition)] = json.dumps(customer_ids)
-
-
-def note_records(local: Any, partition: int, records: Iterable[Outgoing]) -> bool:
-    """Note the records a store sends, replacing the last store's note; False when
-    there was nothing to note and nothing to replace."""
-    note = json.dumps([[topic.value, _b64(key), _b64(value)] for topic, key, value in records])
-    key = unsent_records_key(partition)
-    if note == DELIVERED and local.get(key) == DELIVERED:
-        return False
-    local[key] = note
-    return True
-
-
-def note_delivered(local: Any, partition: int) -> None:
-    local[unsent_records_key(partition)] = DELIVERED
 
 
 def stamp(
@@ -127,11 +77,3 @@ def holds(block: StateBlock, customer_id: str, event_time: float, topic: int, of
     return bool(
         event_time <= col["stream_clock"][row] and offset <= col["stream_offsets"][row, topic]
     )
-
-
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str | None) -> bytes | None:
-    return None if text is None else base64.b64decode(text)

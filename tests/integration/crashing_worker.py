@@ -1,9 +1,14 @@
 """``churnwatch worker`` with a crash planted, for the recovery tests (never the product).
 
-Run: ``python tests/integration/crashing_worker.py N``. The worker exits at once,
-as ``kill -9`` would (exit code 137), right after the local writes of its Nth
-store that carried warnings or dead letters, before any of that batch's sends
-are flushed: the narrowest window of a crash (tests/integration/test_recovery.py).
+Run: ``python tests/integration/crashing_worker.py N STEP``. The worker exits at
+once, as ``kill -9`` would (exit code 137), inside its Nth checkpoint that
+carries warnings or dead letters (pipeline/checkpoint.py), where STEP says:
+
+- ``states``: its warnings handed to the producer, before any state is sent
+  (the broker may hold the warnings, never the states that say they were told);
+- ``commit``: its warnings, states and progress delivered, before its offsets
+  are committed and before the local store is written (what it applied is read
+  again, and the local store is behind the changelog).
 """
 
 from __future__ import annotations
@@ -13,25 +18,29 @@ import sys
 from typing import Any
 
 from churnwatch.cli import main
-from churnwatch.pipeline.storing import Store
+from churnwatch.pipeline.checkpoint import Checkpoint, Plan
+
+STEPS = {"states": "send_change", "commit": "commit"}
 
 
-def plant_crash(after_stores: int) -> None:
-    original = Store.write
-    left = [after_stores]
+def plant_crash(after_checkpoints: int, step: str) -> None:
+    original = Checkpoint.run
+    left = [after_checkpoints]
 
-    async def write(self: Store, partitions: Any, last_of: Any) -> None:
-        carries = any(partitions[n].outgoing for n in last_of)
-        await original(self, partitions, last_of)
-        if carries:
+    async def crash(*_args: Any) -> None:
+        os._exit(137)
+
+    async def run(self: Checkpoint, plan: Plan) -> None:
+        if plan.outgoing:
             left[0] -= 1
-            if left[0] == 0:
-                os._exit(137)  # the local store written, the batch's sends not flushed
+            if left[0] == 0:  # from now on, this step of a checkpoint ends the worker
+                setattr(self.outputs, STEPS[step], crash)
+        await original(self, plan)
 
-    Store.write = write  # type: ignore[method-assign]
+    Checkpoint.run = run  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
-    plant_crash(int(sys.argv[1]))
-    sys.argv = ["churnwatch", "worker", *sys.argv[2:]]
+    plant_crash(int(sys.argv[1]), sys.argv[2])
+    sys.argv = ["churnwatch", "worker", *sys.argv[3:]]
     main()

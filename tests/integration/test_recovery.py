@@ -80,13 +80,16 @@ def test_a_worker_killed_mid_history_comes_back_with_the_same_warnings(
     assert_same_as_batch(settings, events)
 
 
-def test_a_worker_that_dies_before_its_warnings_are_delivered_sends_them_after_a_restart(
-    broker, worker, tmp_path
+@pytest.mark.parametrize("step", ["states", "commit"])
+def test_a_worker_that_dies_inside_a_checkpoint_carries_on_after_a_restart(
+    broker, worker, tmp_path, step
 ):
-    """The narrowest window of a kill -9: a batch's changes are in the local store
-    (and its messages count as applied there), its warnings still in the
-    producer's buffer. A crash planted there (crashing_worker.py) exits; the restart
-    on the same folder must send them, or they are lost for good."""
+    """The two windows of a kill -9 inside a checkpoint (crashing_worker.py plants
+    it): ``states``, its warnings handed to the producer and no state sent (the
+    restart must tell them again, or they are lost for good); ``commit``, its
+    changelog delivered and its offsets not committed, the local store behind (the
+    restart must take the states from the changelog and skip what they hold, or
+    it applies events twice)."""
     settings = isolated_settings(broker, tmp_path / "worker", store="rocksdb://")
     events, _ = simulate(200, 11, parse_start("2024-10-07"), 400, 3, 0)
     assert produce(settings, iter_paced(events, 0)).failed == 0
@@ -97,7 +100,7 @@ def test_a_worker_that_dies_before_its_warnings_are_delivered_sends_them_after_a
         CHURNWATCH_WORKER__BATCH_SIZE="500",  # many batches: the crash lands mid-history
     )
     crashing = start_child(
-        [sys.executable, str(Path(__file__).with_name("crashing_worker.py")), "5"],
+        [sys.executable, str(Path(__file__).with_name("crashing_worker.py")), "5", step],
         env=env,
         log=tmp_path / "crash.log",
     )
