@@ -12,7 +12,9 @@ FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 churnwatch
 COPY requirements.lock /tmp/requirements.lock
 COPY --from=build /wheels /tmp/wheels
-RUN pip install --no-cache-dir -c /tmp/requirements.lock /tmp/wheels/*.whl \
+# (with the PostgreSQL driver: a team's ledger is PostgreSQL, alerts.ledger_url)
+RUN pip install --no-cache-dir -c /tmp/requirements.lock \
+      "$(ls /tmp/wheels/*.whl)[postgres]" \
     && rm -rf /tmp/wheels /tmp/requirements.lock \
     && mkdir -p /data /models /archive /ledger \
     && chown churnwatch /data /models /archive /ledger

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test check docs clean prometheus-tools browser apache-kafka
+.PHONY: demo test check docs clean prometheus-tools browser apache-kafka postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)  ## set up and run the whole pipeline on this machine
 	$(BIN)/churnwatch demo $(DEMO_ARGS)
 
-test: $(TEST_STAMP) prometheus-tools browser apache-kafka  ## set up and run the full test suite
+test: $(TEST_STAMP) prometheus-tools browser apache-kafka postgresql  ## set up and run the full test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian's prometheus package brings promtool and the server the monitoring
@@ -36,6 +36,20 @@ prometheus-tools:
 	    || echo "could not install prometheus: the Prometheus tests will be skipped"; \
 	  else \
 	    echo "promtool not found and not root: the Prometheus tests will be skipped"; \
+	  fi; }
+
+# Debian's PostgreSQL server for the ledger's tests on PostgreSQL (a throw-away
+# cluster each session, tests/postgres.py); installed here when missing and we
+# are root (as on CI). Debian keeps initdb off the PATH: looked for there too.
+postgresql:
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql package for the ledger's tests"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends postgresql >/dev/null; } \
+	    || echo "could not install postgresql: the ledger's PostgreSQL tests will be skipped"; \
+	  else \
+	    echo "PostgreSQL not found and not root: the ledger's PostgreSQL tests will be skipped"; \
 	  fi; }
 
 # Apache Kafka's broker jars (the version of configs/versions.env) from Maven

@@ -57,6 +57,26 @@ def alerts_run(ctx: click.Context) -> None:
     click.echo("dispatcher stopped")
 
 
+@alerts.command("migrate")
+@click.pass_context
+def alerts_migrate(ctx: click.Context) -> None:
+    """Bring the ledger's schema up to this release's and say from which revision.
+
+    Every command that opens the ledger does this first, one process at a time;
+    run it on its own to upgrade a shared ledger (PostgreSQL) before the new
+    release's dispatchers and web processes start."""
+    from churnwatch.consumers.alerts.ledger import ledger_engine, migrate, schema_revision
+
+    engine = ledger_engine(settings_of(ctx).alerts.ledger_url)
+    before = schema_revision(engine)
+    migrate(engine)
+    after = schema_revision(engine)
+    if before == after:
+        click.echo(f"the ledger's schema is at revision {after}: nothing to do")
+    else:
+        click.echo(f"the ledger's schema went from revision {before or 'none'} to {after}")
+
+
 @alerts.command("list")
 @click.option("--customer", help="Only this customer.")
 @click.option("--recipient", help="Only notifications to this recipient.")

@@ -29,6 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from churnwatch.consumers.alerts.ledger import (
@@ -100,7 +101,19 @@ class Dispatcher:
             session.add(customer)
 
     def on_warning(self, record: WarningRecord) -> int:
-        """Record the episode change and queue its notifications; returns how many are new."""
+        """Record the episode change and queue its notifications; returns how many are new.
+
+        Dispatchers sharing a ledger can take the same record at once (a rebalance
+        hands its partition over while the first is still on it): the second to
+        commit breaks a unique key, and reads the ledger again, finding the
+        episode and its notifications there."""
+        try:
+            return self._record(record)
+        except IntegrityError:
+            log.info("%s was recorded meanwhile (another dispatcher): again", record.warning_id)
+            return self._record(record)
+
+    def _record(self, record: WarningRecord) -> int:
         now = self.clock()
         with self.sessions.begin() as session:
             episode = session.get(Episode, record.warning_id)
@@ -229,7 +242,10 @@ class Dispatcher:
         created = 0
         with self.sessions.begin() as session:
             due = session.scalars(
-                select(ReminderDue).where(ReminderDue.due_at <= now).order_by(ReminderDue.due_at)
+                select(ReminderDue)
+                .where(ReminderDue.due_at <= now)
+                .order_by(ReminderDue.due_at)
+                .with_for_update(skip_locked=True)  # (another dispatcher's: theirs)
             )
             for plan in list(due):
                 session.delete(plan)
@@ -269,7 +285,11 @@ class Dispatcher:
         now = self.clock()
         created = 0
         with self.sessions.begin() as session:
-            due = session.scalars(select(DigestDue).where(DigestDue.due_at <= now))
+            due = session.scalars(
+                select(DigestDue)
+                .where(DigestDue.due_at <= now)
+                .with_for_update(skip_locked=True)  # (another dispatcher's: theirs)
+            )
             for plan in list(due):
                 name = plan.recipient
                 recipient = self.routing.recipient(name)
@@ -277,16 +297,15 @@ class Dispatcher:
                 if local.hour < self.settings.digest_hour:  # a day missed: today's, at its hour
                     plan.due_at = self.policy.next_digest(recipient, now, after_today=False)
                     continue
-                episodes = list(
+                told = select(Notification.warning_id).where(
+                    Notification.recipient == name,
+                    Notification.status.in_(["sent", "pending", "capped"]),
+                )
+                episodes = list(  # (no DISTINCT: PostgreSQL cannot compare JSON columns)
                     session.scalars(
                         select(Episode)
-                        .join(Notification, Notification.warning_id == Episode.warning_id)
-                        .where(
-                            Episode.status == "open",
-                            Notification.recipient == name,
-                            Notification.status.in_(["sent", "pending", "capped"]),
-                        )
-                        .distinct()
+                        .where(Episode.status == "open", Episode.warning_id.in_(told))
+                        .order_by(Episode.warning_id)
                     )
                 )
                 if not episodes:

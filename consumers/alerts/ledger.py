@@ -9,9 +9,13 @@ Unique keys make redelivered warnings harmless.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -25,7 +29,9 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -400,11 +406,74 @@ def current_owner(session: Session, customer_id: str, reported: str) -> str:
 
 
 def open_ledger(url: str) -> sessionmaker[Any]:
-    """Connect (creating the SQLite folder and the tables if needed)."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        from pathlib import Path
-
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine: Engine = create_engine(url)
-    Base.metadata.create_all(engine)
+    """Connect, creating the SQLite folder if needed, and bring the ledger's schema
+    up to this release's (:func:`migrate`)."""
+    engine = ledger_engine(url)
+    migrate(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def ledger_engine(url: str) -> Engine:
+    """The ledger's engine (a SQLite ledger's folder is made if missing)."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return create_engine(url)
+
+
+#: The ledger's migrations (Alembic), shipped with the package.
+MIGRATIONS = resources.files("churnwatch.consumers.alerts") / "migrations"
+#: Ledgers made before migrations, by the newest table they have, newest first:
+#: each is stamped at the revision whose schema it has, then upgraded from there.
+_BEFORE_MIGRATIONS = (("reminders_due", "0003"), ("users", "0002"), ("episodes", "0001"))
+#: Any number, the same in every process: PostgreSQL's advisory lock under which
+#: one process migrates while the others (dispatchers, web processes) wait.
+MIGRATION_LOCK = 7_220_501
+
+
+def migrate(engine: Engine, to: str = "head") -> None:
+    """Upgrade the ledger's schema to ``to`` (Alembic: ``migrations/versions``), in
+    one transaction that one process at a time runs (PostgreSQL: an advisory lock;
+    SQLite: a lock file beside the database). A ledger older than the migrations
+    is recognised by its tables and upgraded from the schema it has."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with _one_at_a_time(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        config.attributes["connection"] = connection
+        tables = set(inspect(connection).get_table_names())
+        if "alembic_version" not in tables:
+            made = next((rev for table, rev in _BEFORE_MIGRATIONS if table in tables), None)
+            if made is not None:
+                command.stamp(config, made)
+        command.upgrade(config, to)
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The ledger's schema revision (None: no ledger there yet, or one made before
+    migrations)."""
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+@contextlib.contextmanager
+def _one_at_a_time(engine: Engine) -> Iterator[None]:
+    """A lock file beside a SQLite ledger, held while the block runs (PostgreSQL
+    locks inside the transaction; an in-memory ledger has one process)."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

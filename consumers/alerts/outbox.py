@@ -78,56 +78,74 @@ class Outbox:
         self.clock = clock
 
     def deliver_due(self, limit: int = 200) -> int:
-        """Send pending notifications whose time has come; failures wait and retry."""
+        """Send pending notifications whose time has come; failures wait and retry.
+
+        Each is claimed on its own and sent under that claim (PostgreSQL: ``FOR
+        UPDATE SKIP LOCKED``), so dispatchers sharing one ledger never send the same
+        notification twice: a row another dispatcher is sending is skipped, and one
+        it has sent is no longer pending. (SQLite has no row locks: one dispatcher
+        per SQLite ledger.)"""
         now = self.clock()
         sent = 0
+        seen: list[int] = []  # looked at in this call (a held one may still be due)
         with self.sessions() as session:
-            due = list(
-                session.scalars(
+            while len(seen) < limit:
+                note = session.scalar(
                     select(Notification)
-                    .where(Notification.status == "pending", Notification.due_at <= now)
+                    .where(
+                        Notification.status == "pending",
+                        Notification.due_at <= now,
+                        Notification.id.not_in(seen),
+                    )
                     .order_by(Notification.due_at, Notification.id)
-                    .limit(limit)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
                 )
-            )
-            for note in due:
-                episode = session.get(Episode, note.warning_id) if note.warning_id else None
-                if self._held(session, note, episode):
-                    session.commit()
-                    continue
-                ok, error = self._send(note)
-                at = self.clock()
-                note.attempts += 1
-                session.add(Attempt(notification_id=note.id, at=at, ok=ok, error=error))
-                if ok:
-                    metrics.NOTIFICATIONS.labels(note.kind, "sent").inc()
-                    note.status, note.sent_at = "sent", at
-                    if note.kind in TELLS_OPEN:
-                        schedule_reminder(session, note, at + self.cooldown(episode))
+                if note is None:
+                    break
+                seen.append(note.id)
+                if self._deliver(session, note):
                     sent += 1
-                    metrics.NOTIFICATIONS_SENT.labels(note.channel.split(":")[0]).inc()
-                else:
-                    wait = min(
-                        self.settings.retry_first_seconds * 2 ** (note.attempts - 1),
-                        self.settings.retry_max_seconds,
-                    )
-                    note.due_at = at + timedelta(seconds=wait)
-                    metrics.NOTIFICATIONS_FAILED.labels(note.channel.split(":")[0]).inc()
-                    log.warning(
-                        "delivery %s to %s via %s failed (attempt %d, next in %.0f s): %s",
-                        note.short_id,
-                        note.recipient,
-                        note.channel,
-                        note.attempts,
-                        wait,
-                        error,
-                    )
                 session.commit()  # one by one: a crash repeats at most one message
             depth = session.scalar(
                 select(func.count(Notification.id)).where(Notification.status == "pending")
             )
             metrics.OUTBOX_DEPTH.set(int(depth or 0))
         return sent
+
+    def _deliver(self, session: Session, note: Notification) -> bool:
+        """Run the delivery stages on a claimed notification and send it if they let
+        it go; True when it was sent."""
+        episode = session.get(Episode, note.warning_id) if note.warning_id else None
+        if self._held(session, note, episode):
+            return False
+        ok, error = self._send(note)
+        at = self.clock()
+        note.attempts += 1
+        session.add(Attempt(notification_id=note.id, at=at, ok=ok, error=error))
+        if ok:
+            metrics.NOTIFICATIONS.labels(note.kind, "sent").inc()
+            note.status, note.sent_at = "sent", at
+            if note.kind in TELLS_OPEN:
+                schedule_reminder(session, note, at + self.cooldown(episode))
+            metrics.NOTIFICATIONS_SENT.labels(note.channel.split(":")[0]).inc()
+            return True
+        wait = min(
+            self.settings.retry_first_seconds * 2 ** (note.attempts - 1),
+            self.settings.retry_max_seconds,
+        )
+        note.due_at = at + timedelta(seconds=wait)
+        metrics.NOTIFICATIONS_FAILED.labels(note.channel.split(":")[0]).inc()
+        log.warning(
+            "delivery %s to %s via %s failed (attempt %d, next in %.0f s): %s",
+            note.short_id,
+            note.recipient,
+            note.channel,
+            note.attempts,
+            wait,
+            error,
+        )
+        return False
 
     def _held(self, session: Session, note: Notification, episode: Episode | None) -> bool:
         """Run the delivery stages; True when one of them holds the notice back."""

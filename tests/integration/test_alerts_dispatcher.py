@@ -16,21 +16,21 @@ from tests.unit.test_alerts import record
 COMMAND = [sys.executable, "-m", "churnwatch.cli", "alerts", "run"]
 
 
-def dispatcher_env(settings, tmp_path, inbox: LocalInbox) -> dict[str, str]:
-    """`churnwatch alerts run` on these settings, its own ledger, mailing ``inbox``."""
+def dispatcher_env(settings, ledger_url: str, inbox: LocalInbox) -> dict[str, str]:
+    """`churnwatch alerts run` on these settings and ledger, mailing ``inbox``."""
     return dict(
         os.environ,
         **settings_env(settings),
-        CHURNWATCH_ALERTS__LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
+        CHURNWATCH_ALERTS__LEDGER_URL=ledger_url,
         CHURNWATCH_ALERTS__SMTP__PORT=str(inbox.port),
         CHURNWATCH_ALERTS__GROUP_ID=f"alerts-{settings.kafka.topic_prefix}",
         CHURNWATCH_ALERTS__DIGEST_HOUR="23",
     )
 
 
-def test_dispatcher_sends_each_warning_once_across_a_restart(stream_settings, tmp_path):
+def test_dispatcher_sends_each_warning_once_across_a_restart(stream_settings, ledger_url, tmp_path):
     inbox = LocalInbox().start()
-    env = dispatcher_env(stream_settings, tmp_path, inbox)
+    env = dispatcher_env(stream_settings, ledger_url, inbox)
     customer = CustomerUpdated(
         event_id="cu-1",
         customer_id="C9",
@@ -79,7 +79,9 @@ def test_dispatcher_sends_each_warning_once_across_a_restart(stream_settings, tm
     assert "dispatching warnings" in log
 
 
-def test_a_dispatcher_killed_mid_stream_loses_no_notification(stream_settings, tmp_path):
+def test_a_dispatcher_killed_mid_stream_loses_no_notification(
+    stream_settings, ledger_url, tmp_path
+):
     """kill -9 three times while it mails 120 warnings and then their resolutions:
     every notification arrives, and each kill repeats at most the one message that
     was on its way (the outbox commits after each send: at least once, never lost)."""
@@ -87,7 +89,7 @@ def test_a_dispatcher_killed_mid_stream_loses_no_notification(stream_settings, t
     import signal
 
     inbox = LocalInbox().start()
-    env = dispatcher_env(stream_settings, tmp_path, inbox)
+    env = dispatcher_env(stream_settings, ledger_url, inbox)
     # 12 reps with 10 customers each: under the daily cap, so every warning is mailed
     opened = [
         record(f"w-{i}", customer=f"C{i}", owner=f"rep{i % 12}@sales.example.com")
@@ -137,3 +139,50 @@ def test_a_dispatcher_killed_mid_stream_loses_no_notification(stream_settings, t
     assert len(sent) == len(opened) + len(resolved)  # none lost
     assert sum(sent.values()) - len(sent) <= kills  # at most one repeat per kill
     assert sum("Resolved:" in subject for _, subject in sent) == len(resolved)
+
+
+def test_two_dispatchers_on_one_postgresql_ledger_send_each_notification_once(
+    stream_settings, postgres, tmp_path
+):
+    """Two dispatchers in one consumer group on one PostgreSQL ledger (how a team runs
+    them for availability): they share the warnings' partitions and the outbox,
+    and every notification is mailed exactly once; when one stops, the other
+    takes its partitions over and mails the rest, still once each."""
+    import collections
+
+    ledger = postgres.new_database()
+    inbox = LocalInbox().start()
+    env = dispatcher_env(stream_settings, ledger, inbox)
+    opened = [
+        record(f"w-{i}", customer=f"C{i}", owner=f"rep{i % 12}@sales.example.com")
+        for i in range(120)
+    ]
+    resolved = [
+        record(
+            f"w-{i}", status="resolved", customer=f"C{i}", owner=f"rep{i % 12}@sales.example.com"
+        )
+        for i in range(0, 120, 3)
+    ]
+    procs = []
+    try:
+        procs = [start_child(COMMAND, env=env, log=tmp_path / f"alerts-{n}.log") for n in (1, 2)]
+        produce_raw(
+            stream_settings, [(Topic.WARNINGS, w.customer_id, encode_event(w)) for w in opened]
+        )
+        wait_for(lambda: len(inbox.received()) >= 120, "the opened warnings' emails", timeout=180)
+        stop_child(procs[0])  # a clean stop: nothing may be repeated
+        produce_raw(
+            stream_settings, [(Topic.WARNINGS, w.customer_id, encode_event(w)) for w in resolved]
+        )
+        wait_for(lambda: len(inbox.received()) >= 160, "every notification", timeout=180)
+        time.sleep(3)  # anything repeated would arrive by now
+    finally:
+        for proc in procs:
+            stop_child(proc)
+        inbox.stop()
+        postgres.drop_database(ledger)
+    sent = collections.Counter((m["To"], m["Subject"]) for m in inbox.received())
+    assert len(sent) == len(opened) + len(resolved)  # none lost
+    assert [key for key, count in sent.items() if count > 1] == []  # none twice
+    logs = [(tmp_path / f"alerts-{n}.log").read_text() for n in (1, 2)]
+    assert all("dispatching warnings" in log for log in logs)

@@ -125,12 +125,12 @@ def routing_for(webhook: Webhook, **extra) -> Routing:
 
 
 @pytest.fixture
-def make(tmp_path, inbox, webhook):
+def make(ledger_url, inbox, webhook):
     clock = Clock()
 
     def build(**settings) -> Dispatcher:
         alert_settings = AlertSettings(
-            ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+            ledger_url=ledger_url,
             smtp=SmtpSettings(port=inbox.port, sender="churnwatch@example.com"),
             retry_first_seconds=5,
             **settings,
@@ -390,7 +390,7 @@ def test_escalation_sends_a_new_notification_once(make, inbox, webhook):
     assert len(webhook.received) == 1 and "升级" in webhook.received[0]["title"]
 
 
-def test_short_ids_of_keys_whose_hashes_start_alike_differ(tmp_path):
+def test_short_ids_of_keys_whose_hashes_start_alike_differ(ledger_url):
     """Two dedup keys with the same first 8 hex digits of their hash get distinct ids,
     and each keeps its own id when asked again."""
     import hashlib
@@ -407,7 +407,7 @@ def test_short_ids_of_keys_whose_hashes_start_alike_differ(tmp_path):
             break
         seen[prefix] = key
         n += 1
-    sessions = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    sessions = open_ledger(ledger_url)
     now = datetime.now(UTC)
     with sessions() as session:
         ids = []

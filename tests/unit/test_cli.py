@@ -80,13 +80,13 @@ def test_train_needs_both_events_and_mapping_or_an_archive(tmp_path, monkeypatch
     assert result.exit_code == 2 and "go together" in result.output
 
 
-def test_alerts_snooze_list_feedback_and_unsnooze(tmp_path, monkeypatch):
+def test_alerts_snooze_list_feedback_and_unsnooze(ledger_url, monkeypatch):
     from sqlalchemy import select
 
     from churnwatch.consumers.alerts.ledger import Notification, Snooze, open_ledger
     from tests.unit.test_alerts import record
 
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    url = ledger_url
     monkeypatch.setenv("CHURNWATCH_ALERTS__LEDGER_URL", url)
     runner = CliRunner()
     snoozed = runner.invoke(

@@ -9,7 +9,6 @@ import html
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,8 +44,8 @@ def test_both_languages_have_every_text_and_warning_title():
         assert set(WARNING_TYPES) <= set(TITLES[language])
 
 
-def test_passwords_are_hashed_and_checked(tmp_path):
-    sessions = open_ledger(f"sqlite:///{tmp_path / 'l.db'}")
+def test_passwords_are_hashed_and_checked(ledger_url):
+    sessions = open_ledger(ledger_url)
     with sessions.begin() as session:
         user = add_user(session, "ann", "correct horse", "rep", "rep1@x.example")
         assert (
@@ -131,10 +130,10 @@ def _episode(i: int, owner: str, **changes: Any) -> Episode:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[str, Any, Settings]]:
+def site(ledger_url: str) -> Iterator[tuple[str, Any, Settings]]:
     """A running inbox on a ledger with 12 warnings: ann owns the even customers,
     bob the odd ones; meg manages their team, sam manages another, root is admin."""
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    url = ledger_url
     settings = load_settings(alerts={"ledger_url": url}, web={"trusted_proxies": ["127.0.0.1"]})
     sessions = open_ledger(url)
     with sessions.begin() as session:
@@ -399,13 +398,13 @@ def test_new_warnings_are_marked_until_the_next_visit(site):
     assert re.search(r'class="warning[^"]* new" data-customer="C20"', again)
 
 
-def test_users_are_managed_from_the_cli(tmp_path):
+def test_users_are_managed_from_the_cli(ledger_url):
     from click.testing import CliRunner
 
     from churnwatch.cli import cli
 
     runner = CliRunner()
-    env = {"CHURNWATCH_ALERTS__LEDGER_URL": f"sqlite:///{tmp_path / 'l.db'}"}
+    env = {"CHURNWATCH_ALERTS__LEDGER_URL": ledger_url}
     added = runner.invoke(
         cli,
         ["web", "users", "add", "ann", "--owner", "rep1@x.example", "--password-stdin"],
