@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 from churnwatch.core.broker import start_child, stop_child
 from churnwatch.core.inbox import LocalInbox
@@ -26,6 +27,22 @@ def dispatcher_env(settings, ledger_url: str, inbox: LocalInbox) -> dict[str, st
         CHURNWATCH_ALERTS__GROUP_ID=f"alerts-{settings.kafka.topic_prefix}",
         CHURNWATCH_ALERTS__DIGEST_HOUR="23",
     )
+
+
+def many_warnings() -> tuple[list[Any], list[Any]]:
+    """120 opened warnings of 12 reps with 10 customers each (under the daily cap, so
+    every one is mailed), and the resolutions of a third of them."""
+    opened = [
+        record(f"w-{i}", customer=f"C{i}", owner=f"rep{i % 12}@sales.example.com")
+        for i in range(120)
+    ]
+    resolved = [
+        record(
+            f"w-{i}", status="resolved", customer=f"C{i}", owner=f"rep{i % 12}@sales.example.com"
+        )
+        for i in range(0, 120, 3)
+    ]
+    return opened, resolved
 
 
 def test_dispatcher_sends_each_warning_once_across_a_restart(stream_settings, ledger_url, tmp_path):
@@ -90,17 +107,7 @@ def test_a_dispatcher_killed_mid_stream_loses_no_notification(
 
     inbox = LocalInbox().start()
     env = dispatcher_env(stream_settings, ledger_url, inbox)
-    # 12 reps with 10 customers each: under the daily cap, so every warning is mailed
-    opened = [
-        record(f"w-{i}", customer=f"C{i}", owner=f"rep{i % 12}@sales.example.com")
-        for i in range(120)
-    ]
-    resolved = [
-        record(
-            f"w-{i}", status="resolved", customer=f"C{i}", owner=f"rep{i % 12}@sales.example.com"
-        )
-        for i in range(0, 120, 3)
-    ]
+    opened, resolved = many_warnings()
     kills = 0
 
     def kill_when(count: int, proc) -> None:
@@ -153,16 +160,7 @@ def test_two_dispatchers_on_one_postgresql_ledger_send_each_notification_once(
     ledger = postgres.new_database()
     inbox = LocalInbox().start()
     env = dispatcher_env(stream_settings, ledger, inbox)
-    opened = [
-        record(f"w-{i}", customer=f"C{i}", owner=f"rep{i % 12}@sales.example.com")
-        for i in range(120)
-    ]
-    resolved = [
-        record(
-            f"w-{i}", status="resolved", customer=f"C{i}", owner=f"rep{i % 12}@sales.example.com"
-        )
-        for i in range(0, 120, 3)
-    ]
+    opened, resolved = many_warnings()
     procs = []
     try:
         procs = [start_child(COMMAND, env=env, log=tmp_path / f"alerts-{n}.log") for n in (1, 2)]
