@@ -104,7 +104,7 @@ class Pipeline:
         )
         self.dispatcher = start_child(
             [*CLI, "alerts", "run"],
-            env=dispatcher_env(self.settings, tmp_path, self.inbox),
+            env=dispatcher_env(self.settings, f"sqlite:///{tmp_path / 'ledger.db'}", self.inbox),
             log=tmp_path / "alerts.log",
         )
         self.procs.append(self.dispatcher)

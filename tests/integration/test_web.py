@@ -99,7 +99,7 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
     events, _ = simulate(40, 11, parse_start("2024-10-07"), 420, 2, 0)
     produce(settings, iter_paced(events, 0))
     inbox = LocalInbox().start()
-    env = dispatcher_env(settings, tmp_path, inbox)
+    env = dispatcher_env(settings, f"sqlite:///{tmp_path / 'ledger.db'}", inbox)
     port = free_port()
     web_env = dict(env, CHURNWATCH_WEB__PORT=str(port), CHURNWATCH_WEB__SESSION_SECRET="s" * 40)
     _add_user(env, "rep1", "--owner", REP1)
