@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -30,6 +31,8 @@ from types import TracebackType
 
 from churnwatch.core.broker import BrokerError, free_port, start_child, stop_child
 from churnwatch.core.settings import CONFIGS
+
+log = logging.getLogger(__name__)
 
 VERSIONS = CONFIGS / "versions.env"
 POM = CONFIGS / "apache-kafka" / "pom.xml"
@@ -272,12 +275,21 @@ class ApacheKafkaCluster:
             "-c",
             str(node.properties),
         ]
-        done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
-        if done.returncode != 0:
-            raise BrokerError(
-                f"formatting Apache Kafka node {node.node_id}'s storage failed: "
-                + (done.stdout + done.stderr).strip()[-800:]
+        for attempt in (1, 2):  # (once seen to die with nothing said: tried again)
+            done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
+            if done.returncode == 0:
+                return
+            log.warning(
+                "formatting Apache Kafka node %s's storage exited %s (attempt %s)",
+                node.node_id,
+                done.returncode,
+                attempt,
             )
+            args = [*args, "--ignore-formatted"]  # a second try after a half-done first
+        raise BrokerError(
+            f"formatting Apache Kafka node {node.node_id}'s storage failed "
+            f"(exit {done.returncode}): " + (done.stdout + done.stderr).strip()[-800:]
+        )
 
     def _launch(self, java: str, node: Node) -> None:
         args = [
