@@ -291,7 +291,8 @@ class Group:
 @dataclass
 class TypeOutcomes:
     warning_type: str
-    warnings: int = 0
+    warnings: int = 0  # every one raised (what the outcomes are counted against)
+    still_open: int = 0
     acknowledged: int = 0
     acted_on: int = 0
     saved: int = 0
@@ -333,13 +334,18 @@ def team(session: Session, user: User, live: LiveStates | None) -> Team:
     outcomes = latest_outcomes(session)
     per_type: dict[str, TypeOutcomes] = {t: TypeOutcomes(t) for t in WARNING_TYPES}
     everything = select(
-        Episode.warning_id, Episode.customer_id, Episode.owner, Episode.warning_type
+        Episode.warning_id,
+        Episode.customer_id,
+        Episode.owner,
+        Episode.warning_type,
+        Episode.status,
     )
     for e in session.execute(everything):
         if not book.sees(book.owner(e.customer_id, e.owner)):
             continue
         t = per_type.setdefault(e.warning_type, TypeOutcomes(e.warning_type))
         t.warnings += 1
+        t.still_open += e.status == "open"
         t.acknowledged += e.warning_id in book.acked
         verdict = outcomes.get(e.warning_id)
         t.acted_on += verdict in ACTED

@@ -489,6 +489,28 @@ def test_the_team_view_shows_the_backtest_precision_beside_the_teams(site, tmp_p
     assert row and '<td class="num backtest">42%</td>' in row.group(1)
 
 
+def test_the_outcomes_by_type_count_every_warning_raised_and_say_how_many_are_open(site):
+    """The outcomes are measured against every warning raised; the tables by owner,
+    segment and region count the open ones. One resolved sales drop shows the two."""
+    base, sessions, _settings = site
+    with sessions.begin() as session:
+        episode = session.scalars(
+            select(Episode).where(Episode.warning_type == "sales_drop").limit(1)
+        ).one()
+        episode.status = "resolved"
+    team = _login(base, "meg").get(f"{base}/team").text
+    assert "<th>Warnings raised</th><th>Still open</th>" in team
+    row = re.search(r'<tr data-type="sales_drop">(.*?)</tr>', team, re.S)
+    raised = int(re.search(r'class="num raised">(\d+)<', row.group(1)).group(1))
+    still_open = int(re.search(r'class="num still-open">(\d+)<', row.group(1)).group(1))
+    assert raised >= 1 and still_open == raised - 1
+    groups = re.findall(r'<tr data-group="[^"]+"><td>[^<]*</td><td class="num">(\d+)</td>', team)
+    with sessions() as session:
+        open_now = session.scalar(select(func.count()).where(Episode.status == "open"))
+    # the tables by owner, by segment and by region each count every open one once
+    assert sum(int(n) for n in groups) == 3 * open_now
+
+
 def test_a_page_waiting_on_the_live_states_does_not_hold_up_anyone_else(site):
     """While the live-state follower holds its lock (ingesting a batch), a customer
     page waits for it in the thread pool, and every other request is still served."""
