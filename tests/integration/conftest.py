@@ -173,8 +173,11 @@ def events_waiting(settings: Settings) -> float:
         return 1.0  # not answering: not known to be done
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> None:
-    """Until ``condition()`` is true (a server not answering yet counts as not yet)."""
+def wait_for(
+    condition: Callable[[], Any], what: str, timeout: float = 30, log: Path | None = None
+) -> None:
+    """Until ``condition()`` is true (a server not answering yet counts as not yet);
+    on a timeout the end of ``log`` (a child's) is in the error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -183,7 +186,10 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> No
         except OSError:
             pass
         time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(
+        f"timed out waiting for {what}" + (f"; its log ends:\n{tail}" if tail else "")
+    )
 
 
 def samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
