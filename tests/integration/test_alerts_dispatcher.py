@@ -134,6 +134,14 @@ def test_a_dispatcher_killed_mid_stream_loses_no_notification(
         proc = start_child(COMMAND, env=env, log=tmp_path / "alerts.log")
         kill_when(70, proc)
         proc = start_child(COMMAND, env=env, log=tmp_path / "alerts.log")
+        # every opened warning told before its resolution comes: a notice still waiting
+        # when its episode resolves is superseded, by design (never sent, no resolution)
+        wait_for(
+            lambda: len({(m["To"], m["Subject"]) for m in inbox.received()}) == len(opened),
+            "every opened warning's email",
+            timeout=120,
+            log=tmp_path / "alerts.log",
+        )
         produce_raw(
             stream_settings, [(Topic.WARNINGS, w.customer_id, encode_event(w)) for w in resolved]
         )
@@ -142,7 +150,8 @@ def test_a_dispatcher_killed_mid_stream_loses_no_notification(
         wait_for(
             lambda: len({(m["To"], m["Subject"]) for m in inbox.received()}) == 160,
             "every notification",
-            timeout=90,
+            timeout=180,
+            log=tmp_path / "alerts.log",
         )
         time.sleep(3)  # anything repeated would arrive by now
         stop_child(proc)
