@@ -98,11 +98,6 @@ class Wiring:
     def input_names(self) -> list[str]:
         return [self.settings.topic(t) for t in EVENT_TOPICS]
 
-    @property
-    def floor_topics(self) -> list[str]:
-        """The topics whose read floors are stored: the inputs."""
-        return self.input_names
-
 
 def _event_of(item: Held) -> CustomerEvent:
     return item[0]
@@ -190,7 +185,7 @@ class PartitionTask:
         starts, the ``committed`` offsets or the read floor where that is further
         (the events before it are applied and stored). Without it, a topic with
         nothing new since a restart or a rebalance would hold the clock for good."""
-        self.floors = self.progress.read_floors(self.wiring.floor_topics)
+        self.floors = self.progress.read_floors(self.input_names)  # (the inputs' floors)
         if self.event_clock:
             for name, offset in committed.items():
                 floor = self.floors.get(name)
