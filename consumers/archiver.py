@@ -127,7 +127,7 @@ def run_archiver(
         auto_offset_reset="earliest",
         client_id="churnwatch-archiver",
         **settings.kafka_group_options(),
-        **settings.kafka_client_options(),
+        **settings.kafka_consumer_options(),
     )
     kafka = ThroughOutages(consumer, "archiver")
     buffer: dict[str, list[CustomerEvent]] = defaultdict(list)

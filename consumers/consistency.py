@@ -39,7 +39,7 @@ class ConsistencyReport:
 
 def live_states(settings: Settings) -> StateBlock:
     """The worker's table as its changelog has it (the last record per customer)."""
-    consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
+    consumer = KafkaConsumer(group_id=None, **settings.kafka_consumer_options())
     name = changelog_topic(settings, Table.CUSTOMER_STATE)
     tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
     states = StateBlock()

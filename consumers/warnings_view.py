@@ -45,7 +45,7 @@ def follow(
         client_id="churnwatch-view",
         enable_auto_commit=False,
         group_id=None,
-        **settings.kafka_client_options(),
+        **settings.kafka_consumer_options(),
     )
     try:
         name = settings.topic(topic)

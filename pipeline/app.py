@@ -105,7 +105,7 @@ def faust_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=w.broker_rebalance_timeout,
         broker_heartbeat_interval=w.broker_heartbeat_interval,
         table_standby_replicas=w.standby_replicas,
-        processing_guarantee="at_least_once",
+        processing_guarantee=w.processing_guarantee,
         broker_max_poll_records=w.batch_size,  # one fetch is one batch
         consumer_auto_offset_reset="earliest",
         # The input comes in batches (pipeline.faust_adapter.on_batches), never

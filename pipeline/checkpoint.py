@@ -32,10 +32,22 @@ vouches for.
 :class:`Outputs`, which is Faust (:class:`pipeline.storing.FaustOutputs`) in
 the worker and an in-memory broker in the tests
 (``tests/unit/test_checkpoint.py`` crashes it at every step).
+
+**Exactly-once** (``worker.processing_guarantee: exactly_once``, on a broker
+with transactions): :class:`TransactionalCheckpoint` makes each partition's
+part of the checkpoint one Kafka transaction instead, on that input
+partition's transactional producer: its warnings, dead letters, states,
+progress and input offsets are committed together or not at all (a crash
+before the commit leaves an open transaction, which the partition's next
+producer aborts), and the local store is written once they are. Readers that
+read committed (every churnwatch consumer, and Faust's changelog recovery in
+that mode) never see a checkpoint twice, so the at-least-once window is
+gone; the stream stamps stay, harmless.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -95,6 +107,12 @@ def plan_of(results: Sequence[FetchResult]) -> Plan:
     return Plan(outgoing, tuple(states), tuple(progress), ackable)
 
 
+def plans_by_partition(results: Sequence[FetchResult]) -> dict[int, Plan]:
+    """Each partition's own checkpoint (for :class:`TransactionalCheckpoint`), the
+    partitions with nothing to write left out."""
+    return {result.partition: plan for result in results if (plan := plan_of([result]))}
+
+
 class Outputs(Protocol):
     """Where a checkpoint writes: the broker (through the producer and the consumer
     group) and the local store."""
@@ -140,3 +158,58 @@ class Checkpoint:
         if plan.ackable:
             await out.commit(plan.ackable)
         out.store_locally(plan.states + plan.progress)
+
+
+class Transaction(Protocol):
+    """One input partition's transaction, begun."""
+
+    async def send(self, record: Outgoing) -> None:
+        """Hand a warning or dead letter to the transaction."""
+
+    async def send_change(self, change: Change) -> None:
+        """Hand a table change to the transaction, for its changelog partition."""
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        """Add the messages' offsets to the transaction and commit it (or raise)."""
+
+
+class Transactions(Protocol):
+    """Where an exactly-once checkpoint writes: a transaction per input partition,
+    then the local store."""
+
+    async def begin(self, partition: int) -> Transaction:
+        """The partition's transaction (raises where the partition has none)."""
+
+    def store_locally(self, changes: Sequence[Change]) -> None:
+        """As :meth:`Outputs.store_locally`, for committed changes."""
+
+
+class TransactionalCheckpoint:
+    """Runs each partition's plan as one transaction, the partitions side by side;
+    the local store gets what was committed."""
+
+    def __init__(self, transactions: Transactions) -> None:
+        self.transactions = transactions
+
+    async def run(self, plans: dict[int, Plan]) -> None:
+        done = await asyncio.gather(
+            *(self._commit(partition, plan) for partition, plan in plans.items()),
+            return_exceptions=True,
+        )
+        committed = [
+            plan for plan, outcome in zip(plans.values(), done, strict=True) if outcome is None
+        ]
+        self.transactions.store_locally(
+            tuple(change for plan in committed for change in plan.states + plan.progress)
+        )
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _commit(self, partition: int, plan: Plan) -> None:
+        transaction = await self.transactions.begin(partition)
+        for record in plan.outgoing:
+            await transaction.send(record)
+        for change in plan.states + plan.progress:
+            await transaction.send_change(change)
+        await transaction.commit(plan.ackable)

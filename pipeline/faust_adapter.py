@@ -42,6 +42,21 @@ is rebuilt from the changelog like a new worker's.
 **Writing tables from a batch.** :func:`storing_for` files table writes under a
 partition (Faust takes it from the stream's current event, and batch
 delivery has no stream).
+
+**Transactions** (``worker.processing_guarantee: exactly_once``). In that mode
+Faust starts one transactional producer per assigned input partition (its
+``TransactionManager``, on every rebalance: a new owner's producer fences the
+old owner's and aborts its open transaction), and its consumer reads
+``read_committed``. Its own send and commit paths do not fit the batch path:
+``TransactionManager.send`` picks the producer by the *destination* topic's
+assignor group, which the warnings and dead-letter topics have none of, and
+its producer's ``begin``/``commit_transaction`` log errors instead of raising.
+So the worker takes the producer itself (:func:`transaction_producer`) and
+runs the transaction (:class:`pipeline.storing.FaustTransactions`). Faust asks
+the end of a changelog, in that mode, from the consumer's last stable offsets,
+which are known only for partitions fetched already (None for those a
+recovery is about to read); here the broker is asked (``ListOffsets`` read
+committed: the last stable offset).
 """
 
 from __future__ import annotations
@@ -55,11 +70,11 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, cast
 
 import faust
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from faust.streams import _current_event
 from faust.tables import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery as FaustRecovery
-from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import CONSUMER_FETCHING, TopicPartitionGroup, TransactionManager
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, Message, TopicT
 
@@ -70,9 +85,9 @@ PROBE_SECONDS = 10.0
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
     async def _highwaters(self, partitions: Any) -> Mapping[TP, int]:
+        if self.consumer.in_transaction:  # (Tansu has no transactions: no probe)
+            return dict(await self._ensure_consumer().end_offsets(list(partitions)))
         reported = dict(await super()._highwaters(partitions))
-        if self.consumer.in_transaction:
-            return reported  # last stable offsets: not what a fetch reports
         fetch = {
             TopicPartition(tp.topic, tp.partition): tp for tp in partitions if reported.get(tp)
         }
@@ -242,6 +257,37 @@ def storing_for(app: faust.App, partition: int) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+class NoTransaction(Exception):
+    """The transactional producer of an input partition is missing: the broker
+    refused it one (no transactions: the embedded Tansu broker), or another
+    worker's producer fenced it (the partition is that worker's now)."""
+
+
+def transaction_producer(app: faust.App, topic: str, partition: int) -> AIOKafkaProducer:
+    """The transactional producer Faust keeps for input ``topic``'s ``partition``,
+    in a transaction (begun here unless Faust began it at the assignment)."""
+    group = app.assignor.group_for_topic(topic)
+    tid = TransactionManager.transactional_id_format.format(
+        tpg=TopicPartitionGroup(topic, partition, group), group_id=app.conf.id
+    )
+    producer = app.producer._transaction_producers.get(tid)  # type: ignore[attr-defined]  # noqa: SLF001
+    if producer is None:
+        raise NoTransaction(
+            f"no transactional producer {tid!r} for {topic}[{partition}]: the broker "
+            "refused it one (exactly_once needs a broker with transactions, such as "
+            "Apache Kafka) or another worker's fenced it (the partition is that worker's now)"
+        )
+    return cast(AIOKafkaProducer, producer)
+
+
+async def begun(producer: AIOKafkaProducer) -> AIOKafkaProducer:
+    """``producer`` in a transaction: Faust begins one at each assignment, the
+    worker after each commit it makes."""
+    if not producer._txn_manager.is_in_transaction():  # noqa: SLF001 - aiokafka has no public view
+        await producer.begin_transaction()
+    return producer
 
 
 class Recovery(FaustRecovery):

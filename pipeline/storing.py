@@ -1,7 +1,9 @@
 """The worker's checkpoints on Faust: :class:`Store` takes what a fetch's work
 changed and runs it as one :class:`~pipeline.checkpoint.Checkpoint` through
 :class:`FaustOutputs` (the producer, the consumer group, the tables' local
-stores), in a task the next fetch's work overlaps.
+stores), in a task the next fetch's work overlaps. In exactly-once mode it runs
+a :class:`~pipeline.checkpoint.TransactionalCheckpoint` through
+:class:`FaustTransactions` instead: a transaction per input partition.
 """
 
 from __future__ import annotations
@@ -11,12 +13,23 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from aiokafka import AIOKafkaProducer, TopicPartition
 from faust.types import TP, Message
 
 from churnwatch.core.topics import Topic
 from churnwatch.pipeline.app import Pipeline
-from churnwatch.pipeline.checkpoint import STATES, Change, Checkpoint, Outputs, plan_of
-from churnwatch.pipeline.faust_adapter import storing_for
+from churnwatch.pipeline.checkpoint import (
+    STATES,
+    Change,
+    Checkpoint,
+    Outputs,
+    Transaction,
+    TransactionalCheckpoint,
+    Transactions,
+    plan_of,
+    plans_by_partition,
+)
+from churnwatch.pipeline.faust_adapter import begun, storing_for, transaction_producer
 from churnwatch.pipeline.partition_task import PartitionTask
 from churnwatch.pipeline.progress import Outgoing
 
@@ -36,22 +49,28 @@ class FaustOutputs(Outputs):
         # recorded in the local store with the changes (store_locally).
         self.delivered: dict[tuple[str, TP], int] = {}
 
-    def _table(self, name: str) -> Any:
+    def table(self, name: str) -> Any:
+        """The Faust table a change of ``name`` (STATES or PROGRESS) goes to."""
         return self.p.states if name == STATES else self.p.sweep_progress
+
+    def channel(self, topic: Topic) -> Any:
+        """The Faust topic a warning or dead letter goes to."""
+        return self.p.warnings if topic is Topic.WARNINGS else self.p.dead_letters
+
+    def note_delivered(self, name: str, sent: Any) -> None:
+        """Note where a change landed (``sent``: its record metadata)."""
+        key = (name, TP(sent.topic, sent.partition))
+        self.delivered[key] = max(self.delivered.get(key, -1), sent.offset)
 
     async def send(self, record: Outgoing) -> None:
         topic, key, value = record
-        channel = self.p.warnings if topic is Topic.WARNINGS else self.p.dead_letters
-        await channel.send(key=key, value=value)
+        await self.channel(topic).send(key=key, value=value)
 
     async def send_change(self, change: Change) -> None:
-        table = self._table(change.table)
+        table = self.table(change.table)
 
         def delivered(future: Any) -> None:
-            sent = future.result()  # the record's metadata: where it landed
-            tp = TP(sent.topic, sent.partition)
-            key = (change.table, tp)
-            self.delivered[key] = max(self.delivered.get(key, -1), sent.offset)
+            self.note_delivered(change.table, future.result())
 
         await table.changelog_topic.send(
             key=change.key,
@@ -80,10 +99,60 @@ class FaustOutputs(Outputs):
         for partition, listed in by_partition.items():
             with storing_for(app, partition):  # keys filed under this partition
                 for change in listed:
-                    self._table(change.table).data[change.key] = change.value
+                    self.table(change.table).data[change.key] = change.value
         for (name, tp), offset in self.delivered.items():
-            self._table(name).data.set_persisted_offset(tp, offset)
+            self.table(name).data.set_persisted_offset(tp, offset)
         self.delivered.clear()
+
+
+class FaustTransaction(Transaction):
+    """One input partition's transaction on the transactional producer Faust keeps
+    for it; what it sent is noted as delivered once it is committed."""
+
+    def __init__(self, outputs: FaustOutputs, producer: AIOKafkaProducer) -> None:
+        self.outputs = outputs
+        self.producer = producer
+        self.changes: list[tuple[str, asyncio.Future[Any]]] = []
+
+    async def send(self, record: Outgoing) -> None:
+        topic, key, value = record
+        await self.producer.send(self.outputs.channel(topic).get_topic_name(), value, key)
+
+    async def send_change(self, change: Change) -> None:
+        table = self.outputs.table(change.table)
+        changelog = table.changelog_topic
+        key, _ = changelog.prepare_key(change.key, table.key_serializer)
+        value, _ = changelog.prepare_value(change.value, table.value_serializer)
+        sent = await self.producer.send(
+            changelog.get_topic_name(), value, key, partition=change.partition
+        )
+        self.changes.append((change.table, sent))
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        if messages:
+            offsets = {TopicPartition(m.tp.topic, m.tp.partition): m.offset + 1 for m in messages}
+            await self.producer.send_offsets_to_transaction(offsets, self.outputs.p.app.conf.id)
+        await self.producer.commit_transaction()  # (everything sent is delivered first)
+        for name, sent in self.changes:
+            self.outputs.note_delivered(name, sent.result())
+
+
+class FaustTransactions(Transactions):
+    """Exactly-once checkpoints through Faust: each input partition's transactional
+    producer (:func:`~pipeline.faust_adapter.transaction_producer`), then the
+    tables' local stores as :class:`FaustOutputs` writes them."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self.outputs = FaustOutputs(p)
+        self.input_topic = next(iter(p.inputs.topics))  # (the partition's topics share one)
+
+    async def begin(self, partition: int) -> Transaction:
+        app = self.outputs.p.app
+        producer = await begun(transaction_producer(app, self.input_topic, partition))
+        return FaustTransaction(self.outputs, producer)
+
+    def store_locally(self, changes: Sequence[Change]) -> None:
+        self.outputs.store_locally(changes)
 
 
 class Store:
@@ -91,7 +160,9 @@ class Store:
 
     def __init__(self, p: Pipeline) -> None:
         self.p = p
+        self.exactly_once = p.settings.worker.processing_guarantee == "exactly_once"
         self.checkpoint = Checkpoint(FaustOutputs(p))
+        self.transactional = TransactionalCheckpoint(FaustTransactions(p))
         # The checkpoint on its way (see write()).
         self.publishing: set[asyncio.Future[None]] = set()
 
@@ -114,14 +185,30 @@ class Store:
             # nothing; the revoke that follows forgets this batch and the next
             # owner reads it again.
             return
-        plan = plan_of([tasks[n].take_result() for n in touched])
-        if not plan:
-            return
-        task = asyncio.ensure_future(self.checkpoint.run(plan))
+        results = [tasks[n].take_result() for n in touched]
+        if self.exactly_once:
+            plans = plans_by_partition(results)
+            if not plans:
+                return
+            task = asyncio.ensure_future(self.transactional.run(plans))
+        else:
+            plan = plan_of(results)
+            if not plan:
+                return
+            task = asyncio.ensure_future(self.checkpoint.run(plan))
         self.publishing.add(task)
         task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Future[None]) -> None:
         self.publishing.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("could not complete a checkpoint: %r", task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            return
+        if not self.exactly_once:
+            log.error("could not complete a checkpoint: %r", error)
+            return
+        # What the worker holds in memory is past what the broker has now: stop,
+        # and a restart (or the partition's new owner) carries on from what was
+        # committed.
+        log.error("could not commit a checkpoint's transaction, stopping: %r", error)
+        asyncio.ensure_future(self.p.app.crash(error))

@@ -30,6 +30,7 @@ from churnwatch.bench.probes import (
     quantile,
     rss_mb,
 )
+from churnwatch.core.apache_kafka import ApacheKafkaCluster
 from churnwatch.core.broker import EmbeddedBroker, free_port, start_child, stop_child
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import EVENT_TOPICS, Table, changelog_topic, ensure_topics
@@ -82,6 +83,8 @@ class BenchResult:
     bare_loop_events_per_second: float
     faust_floor_events_per_second: float | None = None
     event_loop: str = "asyncio"
+    broker: str = "tansu"
+    processing_guarantee: str = "at_least_once"
     runs: list[Run] = field(default_factory=list)
 
 
@@ -95,6 +98,8 @@ def run_bench(
     live_days: int = 30,
     live_rate: float = 1000.0,
     faust_floor: bool = True,
+    broker_kind: str = "tansu",
+    guarantee: str = "at_least_once",
     say: Callable[[str], None] = print,
 ) -> BenchResult:
     """Run the benchmark; what it measures is in :mod:`churnwatch.bench`."""
@@ -115,12 +120,20 @@ def run_bench(
         say("training a churn model on a simulated past (as the demo does) ...")
         model = train_demo_model(settings, customers, registry).version
     host = settings.broker.host
-    broker = EmbeddedBroker(host, free_port(host), settings.broker.startup_timeout_seconds)
+    broker: EmbeddedBroker | ApacheKafkaCluster
+    if broker_kind == "apache-kafka":
+        broker = ApacheKafkaCluster(workdir / "apache-kafka", ports=[free_port(host)])
+    else:
+        broker = EmbeddedBroker(host, free_port(host), settings.broker.startup_timeout_seconds)
+    settings = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"processing_guarantee": guarantee})}
+    )
     result = BenchResult(customers, days, len(history), model, store, machine(), 0.0)
     result.event_loop = "uvloop" if loop_factory else "asyncio"
+    result.broker, result.processing_guarantee = broker_kind, guarantee
     try:
         broker.start()
-        say(f"broker on {broker.bootstrap_servers}; {len(history)} events to drain")
+        say(f"{broker_kind} broker on {broker.bootstrap_servers}; {len(history)} events to drain")
         counts = sorted({1, workers})
         for n in counts:
             run_settings = isolated(settings, broker.bootstrap_servers)
@@ -129,7 +142,14 @@ def run_bench(
             topics = [run_settings.topic(t) for t in EVENT_TOPICS]
             if not result.bare_loop_events_per_second:
                 with asyncio.Runner(loop_factory=loop_factory) as runner:
-                    seconds = runner.run(bare_loop(broker.bootstrap_servers, topics, len(history)))
+                    seconds = runner.run(
+                        bare_loop(
+                            broker.bootstrap_servers,
+                            topics,
+                            run_settings.kafka.partitions,
+                            len(history),
+                        )
+                    )
                 result.bare_loop_events_per_second = len(history) / seconds
                 say(f"bare loop: {result.bare_loop_events_per_second:,.0f} events/s")
                 if faust_floor:
@@ -210,6 +230,7 @@ def _drain(
                 CHURNWATCH_WORKER__STORE=store,
                 CHURNWATCH_WORKER__DATA_DIR=str(data_dir),
                 CHURNWATCH_WORKER__METRICS_PORT=str(port),
+                CHURNWATCH_WORKER__PROCESSING_GUARANTEE=settings.worker.processing_guarantee,
                 CHURNWATCH_CLOCK__MODE="event",
                 CHURNWATCH_MODEL__REGISTRY=str(registry),
             )
@@ -324,7 +345,8 @@ def format_result(result: BenchResult) -> str:
         f"churnwatch bench: {result.customers} customers, {result.days} days, "
         f"{result.events:,} events drained; model {result.model}; store {result.store}",
         f"machine: {result.machine}",
-        f"event loop: {result.event_loop}",
+        f"event loop: {result.event_loop}; broker {result.broker}; "
+        f"processing guarantee {result.processing_guarantee}",
         f"bare loop (aiokafka + JSON decode + dict update): "
         f"{result.bare_loop_events_per_second:,.0f} events/s",
     ]

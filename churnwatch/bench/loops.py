@@ -18,7 +18,7 @@ from churnwatch.core.settings import Settings
 from churnwatch.pipeline.app import faust_app, input_topics, use_event_loop
 
 
-async def bare_loop(bootstrap: str, topics: list[str], total: int) -> float:
+async def bare_loop(bootstrap: str, topics: list[str], partitions: int, total: int) -> float:
     """Seconds for aiokafka to consume ``total`` messages, JSON-decode each and
     update a per-customer dict: what any consumer on this broker must pay."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,9 +26,7 @@ async def bare_loop(bootstrap: str, topics: list[str], total: int) -> float:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [
-            TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t))
-        ]
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         consumer.assign(tps)
         started = time.perf_counter()
         await consumer.seek_to_beginning(*tps)

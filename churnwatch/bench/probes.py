@@ -103,7 +103,7 @@ def changelog_bytes(settings: Settings, topic: str) -> tuple[int, int]:
     """(customers, bytes of their last stored state) from a changelog topic."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
+    consumer = KafkaConsumer(group_id=None, **settings.kafka_consumer_options())
     tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
     latest: dict[bytes, int] = {}
     if tps:

@@ -77,6 +77,16 @@ def ensure_topics_or_fail(settings: Settings) -> list[str]:
         raise click.ClickException(str(exc)) from exc
 
 
+def transactions_or_fail(settings: Settings) -> None:
+    """A clear error unless the broker runs Kafka transactions."""
+    from churnwatch.core.topics import TopicsError, require_transactions
+
+    try:
+        require_transactions(settings)
+    except TopicsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def produce_with_progress(
     settings: Settings, messages: list[SimEvent], days_per_second: float, label: str
 ) -> ProduceStats:

@@ -21,6 +21,7 @@ from churnwatch.cli.base import (
     serve_metrics,
     settings_of,
     stop_on_signal,
+    transactions_or_fail,
 )
 
 
@@ -102,11 +103,14 @@ def worker(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     use_event_loop(settings.worker.event_loop)
     ensure_topics_or_fail(settings)
+    if settings.worker.processing_guarantee == "exactly_once":
+        transactions_or_fail(settings)
     serve_metrics(settings.worker.metrics_port, settings.worker.metrics_host, "WORKER")
     pipeline = create_app(settings)
     click.echo(
         f"worker {settings.worker.app_id}: {settings.kafka.bootstrap_servers}, "
-        f"clock={settings.clock.mode}, store={settings.worker.store}"
+        f"clock={settings.clock.mode}, store={settings.worker.store}, "
+        f"{settings.worker.processing_guarantee}"
     )
     runner = Worker(pipeline.app, loglevel=settings.worker.log_level)
     # Faust's start-up spinner turns the root logger to DEBUG for good (to spin

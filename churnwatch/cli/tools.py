@@ -125,6 +125,22 @@ def demo(
     help="Skip the do-nothing Faust agent (Faust's own cost per message).",
 )
 @click.option(
+    "--broker",
+    "broker_kind",
+    type=click.Choice(["tansu", "apache-kafka"]),
+    default="tansu",
+    show_default=True,
+    help="The broker it starts: the embedded Tansu, or a one-node Apache Kafka of the "
+    "pinned version (needs Java).",
+)
+@click.option(
+    "--guarantee",
+    type=click.Choice(["at_least_once", "exactly_once"]),
+    default="at_least_once",
+    show_default=True,
+    help="The workers' worker.processing_guarantee (exactly_once needs --broker apache-kafka).",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -152,17 +168,21 @@ def bench(
     live_days: int,
     live_rate: float,
     no_faust_floor: bool,
+    broker_kind: str,
+    guarantee: str,
     json_path: Path | None,
     backtest: bool,
     web: bool,
 ) -> None:
-    """Measure the worker against a bare consume loop on its own embedded broker."""
+    """Measure the worker against a bare consume loop on its own broker."""
     import json
 
     from churnwatch.bench.batch import run_backtest_bench, run_web_bench
     from churnwatch.bench.drain import format_result, run_bench, to_json
     from churnwatch.core.broker import BrokerError
 
+    if guarantee == "exactly_once" and broker_kind != "apache-kafka":
+        raise click.UsageError("--guarantee exactly_once needs --broker apache-kafka")
     if web:
         figures = run_web_bench(
             settings_of(ctx), customers, days, say=lambda line: click.echo(line, err=True)
@@ -206,6 +226,8 @@ def bench(
             live_days=live_days,
             live_rate=live_rate,
             faust_floor=not no_faust_floor,
+            broker_kind=broker_kind,
+            guarantee=guarantee,
             say=lambda line: click.echo(line, err=True),
         )
     except (BrokerError, RuntimeError) as exc:

@@ -88,6 +88,12 @@ class WorkerSettings(_Section):
     # uvloop runs Faust's per-message machinery about a third faster; asyncio
     # is the standard library's loop (and the fallback where uvloop is missing).
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # at_least_once: a crash may send the last checkpoint's warnings and states
+    # again (same ids: the dispatcher and the states absorb them). exactly_once:
+    # each partition's checkpoint is one Kafka transaction (warnings, states,
+    # progress and input offsets together); needs a broker with transactions
+    # (Apache Kafka), not the embedded Tansu broker (docs/production.md).
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
 
 class ClockSettings(_Section):
@@ -229,6 +235,12 @@ class Settings(BaseSettings):
             "session_timeout_ms": int(w.broker_session_timeout * 1000),
             "heartbeat_interval_ms": int(w.broker_heartbeat_interval * 1000),
         }
+
+    def kafka_consumer_options(self) -> dict[str, Any]:
+        """Connection options for kafka-python consumers: reading committed records
+        only (a worker in exactly-once mode writes in transactions; records of one
+        it did not commit are never seen; without transactions nothing differs)."""
+        return {**self.kafka_client_options(), "isolation_level": "read_committed"}
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Connection options for kafka-python clients (never logged: holds the password)."""

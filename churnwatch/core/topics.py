@@ -7,6 +7,7 @@ Run: ``churnwatch topics create``. The demo, the worker and the simulator call
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from enum import StrEnum
 from typing import Any
@@ -143,7 +144,7 @@ def end_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPart
     if not tps:
         return {}
     probe = KafkaConsumer(
-        group_id=None, enable_auto_commit=False, **settings.kafka_client_options()
+        group_id=None, enable_auto_commit=False, **settings.kafka_consumer_options()
     )
     try:
         reported: dict[TopicPartition, int] = {
@@ -161,6 +162,55 @@ def end_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPart
         return {tp: max(reported.get(tp, 0), fetched.get(tp, 0)) for tp in tps}
     finally:
         probe.close()
+
+
+def require_transactions(settings: Settings) -> None:
+    """Raise :class:`TopicsError` unless the broker runs Kafka transactions (what
+    ``worker.processing_guarantee: exactly_once`` needs). Probed as the worker's
+    producers will use them (aiokafka): an idempotent producer started, and an
+    empty transaction with the worker group's offsets begun and aborted."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError as AIOKafkaError
+
+    k = settings.kafka
+    servers = k.bootstrap_servers
+    options: dict[str, Any] = {
+        "bootstrap_servers": servers,
+        "security_protocol": k.security_protocol,
+    }
+    if k.sasl_mechanism:
+        options["sasl_mechanism"] = k.sasl_mechanism
+        options["sasl_plain_username"] = k.sasl_username
+        options["sasl_plain_password"] = (
+            k.sasl_password.get_secret_value() if k.sasl_password else None
+        )
+    if k.ssl_cafile:
+        options["ssl_context"] = ssl.create_default_context(cafile=k.ssl_cafile)
+
+    async def probe() -> None:
+        idempotent = AIOKafkaProducer(enable_idempotence=True, acks="all", **options)
+        transactional = AIOKafkaProducer(
+            transactional_id=f"{settings.worker.app_id}-transactions-probe", **options
+        )
+        try:
+            await idempotent.start()
+            await transactional.start()
+            await transactional.begin_transaction()
+            await transactional.abort_transaction()
+        finally:
+            await idempotent.stop()
+            await transactional.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(probe(), 30))
+    except (AIOKafkaError, TimeoutError) as exc:
+        raise TopicsError(
+            "worker.processing_guarantee is exactly_once, and the broker at "
+            f"{servers} runs no Kafka transactions ({exc!r}): use Apache Kafka (the "
+            "embedded Tansu broker has none), or at_least_once"
+        ) from exc
 
 
 def committed_offsets(

@@ -72,7 +72,7 @@ def warnings_not_taken(settings: Settings) -> int:
     consumer = KafkaConsumer(
         group_id=settings.alerts.group_id,
         enable_auto_commit=False,
-        **settings.kafka_client_options(),
+        **settings.kafka_consumer_options(),
     )
     try:
         name = settings.topic(Topic.WARNINGS)
@@ -84,7 +84,7 @@ def warnings_not_taken(settings: Settings) -> int:
 
 
 def dead_letter_count(settings: Settings) -> int:
-    consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
+    consumer = KafkaConsumer(group_id=None, **settings.kafka_consumer_options())
     try:
         name = settings.topic(Topic.DEAD_LETTERS)
         tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]

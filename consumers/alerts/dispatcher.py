@@ -399,7 +399,7 @@ def run_dispatcher(settings: Settings, stop: threading.Event, dispatcher: Dispat
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         **settings.kafka_group_options(),
-        **settings.kafka_client_options(),
+        **settings.kafka_consumer_options(),
     )
     kafka = ThroughOutages(consumer, "alert dispatcher")
     try:

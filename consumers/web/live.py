@@ -94,7 +94,7 @@ class LiveStates:
             client_id="churnwatch-web",
             group_id=None,
             enable_auto_commit=False,
-            **self.settings.kafka_client_options(),
+            **self.settings.kafka_consumer_options(),
         )
         try:
             tps: list[TopicPartition] = []

@@ -65,6 +65,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CHURNWATCH_WORKER__STORE": settings.worker.store,
         "CHURNWATCH_WORKER__DATA_DIR": settings.worker.data_dir,
         "CHURNWATCH_WORKER__METRICS_PORT": str(settings.worker.metrics_port),
+        "CHURNWATCH_WORKER__PROCESSING_GUARANTEE": settings.worker.processing_guarantee,
         "CHURNWATCH_CLOCK__MODE": settings.clock.mode,
         "CHURNWATCH_CLOCK__WALL_TICK_SECONDS": str(settings.clock.wall_tick_seconds),
         "CHURNWATCH_CLOCK__SWEEP_EVERY_HOURS": str(settings.clock.sweep_every_hours),
@@ -91,6 +92,7 @@ def isolated_settings(
             "store": store,
             "data_dir": str(data_dir),
             "metrics_port": free_port(),
+            **overrides.pop("worker", {}),
         },
         **overrides,
     )
@@ -132,9 +134,13 @@ def produce_raw(settings: Settings, messages: list[tuple[Topic, str, bytes]]) ->
     producer.close()
 
 
-def read_topic(settings: Settings, topic: Topic) -> list[bytes]:
-    """Everything on ``topic`` right now."""
-    consumer = KafkaConsumer(group_id=None, **settings.kafka_client_options())
+def read_topic(settings: Settings, topic: Topic, committed: bool = True) -> list[bytes]:
+    """Everything on ``topic`` right now: read committed (as every churnwatch consumer
+    reads), or every record the broker holds, those of aborted transactions too."""
+    options = settings.kafka_consumer_options()
+    if not committed:
+        options["isolation_level"] = "read_uncommitted"
+    consumer = KafkaConsumer(group_id=None, **options)
     name = settings.topic(topic)
     tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
     consumer.assign(tps)

@@ -8,7 +8,10 @@ carries warnings or dead letters (pipeline/checkpoint.py), where STEP says:
   (the broker may hold the warnings, never the states that say they were told);
 - ``commit``: its warnings, states and progress delivered, before its offsets
   are committed and before the local store is written (what it applied is read
-  again, and the local store is behind the changelog).
+  again, and the local store is behind the changelog);
+- ``transaction`` (exactly-once mode): a partition's transaction carrying
+  warnings, everything in it delivered to the broker, before it is committed
+  (the broker holds its records uncommitted; the restart must abort them).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from churnwatch.cli import main
 from churnwatch.pipeline.checkpoint import Checkpoint, Plan
+from churnwatch.pipeline.storing import FaustTransaction
 
 STEPS = {"states": "send_change", "commit": "commit"}
 
@@ -40,7 +44,31 @@ def plant_crash(after_checkpoints: int, step: str) -> None:
     Checkpoint.run = run  # type: ignore[method-assign]
 
 
+def plant_crash_in_transaction(after_transactions: int) -> None:
+    send, commit = FaustTransaction.send, FaustTransaction.commit
+    told: set[int] = set()  # the transactions that carry warnings or dead letters
+    left = [after_transactions]
+
+    async def sending(self: FaustTransaction, record: Any) -> None:
+        told.add(id(self))
+        await send(self, record)
+
+    async def committing(self: FaustTransaction, messages: Any) -> None:
+        if id(self) in told:
+            left[0] -= 1
+            if left[0] == 0:
+                await self.producer.flush()  # on the broker, not committed
+                os._exit(137)
+        await commit(self, messages)
+
+    FaustTransaction.send = sending  # type: ignore[method-assign]
+    FaustTransaction.commit = committing  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
-    plant_crash(int(sys.argv[1]), sys.argv[2])
+    if sys.argv[2] == "transaction":
+        plant_crash_in_transaction(int(sys.argv[1]))
+    else:
+        plant_crash(int(sys.argv[1]), sys.argv[2])
     sys.argv = ["churnwatch", "worker", *sys.argv[3:]]
     main()

@@ -28,13 +28,14 @@ from churnwatch.core.apache_kafka import ApacheKafkaCluster
 from churnwatch.core.broker import free_port, start_child, stop_child
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.settings import Settings
-from churnwatch.core.topics import EVENT_TOPICS, Table, changelog_topic
+from churnwatch.core.topics import EVENT_TOPICS, Table, Topic, changelog_topic
 from churnwatch.pipeline.events import decode_event
 from churnwatch.producers.produce import ProduceStats, produce
 from churnwatch.producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (
     assert_same_as_batch,
     isolated_settings,
+    read_topic,
     samples,
     settings_env,
     start_apache_kafka,
@@ -76,13 +77,20 @@ def leader_counts(settings: Settings, cluster: ApacheKafkaCluster) -> collection
 class Pipeline:
     """Workers, the archiver and the dispatcher as real processes, and a live stream."""
 
-    def __init__(self, cluster: ApacheKafkaCluster, tmp_path: Path, workers: int) -> None:
+    def __init__(
+        self,
+        cluster: ApacheKafkaCluster,
+        tmp_path: Path,
+        workers: int,
+        guarantee: str = "at_least_once",
+    ) -> None:
         self.tmp_path = tmp_path
         self.settings = isolated_settings(
             cluster,
             tmp_path / "worker-1",
             store="rocksdb://",
             kafka={"replication_factor": cluster.replication_factor},
+            worker={"processing_guarantee": guarantee},
             # While a dead node's partitions wait for a new leader (Apache Kafka's
             # broker.session.timeout.ms, 9 s), their producers stall and their
             # events come late; the event clock waits for them longer than that
@@ -176,6 +184,9 @@ class Pipeline:
         late = [samples(port, "churnwatch_late_events_total")[0][1] for port in self.ports]
         print(f"late events, by worker: {late}")
         assert_same_as_batch(self.settings, self.events)
+        if self.settings.worker.processing_guarantee == "exactly_once":
+            copies = collections.Counter(read_topic(self.settings, Topic.WARNINGS))
+            assert max(copies.values()) == 1, "a warning record read committed twice"
         deadline = time.monotonic() + 60
         while len(archived_ids(self.archive)) < len(self.valid) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -213,8 +224,8 @@ class Pipeline:
 def pipeline(cluster, tmp_path):
     made: list[Pipeline] = []
 
-    def make(workers: int) -> Pipeline:
-        made.append(Pipeline(cluster, tmp_path, workers))
+    def make(workers: int, guarantee: str = "at_least_once") -> Pipeline:
+        made.append(Pipeline(cluster, tmp_path, workers, guarantee))
         return made[-1]
 
     yield make
@@ -238,6 +249,27 @@ def test_kill_9_of_the_busiest_broker_loses_nothing(cluster, pipeline):
     cluster.start_node(busiest)
     print(f"node {busiest} back after {time.monotonic() - at:.1f} s")
     p.wait_drained(at, "kill -9 of the busiest broker")
+    p.check()
+
+
+def test_kill_9_of_the_busiest_broker_under_two_exactly_once_workers_loses_nothing(
+    cluster, pipeline
+):
+    """Two workers in exactly-once mode; the busiest node is killed and restarted.
+    The rebalance it sets off moves partitions while checkpoints are on their way:
+    a new owner's transactional producer fences the old owner's, so no write of a
+    worker that lost its partition lands after the new owner's."""
+    p = pipeline(workers=2, guarantee="exactly_once")
+    p.start_stream()
+    busiest, led = leader_counts(p.settings, cluster).most_common(1)[0]
+    at = time.monotonic()
+    cluster.kill(busiest)
+    print(f"killed node {busiest}, leader of {led} input and changelog partitions")
+    time.sleep(8)
+    p.assert_running()
+    cluster.start_node(busiest)
+    print(f"node {busiest} back after {time.monotonic() - at:.1f} s")
+    p.wait_drained(at, "kill -9 of the busiest broker, two exactly-once workers")
     p.check()
 
 

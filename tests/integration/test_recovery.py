@@ -13,19 +13,23 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from churnwatch.core.apache_kafka import ApacheKafkaCluster
 from churnwatch.core.broker import free_port, start_child, stop_child
 from churnwatch.core.settings import Settings
-from churnwatch.core.topics import EVENT_TOPICS, committed_offsets
+from churnwatch.core.topics import EVENT_TOPICS, Topic, committed_offsets
+from churnwatch.pipeline.events import WarningRecord
 from churnwatch.producers.produce import produce
 from churnwatch.producers.simulator import iter_paced, parse_start, simulate
 from tests.integration.conftest import (
     assert_same_as_batch,
     isolated_settings,
+    read_topic,
     samples,
     settings_env,
     wait_processed,
@@ -112,6 +116,83 @@ def test_a_worker_that_dies_inside_a_checkpoint_carries_on_after_a_restart(
     assert done_before < total * 0.9, "crashed too late to test a restart"
     proc = worker(settings)  # restarted on the same data folder
     wait_processed(settings, total - done_before, proc, timeout=180)
+    assert_same_as_batch(settings, events)
+
+
+def exactly_once_settings(broker, folder: Path) -> Settings:
+    if not isinstance(broker, ApacheKafkaCluster):
+        pytest.skip("exactly_once needs transactions; the embedded Tansu broker has none")
+    return isolated_settings(
+        broker, folder, store="rocksdb://", worker={"processing_guarantee": "exactly_once"}
+    )
+
+
+def warning_copies(settings: Settings, committed: bool = True) -> Counter[tuple[str, str, str]]:
+    """How many times each warning record (id, status, time) is on the warnings topic."""
+    return Counter(
+        (record.warning_id, record.status, record.at.isoformat())
+        for value in read_topic(settings, Topic.WARNINGS, committed=committed)
+        for record in [WarningRecord.model_validate_json(value)]
+    )
+
+
+def test_exactly_once_a_worker_killed_inside_a_transaction_leaves_no_duplicate(
+    broker, worker, tmp_path
+):
+    """Exactly-once mode: the worker dies inside a partition's transaction, its
+    warnings and states delivered to the broker and not committed. Read
+    committed, the warnings topic holds each record once (the restart aborted
+    that transaction and told them again); the broker does hold the aborted
+    copies (read uncommitted), so the crash did land where it should."""
+    settings = exactly_once_settings(broker, tmp_path / "worker")
+    events, _ = simulate(200, 11, parse_start("2024-10-07"), 400, 3, 0)
+    assert produce(settings, iter_paced(events, 0)).failed == 0
+    total = len(events)
+    env = dict(os.environ, **settings_env(settings), CHURNWATCH_WORKER__BATCH_SIZE="500")
+    crashing = start_child(
+        [sys.executable, str(Path(__file__).with_name("crashing_worker.py")), "5", "transaction"],
+        env=env,
+        log=tmp_path / "crash.log",
+    )
+    try:
+        assert crashing.wait(timeout=180) == 137, (tmp_path / "crash.log").read_text()[-3000:]
+    finally:
+        stop_child(crashing)
+    done_before = committed(settings)
+    assert done_before < total * 0.9, "crashed too late to test a restart"
+    proc = worker(settings)
+    wait_processed(settings, total - done_before, proc, timeout=180)
+
+    copies = warning_copies(settings)
+    assert max(copies.values()) == 1, [key for key, n in copies.items() if n > 1][:5]
+    aborted = warning_copies(settings, committed=False) - copies
+    assert aborted, "the crash left nothing uncommitted on the broker: it tested nothing"
+    print(
+        f"exactly_once: {sum(copies.values())} warning records read committed, none twice; "
+        f"{sum(aborted.values())} aborted copies on the broker"
+    )
+    assert_same_as_batch(settings, events)
+
+
+def test_exactly_once_a_worker_killed_twice_mid_history_leaves_no_duplicate(
+    broker, worker, tmp_path
+):
+    """Exactly-once mode, kill -9 at two moments nobody chose (the at-least-once
+    mode may repeat the last checkpoint's records): read committed, every warning
+    record is on the topic once, and the warnings and states are the batch run's."""
+    settings = exactly_once_settings(broker, tmp_path / "worker")
+    events, _ = simulate(200, 11, parse_start("2024-10-07"), 400, 3, 0)
+    assert produce(settings, iter_paced(events, 0)).failed == 0
+    total = len(events)
+    proc = worker(settings)
+    kill_at(settings, proc, int(total * 0.3))
+    proc = worker(settings)
+    kill_at(settings, proc, int(total * 0.6))
+    done_before = committed(settings)
+    proc = worker(settings)
+    wait_processed(settings, total - done_before, proc, timeout=180)
+    copies = warning_copies(settings)
+    assert max(copies.values()) == 1, [key for key, n in copies.items() if n > 1][:5]
     assert_same_as_batch(settings, events)
 
 

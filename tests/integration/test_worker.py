@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from churnwatch.core.topics import Topic
+from churnwatch.core.apache_kafka import ApacheKafkaCluster
+from churnwatch.core.topics import Topic, require_transactions
 from churnwatch.pipeline.events import DeadLetter, WarningRecord, decode_event, encode_event
 from churnwatch.pipeline.processing import run_history
 from churnwatch.producers.produce import produce
@@ -17,6 +21,7 @@ from tests.integration.conftest import (
     produce_raw,
     read_topic,
     samples,
+    settings_env,
     wait_processed,
 )
 
@@ -149,3 +154,27 @@ def test_a_restarted_wall_clock_worker_sweeps_customers_no_message_reaches(
     assert [(w.customer_id, w.warning_type, w.status) for w in warnings] == [
         ("C78", "overdue_debt", "opened")
     ]
+
+
+def test_exactly_once_needs_a_broker_with_transactions_and_says_so(broker, tmp_path):
+    """``churnwatch worker`` in exactly-once mode probes the broker first: on the
+    embedded Tansu broker (no transactions) it exits at once with an error that
+    names the setting and what to do; on Apache Kafka the probe passes."""
+    settings = isolated_settings(
+        broker, tmp_path / "worker", worker={"processing_guarantee": "exactly_once"}
+    )
+    env = {**os.environ, **settings_env(settings), "CHURNWATCH_WORKER__METRICS_PORT": "0"}
+    if isinstance(broker, ApacheKafkaCluster):
+        require_transactions(settings)  # raises if it cannot
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "churnwatch.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "worker.processing_guarantee is exactly_once" in done.stderr
+    assert "runs no Kafka transactions" in done.stderr
+    assert "Traceback" not in done.stderr

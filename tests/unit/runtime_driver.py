@@ -12,13 +12,20 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from faust.types import Message
 
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Topic
-from churnwatch.pipeline.checkpoint import PROGRESS, STATES, Change, Checkpoint, plan_of
+from churnwatch.pipeline.checkpoint import (
+    PROGRESS,
+    STATES,
+    Change,
+    Checkpoint,
+    TransactionalCheckpoint,
+    plan_of,
+)
 from churnwatch.pipeline.events import WarningRecord, decode_event
 from churnwatch.pipeline.partition_task import PartitionTask, Wiring
 from churnwatch.pipeline.processing import run_history
@@ -104,8 +111,12 @@ class MemoryOutputs:
         self.calls[name] = self.calls.get(name, 0) + 1
         crash = self.crash
         if crash is not None and crash.step == name and self.calls[name] == crash.calls:
-            self._deliver(self.rng.randint(0, len(self.buffer)))
+            self._deliver(self._delivered_at_death())
             raise Crash(f"{name} #{self.calls[name]}")
+
+    def _delivered_at_death(self) -> int:
+        """How much of the buffer reaches the broker when the worker dies."""
+        return self.rng.randint(0, len(self.buffer))
 
     def _deliver(self, count: int) -> None:
         for where, record in self.buffer[:count]:
@@ -146,6 +157,28 @@ class MemoryOutputs:
             self._step("store_locally")
         self.local.holds_to.update(self.delivered)
         self.delivered.clear()
+
+
+class MemoryTransactions(MemoryOutputs):
+    """:class:`pipeline.checkpoint.Transactions` (and the one partition's
+    :class:`~pipeline.checkpoint.Transaction`) on the in-memory broker: what is
+    sent waits in the open transaction and reaches the broker's logs at the
+    commit, all of it, with the offsets. A worker that dies leaves its
+    transaction open; the partition's next producer aborts it, and a reader
+    reading committed never sees its records (so none is delivered here)."""
+
+    async def begin(self, partition: int) -> MemoryTransactions:
+        self._step("begin")
+        return self
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        self._step("commit")
+        self._deliver(len(self.buffer))
+        for message in messages:
+            self.broker.committed[message.topic] = message.offset + 1
+
+    def _delivered_at_death(self) -> int:
+        return 0
 
 
 class Log:
@@ -249,11 +282,13 @@ async def drive(
     fetch: int,
     crashes: Sequence[CrashPoint] = (),
     seed: int = 0,
+    exactly_once: bool = False,
 ) -> Run:
     """Read the whole log, a checkpoint after each fetch. At each crash point the
     worker dies (what it held in memory, and what its producer had not delivered,
     die with it); a new one starts from what the broker and the local store kept,
-    reading again from the committed offsets."""
+    reading again from the committed offsets. ``exactly_once``: each checkpoint
+    is a transaction (:class:`MemoryTransactions`)."""
     broker, local = Broker(), LocalStore()
     rng = random.Random(seed)
     pending = sorted(crashes, key=lambda c: c.checkpoint)
@@ -261,8 +296,9 @@ async def drive(
     steps: list[str] = []
     while True:
         task = new_task(settings, log, local, broker, tmp)
-        outputs = MemoryOutputs(broker, local, rng)
+        outputs = (MemoryTransactions if exactly_once else MemoryOutputs)(broker, local, rng)
         checkpoint = Checkpoint(outputs)
+        transactional = TransactionalCheckpoint(cast(MemoryTransactions, outputs))
         try:
             for _ in log.read(task, dict(broker.committed), fetch):
                 plan = plan_of([task.take_result()])
@@ -272,7 +308,10 @@ async def drive(
                 outputs.calls.clear()
                 if outputs.crash is None and pending and pending[0].checkpoint <= checkpoints:
                     outputs.crash = pending.pop(0)  # (armed until it fires)
-                await checkpoint.run(plan)
+                if exactly_once:
+                    await transactional.run({0: plan})
+                else:
+                    await checkpoint.run(plan)
         except Crash:
             restarts += 1
             steps += outputs.steps
@@ -288,14 +327,19 @@ def states_of(values: Any) -> StateBlock:
     return block
 
 
-def assert_same_as_batch(settings: Settings, events: list[Any], run: Run) -> None:
-    """The warnings delivered (each at least once, always the same record) and the
-    states on the broker and in the local store are the batch run's."""
+def assert_same_as_batch(
+    settings: Settings, events: list[Any], run: Run, exactly_once: bool = False
+) -> None:
+    """The warnings delivered (each at least once, always the same record; each
+    exactly once with ``exactly_once``) and the states on the broker and in the
+    local store are the batch run's."""
     block, batch = run_history([decode_event(e.payload) for e in events], settings.warnings, 86_400)
     streamed: dict[tuple[Any, ...], WarningRecord] = {}
     for w in run.broker.warnings:  # sent again after a restart: the same record (at least once)
         assert streamed.setdefault((w.warning_id, w.status, w.at), w) == w
     expected = {(w.warning_id, w.status, w.at): w for w in batch}
+    if exactly_once:
+        assert len(run.broker.warnings) == len(streamed), "a warning delivered twice"
     assert sorted(streamed) == sorted(expected)
     assert streamed == expected
     assert_same_states(states_of(run.local.tables[STATES].values()), block)

@@ -2,7 +2,8 @@
 quix-streams' order, and a worker killed at every step of a checkpoint, once or
 several times in a history, that loses nothing and applies nothing twice. The
 only duplicates allowed are the at-least-once window's: a warning delivered
-again after a restart, always the same record (the dispatcher keeps one)."""
+again after a restart, always the same record (the dispatcher keeps one). In
+exactly-once mode (each checkpoint a transaction) there is none."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from faust.types import Message
 
 from churnwatch.core.settings import load_settings
 from churnwatch.core.topics import Topic
-from churnwatch.pipeline.checkpoint import PROGRESS, STATES, Checkpoint, Plan, plan_of
+from churnwatch.pipeline.checkpoint import (
+    PROGRESS,
+    STATES,
+    Checkpoint,
+    Plan,
+    TransactionalCheckpoint,
+    plan_of,
+)
 from churnwatch.pipeline.partition_task import FetchResult
 from churnwatch.producers.simulator import parse_start, simulate
 from tests.unit.runtime_driver import (
@@ -22,6 +30,7 @@ from tests.unit.runtime_driver import (
     LocalStore,
     Log,
     MemoryOutputs,
+    MemoryTransactions,
     assert_same_as_batch,
     drive,
 )
@@ -141,3 +150,64 @@ async def test_a_worker_killed_at_random_steps_many_times_ends_as_the_batch_run(
     assert run.restarts == 12
     assert_same_as_batch(settings, history, run)
     assert run.broker.dead_letters == []
+
+
+#: Every step of a transactional checkpoint.
+TRANSACTION_STEPS = [
+    ("begin", 1),  # nothing sent
+    ("send", 2),  # some warnings in the transaction
+    ("send_change", 10),  # the warnings and some states in it
+    ("commit", 1),  # everything in it, not committed
+    ("store_locally", 1),  # committed, the local store half written
+]
+
+
+async def test_a_transactional_checkpoint_is_begun_filled_and_committed_then_stored():
+    broker, local = Broker(), LocalStore()
+    outputs = MemoryTransactions(broker, local, random.Random(0))
+    await TransactionalCheckpoint(outputs).run({0: plan_of([fetch_result(0, [4, 5])])})
+    assert outputs.steps == ["begin", "send", *["send_change"] * 4, "commit", "store_locally"]
+    assert broker.committed == {"orders": 6}
+    assert local.tables[STATES] == {"C1": b"state-1", "C2": b"state-2"}
+    assert local.holds_to == {STATES: 2, PROGRESS: 2}
+
+
+async def test_a_transaction_that_fails_stores_nothing_of_its_partition_and_raises():
+    broker, local = Broker(), LocalStore()
+    outputs = MemoryTransactions(broker, local, random.Random(0))
+    outputs.crash = CrashPoint(1, "commit")
+    with pytest.raises(Exception, match="commit"):
+        await TransactionalCheckpoint(outputs).run({0: plan_of([fetch_result(0, [4, 5])])})
+    assert broker.committed == {} and broker.dead_letters == []  # (never committed)
+    assert broker.changelogs[STATES] == [] and local.tables[STATES] == {}
+
+
+@pytest.mark.parametrize("step, calls", TRANSACTION_STEPS)
+async def test_exactly_once_a_worker_killed_at_this_step_delivers_each_warning_once(
+    history, tmp_path, step, calls
+):
+    settings = load_settings(kafka={"partitions": 1}, worker={"max_waiting_events": 5000})
+    crashes = [CrashPoint(n, step, calls) for n in (4, 15, 30)]
+    log = Log(settings, history, 7)
+    run = await drive(settings, log, tmp_path, 100, crashes, seed=3, exactly_once=True)
+    assert run.restarts == 3
+    assert_same_as_batch(settings, history, run, exactly_once=True)
+    assert run.broker.dead_letters == []
+
+
+async def test_exactly_once_random_kills_deliver_each_warning_once_where_at_least_once_repeats(
+    history, tmp_path
+):
+    """The same 30 kills at random steps: at least once, some warnings are delivered
+    twice (the window exists on this schedule); each checkpoint a transaction, none."""
+    settings = load_settings(kafka={"partitions": 1}, worker={"max_waiting_events": 5000})
+    delivered = {}
+    for exactly_once, steps in ((False, STEPS), (True, TRANSACTION_STEPS)):
+        rng = random.Random(17)
+        kills = [CrashPoint(n, *rng.choice(steps)) for n in sorted(rng.sample(range(2, 100), 30))]
+        log = Log(settings, history, 9)
+        run = await drive(settings, log, tmp_path, 50, kills, seed=5, exactly_once=exactly_once)
+        assert run.restarts == 30
+        assert_same_as_batch(settings, history, run, exactly_once=exactly_once)
+        delivered[exactly_once] = len(run.broker.warnings)
+    assert delivered[False] > delivered[True]
