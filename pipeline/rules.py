@@ -437,12 +437,14 @@ def _explain_complaint_trouble(
 def _judge_churn_risk(
     c: FeatureColumns, all_t: WarningThresholds, is_open: BoolArray, scores: Scores | None
 ) -> Judged:
-    """The model's probability past the enter bound (resolves below the exit one)."""
+    """The model's probability past the enter bound (resolves below the exit one),
+    graver as it climbs towards certainty (ChurnRiskThresholds.severity_steps)."""
     if scores is None:
         raise ValueError("churn_risk needs the model's scores")
     p = scores.probability
     active = p >= np.where(is_open, scores.exit, scores.enter)
-    base = np.where(p >= 0.9, 2, np.where(p >= 0.8, 1, 0))
+    medium, high = all_t.churn_risk.severity_steps(scores.enter)
+    base = np.where(p >= high, 2, np.where(p >= medium, 1, 0))
     # A risk that has passed is told as low, whatever the customer's value.
     return Judged(active, np.where(active, _grades(base, c["revenue_52w"], all_t), 0), {})
 

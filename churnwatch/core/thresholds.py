@@ -89,10 +89,18 @@ class ChurnRiskThresholds(Section):
     ``exit_share`` of the way. On a book where 46% churn, 0.1 and 0 open at 0.514
     and resolve below 0.46; where 6% churn, at 0.154 and below 0.06: never silent
     because the book churns little. ``enter_probability`` and
-    ``exit_probability`` set absolute thresholds instead (both or neither)."""
+    ``exit_probability`` set absolute thresholds instead (both or neither).
+
+    An open warning gets worse as the probability climbs: medium once it is
+    ``medium_step`` of the way from the enter bound to certainty, high at
+    ``high_step`` (one grade more for a high-value customer), so a key account
+    whose risk rises from 16% to 69% is told again, not left at its opening's
+    severity."""
 
     enter_share: float = Field(0.1, ge=0, lt=1)
     exit_share: float = Field(0.0, ge=0, lt=1)
+    medium_step: float = Field(0.25, gt=0, lt=1)
+    high_step: float = Field(0.5, gt=0, lt=1)
     enter_probability: float | None = Field(None, gt=0, lt=1)
     exit_probability: float | None = Field(None, gt=0, lt=1)
 
@@ -102,6 +110,8 @@ class ChurnRiskThresholds(Section):
             raise ValueError("set both enter_probability and exit_probability, or neither")
         if self.exit_share > self.enter_share:
             raise ValueError("exit_share must not be above enter_share")
+        if self.high_step <= self.medium_step:
+            raise ValueError("high_step must be above medium_step")
         if (
             self.enter_probability is not None
             and self.exit_probability is not None
@@ -117,6 +127,11 @@ class ChurnRiskThresholds(Section):
         rate = UNKNOWN_BOOK_CHURN_RATE if book_churn_rate is None else book_churn_rate
         rate = min(max(rate, 0.0), 0.99)
         return rate + self.enter_share * (1 - rate), rate + self.exit_share * (1 - rate)
+
+    def severity_steps(self, enter: float) -> tuple[float, float]:
+        """The probabilities at which an open warning (opened at ``enter``) becomes
+        medium and high."""
+        return enter + self.medium_step * (1 - enter), enter + self.high_step * (1 - enter)
 
 
 class WarningThresholds(Section):

@@ -4,8 +4,10 @@ from datetime import timedelta
 
 import pytest
 
+from churnwatch.pipeline.episodes import evaluate
 from churnwatch.pipeline.events import WarningRecord
 from churnwatch.pipeline.processing import run_history
+from churnwatch.pipeline.rules import Risk
 from tests.factories import T0
 
 DAY = 86_400
@@ -215,3 +217,29 @@ def test_an_uneven_rhythm_makes_a_long_pause_less_surprising(settings):
     many, pace = silence_chance(60.0, 2001, 14.0, 0.3, t)
     assert pace == pytest.approx(14.0, rel=0.01)
     assert many == pytest.approx(math.exp(-60 / 14), rel=0.05)
+
+
+def test_an_open_churn_risk_warning_gets_worse_as_the_probability_climbs(settings, event_factory):
+    """churn_risk's severity follows the probability at book-relative steps, so a
+    risk that climbs after the warning opened is told again ("escalated"), with
+    the probability of that moment; a small rise within a step says nothing."""
+    t = settings.warnings
+    states, _ = run_history(weekly_orders(event_factory, [100.0] * 30), t, DAY)
+    (state,) = states.values()
+    enter, leave = t.churn_risk.bounds(0.06)  # a 6% book: opens at 0.154
+    medium, high = t.churn_risk.severity_steps(enter)
+    assert (medium, high) == pytest.approx((0.3655, 0.577))
+    as_of = state.last_order_at + 7 * DAY
+    told = []
+    for day, p in enumerate([0.10, 0.16, 0.30, 0.40, 0.62]):
+        risk = Risk(p, "v1", 90.0, lambda: "main reasons: none", enter, leave)
+        told += [
+            (r.status, r.severity, r.churn_probability)
+            for r in evaluate(state, as_of + day * DAY, t, risk)
+            if r.warning_type == "churn_risk"
+        ]
+    assert told == [
+        ("opened", "low", 0.16),
+        ("escalated", "medium", 0.4),
+        ("escalated", "high", 0.62),
+    ]

@@ -135,6 +135,8 @@ def test_churn_risk_opens_relative_to_the_book_so_a_low_churn_book_is_not_silent
         ChurnRiskThresholds(enter_probability=0.7)
     with pytest.raises(ValueError, match="exit_share"):
         ChurnRiskThresholds(enter_share=0.1, exit_share=0.2)
+    with pytest.raises(ValueError, match="high_step"):
+        ChurnRiskThresholds(medium_step=0.5, high_step=0.4)
 
 
 def test_a_relative_routing_file_is_read_beside_the_settings_file(tmp_path: Path, monkeypatch):
