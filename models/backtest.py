@@ -28,7 +28,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from churnwatch.core.settings import ModelSettings
 from churnwatch.core.thresholds import WarningThresholds
@@ -40,7 +42,7 @@ from churnwatch.pipeline.boosters import CompiledBoosters, probe_rows
 from churnwatch.pipeline.events import CustomerEvent, WarningRecord
 from churnwatch.pipeline.processing import run_history
 from churnwatch.pipeline.rules import RULES
-from churnwatch.pipeline.scoring import ChurnModel
+from churnwatch.pipeline.scoring import INPUT_FEATURES, ChurnModel
 from churnwatch.pipeline.state import DAY, StateBlock, to_epoch
 
 #: Iterates a history's events, e.g. with a progress bar (tqdm fits).
@@ -62,6 +64,46 @@ class ServedModel:
     model: ChurnModel
     train_rows: int
     train_cutoffs: tuple[date, date]
+
+
+class CutoffRows:
+    """The training rows (:func:`models.dataset.training_rows`) at cutoffs, taken from
+    a run's own states in the sweep at each cutoff (or built in a pass of their
+    own first where the cutoffs are not sweep boundaries)."""
+
+    def __init__(
+        self,
+        events: list[CustomerEvent],
+        thresholds: WarningThresholds,
+        sweep_every_seconds: float,
+        every_days: int,
+        horizon_days: float,
+        progress: Callable[[str], None] = lambda _message: None,
+        bar: Bar = iter,
+    ) -> None:
+        self.thresholds = thresholds
+        self.horizon = horizon_days * DAY
+        self.cutoffs = cutoffs_every(events, every_days, horizon_days)
+        self.orders = order_times(events)
+        self.frames: list[pd.DataFrame] = []  # a frame per cutoff
+        self.taken = 0  # cutoffs whose rows are in
+        if any(to_epoch(c) % sweep_every_seconds for c in self.cutoffs):
+            progress(f"building the training set ({len(self.cutoffs)} cutoffs)")
+            self.frames = [
+                build_training_set(events, self.cutoffs, horizon_days, thresholds, progress=bar)
+            ]
+            self.taken = len(self.cutoffs)
+        elif self.cutoffs:
+            progress(f"taking training rows at {len(self.cutoffs)} cutoffs as the history runs")
+
+    def before_sweep(self, boundary: float, states: StateBlock) -> None:
+        """Take the rows of every cutoff up to ``boundary``."""
+        while self.taken < len(self.cutoffs) and to_epoch(self.cutoffs[self.taken]) <= boundary:
+            cutoff = self.cutoffs[self.taken]
+            rows = training_rows(states, cutoff, self.orders, self.horizon, self.thresholds)
+            if rows:
+                self.frames.append(pd.DataFrame(rows))
+            self.taken += 1
 
 
 class WalkForward:
@@ -89,39 +131,27 @@ class WalkForward:
         progress: Callable[[str], None] = lambda _message: None,
         bar: Bar = iter,
     ) -> None:
-        self.thresholds = thresholds
         self.settings = model_settings
         self.horizon = model_settings.horizon_days * DAY
         self.every = retrain_every_days * DAY
         self.progress = progress
-        self.cutoffs = cutoffs_every(
-            events, model_settings.cutoff_every_days, model_settings.horizon_days
+        self.rows = CutoffRows(
+            events,
+            thresholds,
+            sweep_every_seconds,
+            model_settings.cutoff_every_days,
+            model_settings.horizon_days,
+            progress,
+            bar,
         )
-        self.orders = order_times(events)
+        cutoffs = self.rows.cutoffs
         self.last = to_epoch(events[-1].occurred_at)
-        self.frames: list[pd.DataFrame] = []  # the training rows so far, a frame per cutoff
-        self.taken = 0  # cutoffs whose rows are in
         self.served: list[ServedModel] = []
-        self.day = to_epoch(self.cutoffs[0]) + self.horizon if self.cutoffs else math.inf
-        if any(to_epoch(c) % sweep_every_seconds for c in self.cutoffs):
-            progress(f"building the training set ({len(self.cutoffs)} cutoffs)")
-            self.frames = [
-                build_training_set(
-                    events, self.cutoffs, model_settings.horizon_days, thresholds, progress=bar
-                )
-            ]
-            self.taken = len(self.cutoffs)
-        elif self.cutoffs:
-            progress(f"taking training rows at {len(self.cutoffs)} cutoffs as the history runs")
+        self.day = to_epoch(cutoffs[0]) + self.horizon if cutoffs else math.inf
 
     def before_sweep(self, boundary: float, states: StateBlock) -> None:
         """Take the rows of a cutoff at ``boundary``; retrain on every day up to it."""
-        while self.taken < len(self.cutoffs) and to_epoch(self.cutoffs[self.taken]) <= boundary:
-            cutoff = self.cutoffs[self.taken]
-            rows = training_rows(states, cutoff, self.orders, self.horizon, self.thresholds)
-            if rows:
-                self.frames.append(pd.DataFrame(rows))
-            self.taken += 1
+        self.rows.before_sweep(boundary, states)
         self._retrain_until(min(boundary, self.last))
 
     def finish(self) -> list[ServedModel]:
@@ -142,9 +172,9 @@ class WalkForward:
     def _retrain(self, day: float) -> None:
         # In epoch seconds: a horizon is so many days of 24 hours, whatever the
         # clocks did (as the labels count it).
-        if not self.frames:
+        if not self.rows.frames:
             return
-        data = pd.concat(self.frames, ignore_index=True)
+        data = pd.concat(self.rows.frames, ignore_index=True)
         rows = data[_epochs(data["cutoff"]) + self.horizon <= day]
         counts = rows[LABEL].value_counts()
         if len(rows) < MIN_TRAIN_ROWS or len(counts) != 2 or counts.min() < MIN_CLASS_ROWS:
@@ -173,9 +203,9 @@ def walk_forward(
     retrain_every_days: float,
     progress: Callable[[str], None] = lambda _message: None,
     bar: Bar = iter,
-) -> tuple[list[WarningRecord], list[ServedModel]]:
-    """The warnings of ``events`` with a :class:`WalkForward` model serving, and its models.
-    ``bar(events)`` iterates them (e.g. with a progress bar)."""
+) -> tuple[list[WarningRecord], list[ServedModel], list[pd.DataFrame]]:
+    """The warnings of ``events`` with a :class:`WalkForward` model serving, its models
+    and the rows of its cutoffs. ``bar(events)`` iterates them (e.g. with a progress bar)."""
     walk = WalkForward(
         events, thresholds, sweep_every_seconds, model_settings, retrain_every_days, progress, bar
     )
@@ -187,7 +217,7 @@ def walk_forward(
         model_at=walk.model_at,
         before_sweep=walk.before_sweep,
     )
-    return records, walk.finish()
+    return records, walk.finish(), walk.rows.frames
 
 
 def _epochs(moments: pd.Series) -> pd.Series:
@@ -220,7 +250,7 @@ def backtest(
     horizon = horizon_days * DAY
     served: list[ServedModel] = []
     if model_settings is not None:
-        records, served = walk_forward(
+        records, served, frames = walk_forward(
             events,
             thresholds,
             sweep_every_seconds,
@@ -231,7 +261,19 @@ def backtest(
         )
     else:
         progress("running the rules over the history")
-        _, records = run_history(bar(events), thresholds, sweep_every_seconds)
+        taker = CutoffRows(
+            events,
+            thresholds,
+            sweep_every_seconds,
+            ModelSettings().cutoff_every_days,
+            horizon_days,
+            progress,
+            bar,
+        )
+        _, records = run_history(
+            bar(events), thresholds, sweep_every_seconds, before_sweep=taker.before_sweep
+        )
+        frames = taker.frames
     orders = order_times(events)
     data_start = to_epoch(events[0].occurred_at)
     data_end = to_epoch(events[-1].occurred_at)
@@ -305,11 +347,55 @@ def backtest(
         },
         "rules": rules,
         "model": model_summary,
+        "ranking": ranking(frames, served),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_warnings_csv(records, out / "warnings.csv")
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def ranking(frames: list[pd.DataFrame], served: list[ServedModel]) -> dict[str, Any] | None:
+    """How well each score ranks the customers active at the cutoffs by whether they
+    churn within the horizon (ROC-AUC, higher is better; 0.5 is chance): the
+    health score (low: risky), recency, frequency and, on the cutoffs a
+    walk-forward model served (trained only on labels known before them), the
+    model. None without two classes to tell apart."""
+    if not frames:
+        return None
+    data = pd.concat(frames, ignore_index=True)
+    labels = data[LABEL].to_numpy()
+    if len(set(labels.tolist())) < 2:
+        return None
+
+    def auc(scores: Any, where: Any = None) -> float | None:
+        picked = np.ones(len(labels), bool) if where is None else where
+        if len(set(labels[picked].tolist())) < 2:
+            return None
+        return round(float(roc_auc_score(labels[picked], np.asarray(scores)[picked])), 3)
+
+    health = data["health_score"].to_numpy(dtype=float)
+    out: dict[str, Any] = {
+        "cutoffs": int(data["cutoff"].nunique()),
+        "rows": len(data),
+        "churn_rate": round(float(labels.mean()), 3),
+        "health_score": auc(-np.nan_to_num(health, nan=np.nanmean(health))),
+        "recency": auc(data["days_since_last_order"].fillna(0).to_numpy(dtype=float)),
+        "frequency": auc(-data["rfm_orders_52w"].to_numpy(dtype=float)),
+    }
+    if served:
+        at = _epochs(data["cutoff"]).to_numpy()
+        model = np.full(len(data), np.nan)
+        inputs = data[list(INPUT_FEATURES)].to_numpy(dtype=float)
+        for s, after in zip(served, [*served[1:], None], strict=True):
+            rows = (at >= s.serving_from) & (at < (after.serving_from if after else np.inf))
+            if rows.any():
+                model[rows] = s.model.probabilities(inputs[rows])
+        scored = ~np.isnan(model)
+        out["model"] = auc(np.nan_to_num(model), scored)
+        out["health_score_where_model"] = auc(-np.nan_to_num(health, nan=50.0), scored)
+        out["model_rows"] = int(scored.sum())
+    return out
 
 
 def openings(records: list[WarningRecord]) -> dict[str, list[tuple[str, float]]]:
@@ -397,6 +483,21 @@ def format_table(summary: dict[str, Any]) -> str:
             f"| {e['precision_over_base']} | {e['precision_over_unflagged']} "
             f"| {e['precision_over_like']} | {e['recall']} | {e['median_lead_days']} |"
         )
+    ranked = summary.get("ranking")
+    if ranked:
+        lines += [
+            "",
+            f"Ranking the customers active at {ranked['cutoffs']} cutoffs ({ranked['rows']} "
+            f"rows, churn rate {ranked['churn_rate']}) by who churns next, ROC-AUC: health "
+            f"score {ranked['health_score']}, recency {ranked['recency']}, frequency "
+            f"{ranked['frequency']}"
+            + (
+                f"; on the {ranked['model_rows']} rows a walk-forward model served: model "
+                f"{ranked['model']}, health score {ranked['health_score_where_model']}"
+                if "model" in ranked
+                else ""
+            ),
+        ]
     rhythms = ", ".join(f"{k} {v}" for k, v in summary["rhythm_base_rates"].items())
     lines += ["", f"not yet flagged, by orders in the past year: {rhythms}"]
     model = summary.get("model")

@@ -20,7 +20,8 @@ import pandas as pd
 from churnwatch.core.thresholds import WarningThresholds
 from churnwatch.pipeline.apply import apply_event
 from churnwatch.pipeline.events import CustomerEvent, OrderPlaced
-from churnwatch.pipeline.processing import read_segmented
+from churnwatch.pipeline.health import UNKNOWN, health_of
+from churnwatch.pipeline.processing import by_segment
 from churnwatch.pipeline.scoring import INPUT_FEATURES, feature_matrix
 from churnwatch.pipeline.state import DAY, StateBlock, to_epoch
 
@@ -77,8 +78,13 @@ def training_rows(
     if not len(active):
         return []
     rows: list[dict[str, object]] = []
-    matrix = feature_matrix(read_segmented(states, active, at, thresholds))
-    for row, inputs in zip(active.tolist(), matrix.tolist(), strict=True):
+    matrix = np.empty((len(active), len(INPUT_FEATURES)))
+    health = np.full(len(active), np.nan)
+    for positions, t, columns in by_segment(states, active, at, thresholds):
+        matrix[positions] = feature_matrix(columns)
+        score, _ = health_of(columns, t)
+        health[positions] = np.where(score == UNKNOWN, np.nan, score)
+    for row, inputs, score in zip(active.tolist(), matrix.tolist(), health, strict=True):
         customer_id = states.customer_ids[row]
         times = orders[customer_id]
         i = bisect.bisect_left(times, at)
@@ -89,6 +95,7 @@ def training_rows(
                 "customer_id": customer_id,
                 **dict(zip(INPUT_FEATURES, inputs, strict=True)),
                 **_order_summary(times, i, at),
+                "health_score": float(score),  # without the model's part (not an input)
                 "churned": int(churned),
             }
         )
@@ -106,7 +113,8 @@ def build_training_set(
 
     Columns: ``cutoff``, ``customer_id``, the model inputs
     (:data:`~pipeline.scoring.INPUT_FEATURES`), the order summary ``rfm_*``
-    the baselines read, and the label ``churned`` (0/1). ``progress`` wraps
+    the baselines read, the health score (:mod:`pipeline.health`, without the
+    model's part; NaN where not known), and the label ``churned`` (0/1). ``progress`` wraps
     the event loop (e.g. a progress bar).
     """
     ordered = sorted(events, key=lambda e: e.occurred_at)

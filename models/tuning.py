@@ -185,7 +185,7 @@ def tune(
         # The models do not read the warning thresholds: train them once, first,
         # so the split (from the first model's day) is known before the rungs run.
         progress("training the churn model walk-forward")
-        _, served = walk_forward(
+        _, served, _ = walk_forward(
             events,
             thresholds,
             sweep_every_seconds,

@@ -23,6 +23,7 @@ from churnwatch.pipeline.apply import PossibleCopy, apply_event
 from churnwatch.pipeline.episodes import evaluate
 from churnwatch.pipeline.events import CustomerEvent, WarningRecord
 from churnwatch.pipeline.features import FeatureColumns, features_of, read_many
+from churnwatch.pipeline.health import health_of, record_health
 from churnwatch.pipeline.ordering import Apply, Sequencer, Sweep
 from churnwatch.pipeline.rules import Risk, Scores
 from churnwatch.pipeline.scoring import ChurnModel, Matrix, feature_matrix
@@ -89,6 +90,7 @@ def sweep(
     top_reasons: int = 3,
     observe: Callable[[Matrix, Matrix], None] | None = None,
     skip: npt.NDArray[np.bool_] | None = None,
+    updated: set[int] | None = None,
 ) -> list[tuple[CustomerState, list[WarningRecord]]]:
     """Re-evaluate every customer of ``block`` at ``as_of`` (but the rows where
     ``skip`` is true); returns only those whose episodes changed, in the block's order.
@@ -100,6 +102,9 @@ def sweep(
     customers are scored ``batch_size`` at a time and the reasons of every
     churn-risk warning that opens or worsens are computed in one call.
     ``observe(rows, probabilities)`` sees every scored batch (for metrics).
+    Every swept customer's health score is kept in its state
+    (:func:`pipeline.health.record_health`); the rows whose state that changed are
+    added to ``updated``.
     """
     if not len(block):
         return []
@@ -125,6 +130,13 @@ def sweep(
                 observe(chunk, scored[-1])
         ends = np.cumsum([len(rows) for rows, _, _ in groups])[:-1]
         scores = list(np.split(np.concatenate(scored), ends))
+    for g, (rows, t, columns) in enumerate(groups):
+        probability = scores[g] if model is not None else None
+        rate = model.book_churn_rate if model is not None else None
+        score, parts = health_of(columns, t, probability, rate)
+        kept = record_health(block, rows, as_of, score, parts, t.health.store_step)
+        if updated is not None:
+            updated.update(kept.tolist())
     screens = []
     for g, (rows, t, columns) in enumerate(groups):
         scored_here = None
@@ -303,6 +315,7 @@ class Evaluator(Generic[T]):
             self.top_reasons,
             observe,
             skip,
+            self.changed,
         )
         records: list[WarningRecord] = []
         for state, made in changed:

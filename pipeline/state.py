@@ -56,7 +56,7 @@ MAX_WEEKLY_COUNT = 65_535
 
 #: Version of the stored record; bump it when :data:`STATE_DTYPE` changes and
 #: keep the old dtype in :data:`STATE_DTYPES` so old records migrate by name.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _EPISODES = len(WARNING_TYPES)
 EPISODE_INDEX: dict[str, int] = {warning_type: i for i, warning_type in enumerate(WARNING_TYPES)}
 
@@ -126,8 +126,29 @@ STATE_DTYPE = np.dtype(
         ("last_event_at", "<f8"),
     ]
 )
+_FIELDS_V3 = STATE_DTYPE
+#: The health score (format version 4, ``pipeline/health.py``): the score now and
+#: per family, the families at the end of the week before, and the score of each
+#: of the last weeks in a ring indexed by week number (``health_week``: the week
+#: of the newest; -1 before any sweep). 255: not known.
+HEALTH_WEEKS = 16
+STATE_DTYPE = np.dtype(
+    [
+        *_FIELDS_V3.descr,
+        ("health_score", "u1"),
+        ("health_parts", "u1", (5,)),
+        ("health_parts_before", "u1", (5,)),
+        ("health_weeks", "u1", (HEALTH_WEEKS,)),
+        ("health_week", "<i4"),
+    ]
+)
 #: Every stored format's fixed part, by version: decoding migrates by field name.
-STATE_DTYPES: dict[int, np.dtype[Any]] = {1: _FIELDS_V1, 2: _FIELDS_V2, 3: STATE_DTYPE}
+STATE_DTYPES: dict[int, np.dtype[Any]] = {
+    1: _FIELDS_V1,
+    2: _FIELDS_V2,
+    3: _FIELDS_V3,
+    4: STATE_DTYPE,
+}
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
 
 #: The long (RING_WEEKS) and short (SHORT_RING_WEEKS) weekly rings of the record.
@@ -148,6 +169,9 @@ def _blank_record() -> npt.NDArray[np.void]:
     record = np.zeros(1, STATE_DTYPE)
     record["week_head"] = -1
     record["episode_severity"] = -1
+    for name in ("health_score", "health_parts", "health_parts_before", "health_weeks"):
+        record[name] = 255
+    record["health_week"] = -1
     return record
 
 

@@ -134,6 +134,28 @@ class ChurnRiskThresholds(Section):
         return enter + self.medium_step * (1 - enter), enter + self.high_step * (1 - enter)
 
 
+class HealthWeights(Section):
+    """The health score's weight of each signal family (``pipeline/health.py``):
+    the score is the weighted mean of the families known for the customer, so
+    only the ratios matter. ``store_step``: how many points the score must move
+    before the state records it anew (it is recorded once a week in any case),
+    so a silent customer's slowly sliding score does not rewrite its state
+    every day."""
+
+    buying: float = Field(0.35, ge=0)
+    paying: float = Field(0.2, ge=0)
+    engagement: float = Field(0.15, ge=0)
+    service: float = Field(0.1, ge=0)
+    risk: float = Field(0.2, ge=0)
+    store_step: int = Field(5, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> HealthWeights:
+        if not any((self.buying, self.paying, self.engagement, self.service, self.risk)):
+            raise ValueError("at least one health weight must be above 0")
+        return self
+
+
 class WarningThresholds(Section):
     recent_weeks: int = Field(8, ge=2, le=11)
     baseline_weeks: int = Field(26, ge=4, le=44)
@@ -145,6 +167,7 @@ class WarningThresholds(Section):
     cooling_engagement: CoolingEngagementThresholds = CoolingEngagementThresholds()
     complaint_trouble: ComplaintTroubleThresholds = ComplaintTroubleThresholds()
     churn_risk: ChurnRiskThresholds = ChurnRiskThresholds()
+    health: HealthWeights = HealthWeights()
     #: Per-segment overrides of any of the keys above, e.g.
     #: ``{key_account: {sales_drop: {enter_ratio: 0.6}}}``.
     segments: dict[str, dict[str, Any]] = {}

@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
 from churnwatch.consumers.alerts.ledger import open_ledger
+from churnwatch.consumers.consistency import live_states
 from churnwatch.consumers.warnings_view import format_warning, tail_warnings
 from churnwatch.consumers.web.app import WebServer
 from churnwatch.core.apache_kafka import ApacheKafkaCluster, pinned_version
@@ -41,6 +42,7 @@ from churnwatch.demo.tally import (
     Tally,
     dead_letter_count,
     events_processed,
+    health_summary,
     notification_summary,
     outbox_due,
     summarise,
@@ -354,6 +356,11 @@ class Demo:
             except Exception as exc:  # the summary is still worth writing
                 self.say(f"could not count dead letters: {exc}")
         out = summarise(self.truth, self.tally, self.stats, self.processed, dead)
+        if self.broker.proc is not None:
+            try:
+                out.update(health_summary(self.truth, live_states(self.settings)))
+            except Exception as exc:  # the summary is still worth writing
+                self.say(f"could not read the health scores: {exc}")
         out.update(self.model_info)
         if self.dispatcher is not None:
             out.update(

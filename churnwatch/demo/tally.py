@@ -20,6 +20,8 @@ from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Topic, end_offsets
 from churnwatch.pipeline.events import WarningRecord
+from churnwatch.pipeline.health import health_view
+from churnwatch.pipeline.state import StateBlock
 from churnwatch.producers.produce import ProduceStats
 from churnwatch.producers.simulator import GroundTruth
 
@@ -128,6 +130,27 @@ def summarise(
         "steady_total": len(steady),
         "steady_warned": sum(bool(tally.opened_for[t.customer_id]) for t in steady),
         "by_profile": dict(sorted(by_profile.items())),
+    }
+
+
+def health_summary(truth: list[GroundTruth], states: StateBlock) -> dict[str, Any]:
+    """The mean health score the worker holds at the end (pipeline.health) of the
+    customers who churn and of the steady ones: they should be well apart."""
+    scores: dict[bool, list[int]] = {True: [], False: []}
+    for t in truth:
+        view = health_view(states, states.rows[t.customer_id]) if t.customer_id in states else None
+        if view is not None:
+            scores[t.churned].append(view["score"])
+
+    def mean(values: list[int]) -> float | None:
+        return round(sum(values) / len(values), 1) if values else None
+
+    return {
+        "health_score": {
+            "churners": mean(scores[True]),
+            "steady": mean(scores[False]),
+            "customers_scored": len(scores[True]) + len(scores[False]),
+        }
     }
 
 

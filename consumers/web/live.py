@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,7 @@ from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Table, changelog_topic
 from churnwatch.pipeline.features import Features as FeatureValues
 from churnwatch.pipeline.features import features_of, weekly_history
+from churnwatch.pipeline.health import health_view
 from churnwatch.pipeline.processing import read_segmented
 from churnwatch.pipeline.state import StateBlock
 from churnwatch.pipeline.state_format import StateFormatError, decode_state
@@ -45,6 +47,8 @@ class LiveCustomer:
     revenue: list[float]
     open_invoices: list[tuple[str, float, datetime]]  # invoice id, outstanding, due
     open_complaints: list[tuple[str, datetime, int, str]]  # id, opened, severity, category
+    #: pipeline.health.health_view's: the score, its parts, trends, weekly history
+    health: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class Summary:
 
     quadrant: str
     revenue_52w: float
+    health: int | None = None  # the health score, 0-100
+    health_trend_7d: int | None = None
 
 
 class LiveStates:
@@ -174,6 +180,7 @@ class LiveStates:
                     (str(c[0]), datetime.fromtimestamp(c[1], UTC), int(c[2]), str(c[3]))
                     for c in state.open_complaints
                 ],
+                health=health_view(self.block, state.row),
             )
 
     def summaries(self, customer_ids: Iterable[str]) -> dict[str, Summary]:
@@ -191,7 +198,11 @@ class LiveStates:
                 picked: npt.NDArray[np.intp] = np.array(rows)
                 columns = read_segmented(self.block, picked, as_of, self.settings.warnings)
                 for i, row in enumerate(rows):
+                    health = health_view(self.block, row)
                     out[self.block.customer_ids[row]] = Summary(
-                        str(columns["quadrant"][i]), float(columns["revenue_52w"][i])
+                        str(columns["quadrant"][i]),
+                        float(columns["revenue_52w"][i]),
+                        health["score"] if health else None,
+                        health["trend_7d"] if health else None,
                     )
         return out

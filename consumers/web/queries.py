@@ -82,6 +82,8 @@ class Row:
     region: str
     segment: str
     quadrant: str
+    health: int | None  # the customer's health score now (None: no worker holds it)
+    health_trend_7d: int | None
     loss: float  # this warning's expected loss
     customer_loss: float  # the customer's highest, which orders the list
     acknowledged: bool
@@ -184,6 +186,10 @@ def open_rows(
             region=customer.region if customer else "",
             segment=e.segment or (customer.segment if customer else ""),
             quadrant=summaries[e.customer_id].quadrant if e.customer_id in summaries else "",
+            health=summaries[e.customer_id].health if e.customer_id in summaries else None,
+            health_trend_7d=(
+                summaries[e.customer_id].health_trend_7d if e.customer_id in summaries else None
+            ),
             loss=losses[e.warning_id],
             customer_loss=customer_loss[e.customer_id],
             acknowledged=e.warning_id in book.acked,

@@ -31,7 +31,7 @@ def alive(pid: int) -> bool:
 def batch_summary(customers: int, days_per_second: float, tmp_path) -> dict:
     from churnwatch.core.settings import load_settings
     from churnwatch.demo.setup import lateness_hours, train_demo_model
-    from churnwatch.demo.tally import Tally, summarise
+    from churnwatch.demo.tally import Tally, health_summary, summarise
     from churnwatch.pipeline.events import decode_event
     from churnwatch.pipeline.processing import run_history
     from churnwatch.pipeline.scoring import load_model
@@ -47,7 +47,7 @@ def batch_summary(customers: int, days_per_second: float, tmp_path) -> dict:
     # the same model the demo trains (deterministic), served the same way
     trained = train_demo_model(s, customers, tmp_path / "registry")
     model = load_model(trained.folder)
-    _, records = run_history(
+    states, records = run_history(
         good,
         s.warnings,
         s.clock.sweep_every_hours * 3600,
@@ -57,7 +57,7 @@ def batch_summary(customers: int, days_per_second: float, tmp_path) -> dict:
     tally = Tally()
     for record in records:
         tally.add(record)
-    return summarise(truth, tally, ProduceStats(), 0, 0)
+    return {**summarise(truth, tally, ProduceStats(), 0, 0), **health_summary(truth, states)}
 
 
 def _as_in_a_terminal() -> None:
@@ -112,6 +112,11 @@ def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path, broke
     assert result["churners_warned"] == expected["churners_warned"]
     assert result["steady_warned"] == expected["steady_warned"]
     assert result["warnings"] == expected["warnings"]
+    # the health score the worker keeps tells the churners from the steady ones
+    health = result["health_score"]
+    assert health["customers_scored"] == 60
+    assert health["steady"] > health["churners"] + 20
+    assert health == expected["health_score"]  # (the same code in stream and batch)
     assert set(result["warnings"]) <= {
         "sales_drop",
         "overdue_debt",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from churnwatch.models.backtest import backtest
+from churnwatch.models.backtest import backtest, format_table
 from churnwatch.models.outcomes import base_rate, find_churns, honest_score, score
 from churnwatch.pipeline.state import DAY
 from tests.factories import T0, make_event
@@ -196,9 +196,14 @@ def test_backtest_with_the_walk_forward_model_scores_churn_risk(simulated, setti
     for r in rows:
         assert r["model_version"].removeprefix("backtest-") <= r["at"][:10]
         assert 0 <= float(r["churn_probability"]) <= 1
-    assert (
-        summary["rules"]["sales_drop"]
-        == backtest(simulated, settings.warnings, 86_400, 90, tmp_path / "rules")["rules"][
-            "sales_drop"
-        ]
-    )
+    rules_only = backtest(simulated, settings.warnings, 86_400, 90, tmp_path / "rules")
+    assert summary["rules"]["sales_drop"] == rules_only["rules"]["sales_drop"]
+    # how each score ranks who churns next, at the cutoffs: the health score well
+    # above chance, the model (on the rows it served, out of sample) too
+    ranked = summary["ranking"]
+    assert ranked["rows"] > 1000 and 0 < ranked["churn_rate"] < 1
+    assert ranked["health_score"] > 0.7 and ranked["recency"] > 0.5
+    assert ranked["model"] > 0.7 and 0 < ranked["model_rows"] < ranked["rows"]
+    assert rules_only["ranking"]["health_score"] == ranked["health_score"]  # (no model part)
+    assert "model" not in rules_only["ranking"]
+    assert "Ranking the customers active at" in format_table(summary)

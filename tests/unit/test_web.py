@@ -547,3 +547,38 @@ def test_a_page_waiting_on_the_live_states_does_not_hold_up_anyone_else(site):
         assert answers == [200]
     finally:
         server.stop()
+
+
+def test_the_customer_page_and_the_inbox_show_the_live_health_score(site):
+    """The health score the worker keeps in the customer's state (its parts, the
+    trends, the weeks behind it), read from the changelog as the web reads it."""
+    from datetime import timedelta
+
+    from churnwatch.consumers.web.live import LiveStates
+    from churnwatch.pipeline.health import health_view
+    from churnwatch.pipeline.processing import run_history
+    from churnwatch.pipeline.state_format import encode_state
+    from tests.factories import T0, make_event
+
+    base, _sessions, settings = site
+    orders = [make_event("order", customer_id="C0", at=T0 + timedelta(weeks=w)) for w in range(30)]
+    block, _ = run_history(orders, settings.warnings, 86_400)  # daily sweeps keep the score
+    expected = health_view(block, block.rows["C0"])
+    assert expected is not None and len(expected["history"]) == 16
+    live = LiveStates(settings)
+    live._take(live.states_topic, b'"C0"', encode_state(block["C0"]))  # noqa: SLF001
+    live._take(live.progress_topic, b'"0"', str(block["C0"].last_order_at + 86_400).encode())  # noqa: SLF001
+    server = WebServer(settings, port=0, live=live).start()
+    try:
+        ann = _login(server.url, "ann")
+        page = ann.get(f"{server.url}/customers/C0").text
+        shown = re.search(r'<dd id="health"><strong>(\d+)</strong>/100', page)
+        assert shown and int(shown.group(1)) == expected["score"]
+        parts = re.search(r'<dd id="health-parts">(.*?)</dd>', page, re.S)
+        assert parts and "buying" in parts.group(1)
+        history = re.search(r'<dd id="health-history">(.*?)</dd>', page, re.S)
+        assert history and history.group(1).count("→") == 15
+        inbox = ann.get(f"{server.url}/inbox").text
+        assert f"health {expected['score']}" in inbox
+    finally:
+        server.stop()
