@@ -27,7 +27,7 @@ import pandas as pd
 from kafka import KafkaConsumer
 
 from churnwatch.core.settings import Settings
-from churnwatch.core.topics import EVENT_TOPICS, ThroughOutages
+from churnwatch.core.topics import EVENT_TOPICS, ThroughOutages, subscribed
 from churnwatch.pipeline import metrics
 from churnwatch.pipeline.events import (
     CustomerEvent,
@@ -120,14 +120,16 @@ def run_archiver(
     archive = Archive(Path(a.path))
     stats = ArchiveStats()
     names = {settings.topic(t): t.value.split(".")[0] for t in EVENT_TOPICS}
-    consumer = KafkaConsumer(
-        *names,
-        group_id=a.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        client_id="churnwatch-archiver",
-        **settings.kafka_group_options(),
-        **settings.kafka_consumer_options(),
+    consumer = subscribed(
+        KafkaConsumer(
+            group_id=a.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="churnwatch-archiver",
+            **settings.kafka_group_options(),
+            **settings.kafka_consumer_options(),
+        ),
+        list(names),
     )
     kafka = ThroughOutages(consumer, "archiver")
     buffer: dict[str, list[CustomerEvent]] = defaultdict(list)

@@ -6,7 +6,8 @@ The families and what lowers each (``docs/features.md``, "Health score"):
 
 - **buying**: a silence unlikely at the customer's own pace (the sales-drop
   rule's ``silence_chance``: full marks while a pause this long would come at
-  least half the time), and revenue below its own baseline;
+  least half the time), revenue below its own baseline, and few orders in the
+  quarter;
 - **paying**: the oldest overdue invoice (nothing at 90 days past due), and
   payment delays that grow;
 - **engagement**: contacts the customer starts, against its own baseline;
@@ -72,7 +73,10 @@ def health_of(
     )
     pace = _clip01(2 * np.nan_to_num(chance, nan=1.0))
     value = _clip01(1 + c["amount_trend"])  # (unknown trend: no penalty)
-    parts[:, 0] = np.where(ordered, pace * (0.5 + 0.5 * value), np.nan)
+    # Few orders in the quarter make a customer fragile, whatever its own pace
+    # (frequency ranks churn well on real histories): 1 order 0.53, 4 0.89.
+    depth = 1 - np.exp(-(c["orders_13w"] + 0.5) / 2)
+    parts[:, 0] = np.where(ordered, pace * (0.5 + 0.5 * value) * depth, np.nan)
 
     invoiced = ~np.isnan(c["share_paid_late"]) | (c["open_balance"] > 0)
     late = _clip01(1 - np.nan_to_num(c["max_days_past_due"], nan=0.0) / 90)

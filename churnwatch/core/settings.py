@@ -234,6 +234,8 @@ class Settings(BaseSettings):
         return {
             "session_timeout_ms": int(w.broker_session_timeout * 1000),
             "heartbeat_interval_ms": int(w.broker_heartbeat_interval * 1000),
+            # a change of the subscribed topics' partitions noticed within 30 s, not 5 min
+            "metadata_max_age_ms": 30_000,
         }
 
     def kafka_consumer_options(self) -> dict[str, Any]:

@@ -164,6 +164,24 @@ def end_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPart
         probe.close()
 
 
+def subscribed(consumer: KafkaConsumer, topics: list[str], timeout: float = 30.0) -> KafkaConsumer:
+    """``consumer`` (of a group) subscribed to ``topics`` once its metadata knows every
+    one of them. A member that joins before (topics just created, a node of a
+    cluster not told yet) is assigned none of their partitions, and kafka-python
+    looks again only when its metadata ages (``metadata_max_age_ms``): seen on a
+    three-node Apache Kafka, an archiver that archived nothing for minutes."""
+    deadline = time.monotonic() + timeout
+    missing = list(topics)
+    while missing and time.monotonic() < deadline:
+        missing = [topic for topic in missing if not consumer.partitions_for_topic(topic)]
+        if missing:
+            time.sleep(0.5)
+    if missing:
+        log.warning("subscribing before the broker lists %s (not created yet?)", missing)
+    consumer.subscribe(topics)
+    return consumer
+
+
 def require_transactions(settings: Settings) -> None:
     """Raise :class:`TopicsError` unless the broker runs Kafka transactions (what
     ``worker.processing_guarantee: exactly_once`` needs). Probed as the worker's

@@ -49,7 +49,7 @@ from churnwatch.consumers.alerts.outbox import Clock, Outbox, Sender, apprise_se
 from churnwatch.consumers.alerts.policy import Policy
 from churnwatch.consumers.alerts.routing import Channel, Recipient, Routing, load_routing
 from churnwatch.core.settings import AlertSettings, Settings
-from churnwatch.core.topics import ThroughOutages, Topic
+from churnwatch.core.topics import ThroughOutages, Topic, subscribed
 from churnwatch.pipeline import metrics
 from churnwatch.pipeline.events import CustomerUpdated, WarningRecord, decode_message
 
@@ -392,14 +392,15 @@ def run_dispatcher(settings: Settings, stop: threading.Event, dispatcher: Dispat
 
     warnings_topic = settings.topic(Topic.WARNINGS)
     customers_topic = settings.topic(Topic.CUSTOMERS)
-    consumer = KafkaConsumer(
-        warnings_topic,
-        customers_topic,
-        group_id=settings.alerts.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **settings.kafka_group_options(),
-        **settings.kafka_consumer_options(),
+    consumer = subscribed(
+        KafkaConsumer(
+            group_id=settings.alerts.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **settings.kafka_group_options(),
+            **settings.kafka_consumer_options(),
+        ),
+        [warnings_topic, customers_topic],
     )
     kafka = ThroughOutages(consumer, "alert dispatcher")
     try:
