@@ -192,20 +192,12 @@ def require_transactions(settings: Settings) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError as AIOKafkaError
 
-    k = settings.kafka
-    servers = k.bootstrap_servers
-    options: dict[str, Any] = {
-        "bootstrap_servers": servers,
-        "security_protocol": k.security_protocol,
-    }
-    if k.sasl_mechanism:
-        options["sasl_mechanism"] = k.sasl_mechanism
-        options["sasl_plain_username"] = k.sasl_username
-        options["sasl_plain_password"] = (
-            k.sasl_password.get_secret_value() if k.sasl_password else None
-        )
-    if k.ssl_cafile:
-        options["ssl_context"] = ssl.create_default_context(cafile=k.ssl_cafile)
+    servers = settings.kafka.bootstrap_servers
+    # kafka-python's options, as aiokafka names them
+    options = settings.kafka_client_options()
+    options["bootstrap_servers"] = servers
+    if cafile := options.pop("ssl_cafile", None):
+        options["ssl_context"] = ssl.create_default_context(cafile=cafile)
 
     async def probe() -> None:
         idempotent = AIOKafkaProducer(enable_idempotence=True, acks="all", **options)

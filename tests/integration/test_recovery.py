@@ -84,20 +84,9 @@ def test_a_worker_killed_mid_history_comes_back_with_the_same_warnings(
     assert_same_as_batch(settings, events)
 
 
-@pytest.mark.parametrize("step", ["states", "commit"])
-def test_a_worker_that_dies_inside_a_checkpoint_carries_on_after_a_restart(
-    broker, worker, tmp_path, step
-):
-    """The two windows of a kill -9 inside a checkpoint (crashing_worker.py plants
-    it): ``states``, its warnings handed to the producer and no state sent (the
-    restart must tell them again, or they are lost for good); ``commit``, its
-    changelog delivered and its offsets not committed, the local store behind (the
-    restart must take the states from the changelog and skip what they hold, or
-    it applies events twice)."""
-    settings = isolated_settings(broker, tmp_path / "worker", store="rocksdb://")
-    events, _ = simulate(200, 11, parse_start("2024-10-07"), 400, 3, 0)
-    assert produce(settings, iter_paced(events, 0)).failed == 0
-    total = len(events)
+def crash_then_restart(settings: Settings, worker, tmp_path: Path, step: str, total: int) -> None:
+    """Run crashing_worker.py until its 5th checkpoint with warnings dies at ``step``
+    (exit 137, mid-history), then a worker on the same data folder to the end."""
     env = dict(
         os.environ,
         **settings_env(settings),
@@ -116,6 +105,22 @@ def test_a_worker_that_dies_inside_a_checkpoint_carries_on_after_a_restart(
     assert done_before < total * 0.9, "crashed too late to test a restart"
     proc = worker(settings)  # restarted on the same data folder
     wait_processed(settings, total - done_before, proc, timeout=180)
+
+
+@pytest.mark.parametrize("step", ["states", "commit"])
+def test_a_worker_that_dies_inside_a_checkpoint_carries_on_after_a_restart(
+    broker, worker, tmp_path, step
+):
+    """The two windows of a kill -9 inside a checkpoint (crashing_worker.py plants
+    it): ``states``, its warnings handed to the producer and no state sent (the
+    restart must tell them again, or they are lost for good); ``commit``, its
+    changelog delivered and its offsets not committed, the local store behind (the
+    restart must take the states from the changelog and skip what they hold, or
+    it applies events twice)."""
+    settings = isolated_settings(broker, tmp_path / "worker", store="rocksdb://")
+    events, _ = simulate(200, 11, parse_start("2024-10-07"), 400, 3, 0)
+    assert produce(settings, iter_paced(events, 0)).failed == 0
+    crash_then_restart(settings, worker, tmp_path, step, len(events))
     assert_same_as_batch(settings, events)
 
 
@@ -147,21 +152,7 @@ def test_exactly_once_a_worker_killed_inside_a_transaction_leaves_no_duplicate(
     settings = exactly_once_settings(broker, tmp_path / "worker")
     events, _ = simulate(200, 11, parse_start("2024-10-07"), 400, 3, 0)
     assert produce(settings, iter_paced(events, 0)).failed == 0
-    total = len(events)
-    env = dict(os.environ, **settings_env(settings), CHURNWATCH_WORKER__BATCH_SIZE="500")
-    crashing = start_child(
-        [sys.executable, str(Path(__file__).with_name("crashing_worker.py")), "5", "transaction"],
-        env=env,
-        log=tmp_path / "crash.log",
-    )
-    try:
-        assert crashing.wait(timeout=180) == 137, (tmp_path / "crash.log").read_text()[-3000:]
-    finally:
-        stop_child(crashing)
-    done_before = committed(settings)
-    assert done_before < total * 0.9, "crashed too late to test a restart"
-    proc = worker(settings)
-    wait_processed(settings, total - done_before, proc, timeout=180)
+    crash_then_restart(settings, worker, tmp_path, "transaction", len(events))
 
     copies = warning_copies(settings)
     assert max(copies.values()) == 1, [key for key, n in copies.items() if n > 1][:5]
