@@ -91,9 +91,11 @@ class TrackCustomers:
         async def forget_partitions(_app: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
             # After a rebalance Faust re-seeks to the committed offsets, so events
             # still held in the buffer (never acked) are delivered again.
+            began = time.monotonic()
             async with self.busy:
                 await self.store.done()  # the last store's sends: let them finish first
                 self.forget()
+            self.revoke_took(time.monotonic() - began)
 
         @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust stub too narrow
         async def finish_publishing(_app: Any, **kwargs: Any) -> None:
@@ -108,6 +110,19 @@ class TrackCustomers:
                 await self.wall_tick()
 
         on_batches(app, self.p.inputs, self.handle, self.idle)
+
+    def revoke_took(self, seconds: float) -> None:
+        """Say so when a revoke came close to the group's rebalance timeout: a
+        member slower than that is dropped from the group while its checkpoint is
+        still on its way, and those writes land behind the partition's next owner."""
+        allowed = self.p.settings.worker.broker_rebalance_timeout
+        if seconds > allowed / 2:
+            log.warning(
+                "the revoke took %.1f s of the group's %.0f s (worker.broker_rebalance_timeout); "
+                "a longer one drops this worker from the group with its checkpoint on its way",
+                seconds,
+                allowed,
+            )
 
     # -- the model and its metrics ---------------------------------------------
 

@@ -77,7 +77,7 @@ class WorkerSettings(_Section):
     store_buffer_mb: int = Field(4, ge=1, le=1024)
     data_dir: str = ".churnwatch/worker"
     broker_session_timeout: float = Field(6.0, gt=0)
-    broker_rebalance_timeout: float = Field(6.0, gt=0)
+    broker_rebalance_timeout: float = Field(60.0, gt=0)
     broker_heartbeat_interval: float = Field(1.0, gt=0)
     standby_replicas: int = Field(0, ge=0)
     batch_size: int = Field(8000, ge=1, le=100_000)
