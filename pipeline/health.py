@@ -21,7 +21,8 @@ mean of the others (``warnings.health``, per segment). The commitments family
 (plans and renewals) comes with the records that carry them.
 
 The state keeps the score, its parts, the parts a week before and the score of
-each of the last 16 weeks (:func:`record_health`), a few bytes a customer. It
+each of the last 16 weeks (:func:`record_health`), with the model's churn
+probability and the time of the sweep that scored it, a few bytes a customer. It
 records a new score only once the score moves ``store_step`` points or a new
 week begins, the same in the stream and in a batch run, so what a worker
 holds is what it stored.
@@ -42,6 +43,8 @@ from churnwatch.pipeline.state import HEALTH_WEEKS, WEEK, StateBlock, week_of
 
 FAMILIES = ("buying", "paying", "engagement", "service", "risk")
 UNKNOWN = 255
+#: The model's churn probability is kept again once it moves this much.
+PROBABILITY_STEP = 0.02
 
 FloatArray = npt.NDArray[np.float64]
 Bytes = npt.NDArray[np.uint8]
@@ -113,11 +116,15 @@ def record_health(
     score: Bytes,
     parts: Bytes,
     store_step: int,
+    probability: FloatArray | None = None,
 ) -> npt.NDArray[np.intp]:
     """Keep the sweep's health scores in the state of the customers at ``rows``:
     where a new week began (the week before's parts kept, the weeks no sweep
     reached filled with the score that stood) or the score moved at least
-    ``store_step`` points (or became known or unknown). Returns the rows changed."""
+    ``store_step`` points (or became known or unknown). The model's
+    ``probability`` is kept with it, and also where it moved
+    :data:`PROBABILITY_STEP` (the time of the sweep beside it: the customer page
+    shows it with that as-of). Returns the rows changed."""
     col = block.col
     week = week_of(as_of)
     stored = col["health_score"][rows].astype(np.int64)
@@ -126,13 +133,21 @@ def record_health(
     known_changed = (stored == UNKNOWN) != (score == UNKNOWN)
     moved = np.abs(score.astype(np.int64) - stored) >= store_step
     update = new_week | known_changed | moved
-    at, score, parts, last, new_week = (
+    if probability is None:
+        probability = np.full(len(rows), np.nan)
+    before = col["churn_probability"][rows].astype(np.float64)
+    update |= np.isnan(before) != np.isnan(probability)
+    update |= np.abs(np.nan_to_num(probability) - np.nan_to_num(before)) >= PROBABILITY_STEP
+    at, score, parts, last, new_week, probability = (
         rows[update],
         score[update],
         parts[update],
         last[update],
         new_week[update],
+        probability[update],
     )
+    col["churn_probability"][at] = probability
+    col["churn_scored_at"][at] = np.where(np.isnan(probability), 0.0, as_of)
     ring = col["health_weeks"]
     rolled = at[new_week]
     col["health_parts_before"][rolled] = col["health_parts"][rolled]
@@ -170,8 +185,16 @@ def health_view(block: StateBlock, row: int) -> dict[str, Any] | None:
         return None if value == UNKNOWN else score - value
 
     parts, before = col["health_parts"][row], col["health_parts_before"][row]
+    probability = float(col["churn_probability"][row])
     return {
         "score": score,
+        # the model's, as of the sweep that kept it (None without a model)
+        "churn_probability": None if np.isnan(probability) else probability,
+        "scored_at": (
+            None
+            if np.isnan(probability)
+            else datetime.fromtimestamp(float(col["churn_scored_at"][row]), UTC)
+        ),
         "parts": {
             family: {
                 "score": int(now),

@@ -134,7 +134,7 @@ def sweep(
         probability = scores[g] if model is not None else None
         rate = model.book_churn_rate if model is not None else None
         score, parts = health_of(columns, t, probability, rate)
-        kept = record_health(block, rows, as_of, score, parts, t.health.store_step)
+        kept = record_health(block, rows, as_of, score, parts, t.health.store_step, probability)
         if updated is not None:
             updated.update(kept.tolist())
     screens = []

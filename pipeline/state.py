@@ -56,7 +56,7 @@ MAX_WEEKLY_COUNT = 65_535
 
 #: Version of the stored record; bump it when :data:`STATE_DTYPE` changes and
 #: keep the old dtype in :data:`STATE_DTYPES` so old records migrate by name.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 _EPISODES = len(WARNING_TYPES)
 EPISODE_INDEX: dict[str, int] = {warning_type: i for i, warning_type in enumerate(WARNING_TYPES)}
 
@@ -142,12 +142,24 @@ STATE_DTYPE = np.dtype(
         ("health_week", "<i4"),
     ]
 )
+_FIELDS_V4 = STATE_DTYPE
+#: The model's churn probability as the last sweep that kept it scored it, and
+#: that sweep's time (format version 5; NaN and 0 before the model scored the
+#: customer): kept with the health score, and whenever it moves 2 points.
+STATE_DTYPE = np.dtype(
+    [
+        *_FIELDS_V4.descr,
+        ("churn_probability", "<f4"),
+        ("churn_scored_at", "<f8"),
+    ]
+)
 #: Every stored format's fixed part, by version: decoding migrates by field name.
 STATE_DTYPES: dict[int, np.dtype[Any]] = {
     1: _FIELDS_V1,
     2: _FIELDS_V2,
     3: _FIELDS_V3,
-    4: STATE_DTYPE,
+    4: _FIELDS_V4,
+    5: STATE_DTYPE,
 }
 SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
 
@@ -172,6 +184,7 @@ def _blank_record() -> npt.NDArray[np.void]:
     for name in ("health_score", "health_parts", "health_parts_before", "health_weeks"):
         record[name] = 255
     record["health_week"] = -1
+    record["churn_probability"] = np.nan
     return record
 
 

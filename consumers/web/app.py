@@ -86,9 +86,11 @@ def _inbox(request: Request, session: Session, user: User) -> Response:
     seen_text = request.session.get("seen_before", "")
     seen = datetime.fromisoformat(seen_text) if seen_text else None
     filters = _filters(request)
-    view = queries.inbox(session, user, request.app.state.live, filters, seen)
+    order = request.query_params.get("order", "loss")
+    order = order if order in queries.ORDERS else "loss"
+    view = queries.inbox(session, user, request.app.state.live, filters, seen, order)
     size = request.app.state.settings.web.page_size
-    pages = max(1, math.ceil(len(view.rows) / size))
+    pages = max(1, math.ceil(len(view.accounts) / size))
     try:
         number = min(max(1, int(request.query_params.get("page", "1"))), pages)
     except ValueError:
@@ -101,8 +103,9 @@ def _inbox(request: Request, session: Session, user: User) -> Response:
         "inbox.html",
         {
             "view": view,
-            "rows": view.rows[(number - 1) * size : number * size],
+            "accounts": view.accounts[(number - 1) * size : number * size],
             "filters": filters,
+            "order": order,
             "page": number,
             "pages": pages,
             "query": urlencode(query),
@@ -154,12 +157,9 @@ def _customer(request: Request, session: Session, user: User) -> Response:
                 (t("days_over_90"), f.overdue_over_90),
             ]
         )
-    # the newest churn-risk warning (its summary holds the model's version and reasons),
-    # else the newest warning the model scored
-    scored = [e for e in shown.episodes if e.churn_probability is not None]
-    churn = next((e for e in scored if e.warning_type == "churn_risk"), None) or next(
-        iter(scored), None
-    )
+    # the newest churn-risk warning: its summary holds the model's reasons then (the
+    # probability shown is the worker's live one, with the time it was scored)
+    churn = next((e for e in shown.episodes if e.warning_type == "churn_risk"), None)
     colleagues = [u for u in list_users(session) if u.owner and u.owner != shown.owner]
     return page(
         request,

@@ -59,6 +59,8 @@ class Summary:
     revenue_52w: float
     health: int | None = None  # the health score, 0-100
     health_trend_7d: int | None = None
+    #: the parts that moved most in a week (family, points), largest first
+    health_moved: tuple[tuple[str, int], ...] = ()
 
 
 class LiveStates:
@@ -204,5 +206,24 @@ class LiveStates:
                         float(columns["revenue_52w"][i]),
                         health["score"] if health else None,
                         health["trend_7d"] if health else None,
+                        moved_parts(health),
                     )
         return out
+
+
+#: A part of the health score that moved fewer points than this in a week is not
+#: named in the inbox.
+MOVED_POINTS = 5
+
+
+def moved_parts(health: dict[str, Any] | None, most: int = 2) -> tuple[tuple[str, int], ...]:
+    """The health parts that moved at least :data:`MOVED_POINTS` in a week, largest first."""
+    if not health:
+        return ()
+    moved = [
+        (family, part["moved"])
+        for family, part in health["parts"].items()
+        if part["moved"] is not None and abs(part["moved"]) >= MOVED_POINTS
+    ]
+    moved.sort(key=lambda fm: (-abs(fm[1]), fm[0]))
+    return tuple(moved[:most])

@@ -30,6 +30,7 @@ from churnwatch.consumers.alerts.ledger import (
 from churnwatch.consumers.alerts.messages import loss
 from churnwatch.consumers.web.live import LiveStates, Summary
 from churnwatch.pipeline.events import WARNING_TYPES
+from churnwatch.pipeline.state import SEVERITIES
 
 
 def owners_in_view(session: Session, user: User) -> set[str] | None:
@@ -84,6 +85,7 @@ class Row:
     quadrant: str
     health: int | None  # the customer's health score now (None: no worker holds it)
     health_trend_7d: int | None
+    health_moved: tuple[tuple[str, int], ...]  # its parts that moved most in a week
     loss: float  # this warning's expected loss
     customer_loss: float  # the customer's highest, which orders the list
     acknowledged: bool
@@ -116,12 +118,63 @@ class Filters:
 
 
 @dataclass
+class Account:
+    """One customer in the inbox: its open warnings (those the filters keep, most
+    severe first) under its health score."""
+
+    warnings: list[Row]
+
+    @property
+    def first(self) -> Row:
+        return self.warnings[0]
+
+    @property
+    def customer_id(self) -> str:
+        return str(self.first.episode.customer_id)
+
+    @property
+    def loss(self) -> float:
+        return self.first.customer_loss
+
+    @property
+    def new(self) -> bool:
+        return any(r.new for r in self.warnings)
+
+    @property
+    def acknowledged(self) -> bool:
+        return all(r.acknowledged for r in self.warnings)
+
+
+#: How the inbox may order its accounts.
+ORDERS = ("loss", "health")
+
+
+def accounts(rows: list[Row], order: str = "loss") -> list[Account]:
+    """The rows grouped by customer: highest expected loss first, or the lowest
+    health score first (customers no worker holds last), ties by expected loss."""
+    grouped: dict[str, list[Row]] = {}
+    for r in rows:
+        grouped.setdefault(r.episode.customer_id, []).append(r)
+    listed = []
+    for warnings in grouped.values():
+        warnings.sort(key=lambda r: (-SEVERITIES.index(r.episode.severity), -r.loss))
+        listed.append(Account(warnings))
+    if order == "health":
+        listed.sort(
+            key=lambda a: (a.first.health is None, a.first.health or 0, -a.loss, a.customer_id)
+        )
+    else:
+        listed.sort(key=lambda a: (-a.loss, a.customer_id))
+    return listed
+
+
+@dataclass
 class Inbox:
-    rows: list[Row]
+    rows: list[Row]  # the open warnings the filters keep
     counts: Counter[str]  # open warnings per type, before the filters
     segments: list[str]
     quadrants: list[str]
-    customers: int = 0
+    accounts: list[Account]
 
 
 @dataclass
@@ -190,6 +243,9 @@ def open_rows(
             health_trend_7d=(
                 summaries[e.customer_id].health_trend_7d if e.customer_id in summaries else None
             ),
+            health_moved=(
+                summaries[e.customer_id].health_moved if e.customer_id in summaries else ()
+            ),
             loss=losses[e.warning_id],
             customer_loss=customer_loss[e.customer_id],
             acknowledged=e.warning_id in book.acked,
@@ -207,6 +263,7 @@ def inbox(
     live: LiveStates | None,
     filters: Filters,
     seen_before: datetime | None,
+    order: str = "loss",
 ) -> Inbox:
     rows = open_rows(session, user, live, seen_before)
     kept = [r for r in rows if filters.keeps(r)]
@@ -215,7 +272,7 @@ def inbox(
         counts=Counter(r.episode.warning_type for r in rows),
         segments=sorted({r.segment for r in rows if r.segment}),
         quadrants=sorted({r.quadrant for r in rows if r.quadrant}),
-        customers=len({r.episode.customer_id for r in kept}),
+        accounts=accounts(kept, order),
     )
 
 

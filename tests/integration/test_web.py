@@ -162,7 +162,7 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
 
         # the rep's inbox lists exactly the rep's customers at risk
         login("rep1")
-        rows = browser.find_elements(By.CSS_SELECTOR, "#inbox tr.warning")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#inbox tr.account")
         listed = {row.get_attribute("data-customer") for row in rows}
         assert listed == expected
         browser.save_screenshot(str(shots / "inbox.png"))

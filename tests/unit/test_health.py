@@ -104,6 +104,34 @@ def test_the_state_keeps_a_new_score_once_it_moves_enough_or_a_week_begins():
     assert view["history"][-1][0] == first_day.date().isoformat()
 
 
+def test_the_state_keeps_the_models_probability_with_the_time_it_was_scored():
+    """The customer page's churn probability is the last sweep's that kept it, with
+    that sweep's time: kept again once it moves 2 points, not at every sweep."""
+    block = StateBlock()
+    rows = np.array([block.state("C1").row])
+    monday = 3000 * WEEK + DAY
+    parts = np.full((1, len(FAMILIES)), 80, np.uint8)
+
+    def keep(at: float, probability: float) -> list[int]:
+        score = np.array([80], np.uint8)
+        return record_health(block, rows, at, score, parts, 5, np.array([probability])).tolist()
+
+    assert keep(monday, 0.10) == [rows[0]]
+    assert keep(monday + DAY, 0.11) == []  # one point: the stored value stands
+    view = health_view(block, int(rows[0]))
+    assert view is not None and view["churn_probability"] == pytest.approx(0.10)
+    assert view["scored_at"] == datetime.fromtimestamp(monday, UTC)
+    assert keep(monday + 2 * DAY, 0.31) == [rows[0]]  # the risk climbs: kept
+    view = health_view(block, int(rows[0]))
+    assert view["churn_probability"] == pytest.approx(0.31)
+    assert view["scored_at"] == datetime.fromtimestamp(monday + 2 * DAY, UTC)
+    # without a model the probability is unknown again, and said so
+    score = np.array([80], np.uint8)
+    assert record_health(block, rows, monday + 3 * DAY, score, parts, 5).tolist() == [rows[0]]
+    view = health_view(block, int(rows[0]))
+    assert view["churn_probability"] is None and view["scored_at"] is None
+
+
 def test_a_state_stored_before_the_health_score_reads_with_it_unknown():
     block, _ = run_history(weekly("C1", 3), load_settings().warnings, 10**9)
     stored = bytearray(encode_state(block["C1"]))

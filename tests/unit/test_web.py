@@ -170,7 +170,7 @@ def _login(base: str, user: str, password: str | None = None) -> requests.Sessio
 
 
 def _customers(html: str) -> set[str]:
-    return set(re.findall(r'<tr class="warning[^"]*" data-customer="([^"]+)"', html))
+    return set(re.findall(r'<tr class="account[^"]*" data-customer="([^"]+)"', html))
 
 
 def test_every_page_needs_a_login_and_a_wrong_password_gets_nothing(site):
@@ -219,6 +219,39 @@ def test_a_rep_sees_only_their_customers_and_gets_403_for_others(site):
     assert _customers(segment) == {f"C{i}" for i in range(0, 12, 2)}  # all even are key
     severity = ann.get(f"{base}/inbox", params={"severity": "high"}).text
     assert _customers(severity) == {"C2", "C6", "C10"}
+
+
+def test_the_inbox_lists_accounts_with_their_warnings_as_chips(site):
+    """One row per customer, however many warnings it has open: the most severe
+    first among its chips, the filters choosing the chips shown."""
+    base, sessions, _ = site
+    with sessions.begin() as session:
+        for n, (warning_type, severity) in enumerate(
+            [("overdue_debt", "critical"), ("complaint_trouble", "low")]
+        ):
+            session.add(
+                _episode(
+                    2,
+                    OWNERS["ann"],
+                    warning_id=f"w2-{n}",
+                    warning_type=warning_type,
+                    severity=severity,
+                )
+            )
+    inbox = _login(base, "ann").get(f"{base}/inbox").text
+    assert re.findall(r'<tr class="account[^"]*" data-customer="C2"', inbox) == [
+        '<tr class="account sev-critical new" data-customer="C2"'
+    ]
+    assert "Accounts at risk: 6" in inbox and "Open warnings</th>" in inbox
+    row = re.search(r'data-customer="C2">(.*?)</tr>', inbox, re.S)
+    assert row is not None
+    chips = re.findall(r'class="chip sev-(\w+)" data-type="(\w+)"', row.group(1))
+    assert chips[0] == ("critical", "overdue_debt") and len(chips) == 3
+    assert ("low", "complaint_trouble") in chips
+    only = _login(base, "ann").get(f"{base}/inbox", params={"type": "complaint_trouble"}).text
+    row = re.search(r'data-customer="C2">(.*?)</tr>', only, re.S)
+    assert row is not None
+    assert re.findall(r'data-type="(\w+)"', row.group(1)) == ["complaint_trouble"]
 
 
 def test_managers_see_their_team_and_admins_everyone(site):
@@ -352,7 +385,7 @@ def test_the_language_follows_the_user(site):
     token = _csrf(ann.get(f"{base}/inbox").text)
     page = ann.post(f"{base}/language", data={"csrf": token, "language": "zh-CN", "back": "/inbox"})
     assert "未关闭的预警" in page.text and "Open warnings" not in page.text
-    assert '<span class="sev">高</span>' in page.text  # severities in the language too
+    assert re.search(r'class="chip sev-high"[^>]*>[^<]* · 高</span>', page.text)  # severities too
     # kept for the next login
     assert "未关闭的预警" in _login(base, "ann").get(f"{base}/inbox").text
 
@@ -395,7 +428,7 @@ def test_new_warnings_are_marked_until_the_next_visit(site):
         session.add(Customer(customer_id="C20", name="Shop 20", owner=OWNERS["ann"]))
     again = _login(base, "ann").get(f"{base}/inbox").text
     assert again.count('<span class="badge">new</span>') == 1
-    assert re.search(r'class="warning[^"]* new" data-customer="C20"', again)
+    assert re.search(r'class="account[^"]* new" data-customer="C20"', again)
 
 
 def test_users_are_managed_from_the_cli(ledger_url):
@@ -554,8 +587,10 @@ def test_the_customer_page_and_the_inbox_show_the_live_health_score(site):
     trends, the weeks behind it), read from the changelog as the web reads it."""
     from datetime import timedelta
 
+    import numpy as np
+
     from churnwatch.consumers.web.live import LiveStates
-    from churnwatch.pipeline.health import health_view
+    from churnwatch.pipeline.health import health_view, record_health
     from churnwatch.pipeline.processing import run_history
     from churnwatch.pipeline.state_format import encode_state
     from tests.factories import T0, make_event
@@ -580,5 +615,29 @@ def test_the_customer_page_and_the_inbox_show_the_live_health_score(site):
         assert history and history.group(1).count("→") == 15
         inbox = ann.get(f"{server.url}/inbox").text
         assert f"health {expected['score']}" in inbox
+        assert 'id="churn"' not in page  # no model scored it: no probability shown
+        # a customer gone quiet scores lower, and the inbox can put it first
+        gone_quiet = [
+            make_event("order", customer_id="C2", at=T0 + timedelta(weeks=w)) for w in range(8)
+        ]
+        quiet, _ = run_history(gone_quiet + orders[-1:], settings.warnings, 86_400)
+        assert health_view(quiet, quiet.rows["C2"])["score"] < expected["score"]
+        live._take(live.states_topic, b'"C2"', encode_state(quiet["C2"]))  # noqa: SLF001
+        by_loss = ann.get(f"{server.url}/inbox").text
+        by_health = ann.get(f"{server.url}/inbox", params={"order": "health"}).text
+        first = re.findall(r'data-customer="([^"]+)"', by_health)[0]
+        assert first == "C2" and re.findall(r'data-customer="([^"]+)"', by_loss)[0] == "C10"
+        # the model's live probability, with the time of the sweep that scored it
+        state = block["C0"]
+        rows = np.array([state.row])
+        scored_at = block["C0"].last_order_at + 86_400
+        parts = block.col["health_parts"][rows]
+        score = block.col["health_score"][rows]
+        record_health(block, rows, scored_at, score, parts, 5, np.array([0.37]))
+        live._take(live.states_topic, b'"C0"', encode_state(block["C0"]))  # noqa: SLF001
+        page = ann.get(f"{server.url}/customers/C0").text
+        churn = re.search(r'<dd id="churn">(.*?)</dd>', page, re.S)
+        day = datetime.fromtimestamp(scored_at, UTC).date().isoformat()
+        assert churn and "37%" in churn.group(1) and f"scored {day}" in churn.group(1)
     finally:
         server.stop()
