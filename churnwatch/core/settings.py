@@ -185,6 +185,11 @@ class WebSettings(_Section):
     #: Single sign-on: trust this header's user name, only from ``trusted_proxies``.
     user_header: str = ""
     trusted_proxies: list[str] = []
+    #: Signs the one-click action links in notifications (docs/web.md); the
+    #: dispatcher and the web process must share it. Empty: no links.
+    link_secret: SecretStr = SecretStr("")
+    #: How long a one-click link works.
+    link_days: float = Field(7.0, gt=0, le=90)
     #: Rows per inbox page.
     page_size: int = Field(100, ge=10, le=1000)
     #: A `churnwatch backtest --out` folder's summary.json: the team view shows each

@@ -188,6 +188,10 @@ class Demo:
                         "port": web_port,
                         "base_url": web_url,
                         "session_secret": SecretStr(secrets.token_urlsafe(32)),
+                        # the dispatcher's mails carry one-click links this web follows
+                        "link_secret": SecretStr(secrets.token_urlsafe(32))
+                        if web
+                        else SecretStr(""),
                     }
                 ),
             }
@@ -239,6 +243,7 @@ class Demo:
         alerts_env = dict(
             env,
             CHURNWATCH_WEB__BASE_URL=settings.web.base_url,
+            CHURNWATCH_WEB__LINK_SECRET=settings.web.link_secret.get_secret_value(),
             CHURNWATCH_ALERTS__LEDGER_URL=self.ledger_url,
             CHURNWATCH_ALERTS__SMTP__HOST=self.inbox.host,
             CHURNWATCH_ALERTS__SMTP__PORT=str(self.inbox.port),

@@ -44,6 +44,7 @@ from churnwatch.consumers.alerts.ledger import (
     schedule_reminder,
     short_id,
 )
+from churnwatch.consumers.alerts.links import ActionLinks
 from churnwatch.consumers.alerts.messages import digest_message, episode_message, page_link
 from churnwatch.consumers.alerts.outbox import Clock, Outbox, Sender, apprise_send
 from churnwatch.consumers.alerts.policy import Policy
@@ -70,9 +71,12 @@ class Dispatcher:
         send: Sender = apprise_send,
         clock: Clock = lambda: datetime.now(UTC),
         base_url: str = "",
+        links: ActionLinks | None = None,
     ) -> None:
         self.settings = settings
         self.base_url = base_url  # the web inbox: messages link to the customer's page
+        # the one-click links a message about an open warning carries (none without them)
+        self.links = links or ActionLinks("", "", 1)
         self.routing = routing
         self.sessions = sessions
         self.clock = clock
@@ -212,6 +216,7 @@ class Dispatcher:
             sid,
             held,
             page_link(self.base_url, episode.customer_id),
+            self.links.links(episode.warning_id, name),
         )
         session.add(
             Notification(
@@ -382,8 +387,21 @@ def make_dispatcher(settings: Settings, **kwargs: Any) -> Dispatcher:
         load_routing(settings.alerts.routing),
         open_ledger(settings.alerts.ledger_url),
         base_url=settings.web.base_url,
+        links=action_links(settings),
         **kwargs,
     )
+
+
+def action_links(settings: Settings) -> ActionLinks:
+    """The one-click links of these settings (said once when they are off)."""
+    web = settings.web
+    links = ActionLinks(web.link_secret.get_secret_value(), web.base_url, web.link_days)
+    if not links.enabled:
+        log.info(
+            "no one-click links in notifications: they need web.base_url and "
+            "web.link_secret (CHURNWATCH_WEB__LINK_SECRET)"
+        )
+    return links
 
 
 def run_dispatcher(settings: Settings, stop: threading.Event, dispatcher: Dispatcher) -> None:

@@ -203,6 +203,18 @@ class Action(Base):
     at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class UsedLink(Base):
+    """A one-click link from a notification that has acted (``consumers/alerts/links.py``):
+    a link acts once."""
+
+    __tablename__ = "used_links"
+    link_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    warning_id: Mapped[str] = mapped_column(String(40))
+    recipient: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(20))
+    used_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 #: Who may do what in the web inbox: a rep their own customers, a manager their team's
 #: (everyone's without a team), an admin everyone's and the users.
 ROLES = ("rep", "manager", "admin")

@@ -54,6 +54,11 @@ WORDS: dict[Language, dict[str, str]] = {
         "{summary}",
         "digest_empty": "No open warnings.",
         "link": "Open in churnwatch",
+        "one_click": "One click (asks you to confirm)",
+        "do_acknowledged": "Acknowledge",
+        "do_snoozed": "Snooze 14 days",
+        "do_contacted": "Done: contacted",
+        "do_false_alarm": "False alarm",
     },
     "zh-CN": {
         "opened": "{title}（{severity}）：{customer}",
@@ -76,6 +81,11 @@ WORDS: dict[Language, dict[str, str]] = {
         ),
         "digest_empty": "没有未解决的预警。",
         "link": "在 churnwatch 中查看",
+        "one_click": "一键操作（需确认）",
+        "do_acknowledged": "确认收到",
+        "do_snoozed": "暂停提醒 14 天",
+        "do_contacted": "已完成：已联系",
+        "do_false_alarm": "误报",
     },
 }
 
@@ -138,10 +148,22 @@ def episode_message(
     short_id: str,
     held: list[Episode],
     link: str = "",
+    actions: dict[str, str] | None = None,
 ) -> Message:
     """An ``opened``, ``escalated``, ``reminder`` or ``resolved`` message about ``episode``
-    (with ``link``: where to open the customer's page)."""
-    return _with_link(_episode_message(episode, kind, language, short_id, held), link, language)
+    (with ``link``: where to open the customer's page; with ``actions``: the
+    one-click links, by action, that a message about an open warning lists)."""
+    message = _with_link(_episode_message(episode, kind, language, short_id, held), link, language)
+    if not actions or kind == "resolved":
+        return message
+    w = WORDS[language]
+    text = [f"{w['do_' + action]}: {url}" for action, url in actions.items()]
+    md = [f"[{_md(w['do_' + action])}]({url})" for action, url in actions.items()]
+    return Message(
+        message.subject,
+        f"{message.text}\n{w['one_click']}:\n" + "\n".join(f"  {line}" for line in text) + "\n",
+        f"{message.markdown}\n{_md(w['one_click'])}: " + " · ".join(md) + "\n",
+    )
 
 
 def _episode_message(

@@ -34,13 +34,10 @@ from churnwatch.consumers.alerts.ledger import (
     Episode,
     LedgerError,
     User,
-    add_feedback,
-    add_snooze,
-    last_short_id,
     lift_snoozes,
     open_ledger,
 )
-from churnwatch.consumers.web import charts, queries, team
+from churnwatch.consumers.web import acting, charts, one_click, queries, team
 from churnwatch.consumers.web.access import (
     HERE,
     Refused,
@@ -201,11 +198,10 @@ def _act(request: Request, session: Session, user: User) -> Response:
     what = request.path_params["action"]
     form = posted_form(request)
     _allowed(session, user, customer_id)
-    now = utc_now()
-    record = Action(customer_id=customer_id, kind=what, by=user.username, at=now)
+    now, by = utc_now(), user.username
     if what == "acknowledged":
         episode = _episode_of(session, customer_id, str(form.get("warning_id", "")))
-        record.warning_id = episode.warning_id
+        acting.acknowledge(session, episode, by, now)
     elif what == "snoozed":
         try:
             day = date.fromisoformat(str(form.get("until", "")))
@@ -219,29 +215,27 @@ def _act(request: Request, session: Session, user: User) -> Response:
             raise Refused(400, "bad_request", reason="unknown warning type")
         reason = _note(form, "reason", required=True)
         try:
-            add_snooze(session, customer_id, warning_type, until, reason, now)
+            acting.snooze(session, customer_id, warning_type, until, reason, by, now)
         except LedgerError as exc:
             raise Refused(400, "bad_request", reason=str(exc)) from None
-        record.detail, record.note = f"{day.isoformat()} {warning_type or ''}".strip(), reason
     elif what == "unsnoozed":
-        record.detail = str(lift_snoozes(session, customer_id, now))
+        lifted = str(lift_snoozes(session, customer_id, now))
+        session.add(Action(customer_id=customer_id, kind=what, detail=lifted, by=by, at=now))
     elif what == "outcome":
         verdict = str(form.get("outcome", ""))
         if verdict not in OUTCOMES:
             raise Refused(400, "bad_request", reason="unknown outcome")
         episode = _episode_of(session, customer_id, str(form.get("warning_id", "")))
-        note = _note(form, "note")
-        quoted = last_short_id(session, episode.warning_id)
-        add_feedback(session, quoted or "", episode.warning_id, verdict, note, now)
-        record.warning_id, record.detail, record.note = episode.warning_id, verdict, note
+        acting.record_outcome(session, episode, verdict, _note(form, "note"), by, now)
     elif what == "handed_over":
         colleague = session.get(User, str(form.get("to", "")))
         if colleague is None or not colleague.owner:
             raise Refused(400, "bad_request", reason="hand over to a user who owns customers")
+        record = Action(customer_id=customer_id, kind=what, by=by, at=now)
         record.detail, record.note = colleague.owner, _note(form, "note")
+        session.add(record)
     else:
         raise Refused(404, "not_found")
-    session.add(record)
     return RedirectResponse(f"/customers/{quote(customer_id)}?saved=1", status_code=303)
 
 
@@ -268,6 +262,7 @@ def create_web_app(
             Route("/inbox", signed_in(_inbox)),
             Route("/customers/{customer_id}", signed_in(_customer)),
             Route("/customers/{customer_id}/{action}", signed_in(_act), methods=["POST"]),
+            Route("/act/{token}", unsigned(one_click.follow), methods=["GET", "POST"]),
             Route("/team", signed_in(team.team)),
             Route("/team.csv", signed_in(team.team_csv)),
             Route("/users", signed_in(team.users), methods=["GET", "POST"]),

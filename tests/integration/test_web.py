@@ -4,6 +4,7 @@ pipeline: broker, worker, alert dispatcher and `churnwatch web`, all real proces
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,9 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from churnwatch.consumers.alerts.ledger import Customer, Episode, Notification, open_ledger
+from churnwatch.consumers.alerts.ledger import (
+    Action,
+    Customer,
+    Episode,
+    Notification,
+    UsedLink,
+    open_ledger,
+)
+from churnwatch.consumers.alerts.links import ActionLinks
 from churnwatch.core.broker import free_port, start_child, stop_child
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.topics import Topic
@@ -99,8 +108,13 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
     events, _ = simulate(40, 11, parse_start("2024-10-07"), 420, 2, 0)
     produce(settings, iter_paced(events, 0))
     inbox = LocalInbox().start()
-    env = dispatcher_env(settings, f"sqlite:///{tmp_path / 'ledger.db'}", inbox)
     port = free_port()
+    env = dict(
+        dispatcher_env(settings, f"sqlite:///{tmp_path / 'ledger.db'}", inbox),
+        # the dispatcher's mails carry one-click links the web process follows
+        CHURNWATCH_WEB__BASE_URL=f"http://127.0.0.1:{port}",
+        CHURNWATCH_WEB__LINK_SECRET="k" * 40,
+    )
     web_env = dict(env, CHURNWATCH_WEB__PORT=str(port), CHURNWATCH_WEB__SESSION_SECRET="s" * 40)
     _add_user(env, "rep1", "--owner", REP1)
     _add_user(env, "boss", "--role", "manager")
@@ -131,6 +145,12 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
                     e.customer_id: owners.get(e.customer_id) or e.owner
                     for e in session.scalars(select(Episode).where(Episode.status == "open"))
                 }
+
+        def open_ids() -> set[str]:
+            with sessions() as session:
+                return set(
+                    session.scalars(select(Episode.warning_id).where(Episode.status == "open"))
+                )
 
         def settled() -> bool:
             """Every warning in the ledger, and its open ones unchanged for a while."""
@@ -222,6 +242,57 @@ def test_a_rep_and_a_manager_work_through_the_inbox_in_a_browser(broker, tmp_pat
         form.find_element(By.CSS_SELECTOR, "button.record-outcome").click()
         wait.until(gone(form))  # the page before had "saved" too (the snooze)
         wait.until(seen.presence_of_element_located((By.ID, "saved")))
+
+        # a one-click link from a mail the rep received: confirmed, it acts once
+        mails = [m for m in inbox.received() if REP1 in str(m["To"])]
+        links = [
+            found
+            for m in mails
+            for part in m.walk()
+            if part.get_content_maintype() == "text"  # (the links are the HTML part's)
+            for found in re.findall(r"http://[^\s)\]\"'<>]+/act/[\w.-]+", part.get_content())
+        ]
+        reader = ActionLinks("k" * 40, base, 7)
+        claims = {u: reader.read(u.rsplit("/", 1)[1]) for u in set(links)}
+        links = [
+            u
+            for u, claim in claims.items()
+            if claim.action == "acknowledged" and claim.warning_id in open_ids()
+        ]
+        assert links, "no mail to rep1 carries a link to an open warning"
+        link = links[0]
+        with sessions() as session:
+            acks_before = session.scalar(
+                select(func.count()).select_from(Action).where(Action.kind == "acknowledged")
+            )
+        browser.delete_all_cookies()  # (a phone's browser: not signed in)
+        browser.get(link)
+        confirm = browser.find_element(By.ID, "confirm")
+        with sessions() as session:  # opening it (a mail scanner's GET) changed nothing
+            assert session.scalar(select(func.count()).select_from(UsedLink)) == 0
+        confirm.click()
+        wait.until(seen.presence_of_element_located((By.ID, "link-done")))
+        with sessions() as session:
+            used = session.scalars(select(UsedLink)).one()
+            acked = session.scalars(
+                select(Action).where(
+                    Action.kind == "acknowledged", Action.warning_id == used.warning_id
+                )
+            ).one()
+            assert acked.by == f"{REP1} (link)"
+            assert (
+                session.scalar(
+                    select(func.count()).select_from(Action).where(Action.kind == "acknowledged")
+                )
+                == acks_before + 1
+            )
+            linked = session.get(Episode, used.warning_id)
+        browser.get(link)  # the same link again: says so, changes nothing
+        assert "used already" in browser.find_element(By.ID, "message").text
+        login("rep1")
+        browser.get(f"{base}/inbox?ack=yes")
+        acked_rows = browser.find_elements(By.CSS_SELECTOR, "#inbox tr.account")
+        assert linked.customer_id in {r.get_attribute("data-customer") for r in acked_rows}
 
         # another rep's customer by URL: refused, nothing of it shown
         other = sorted(others)[0]

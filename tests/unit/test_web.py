@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import requests
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from churnwatch.consumers.alerts.dispatcher import Dispatcher
@@ -23,9 +24,11 @@ from churnwatch.consumers.alerts.ledger import (
     Feedback,
     Notification,
     Snooze,
+    UsedLink,
     User,
     open_ledger,
 )
+from churnwatch.consumers.alerts.links import ActionLinks
 from churnwatch.consumers.alerts.messages import TITLES, episode_message, page_link
 from churnwatch.consumers.alerts.routing import load_routing
 from churnwatch.consumers.web import charts
@@ -639,5 +642,97 @@ def test_the_customer_page_and_the_inbox_show_the_live_health_score(site):
         churn = re.search(r'<dd id="churn">(.*?)</dd>', page, re.S)
         day = datetime.fromtimestamp(scored_at, UTC).date().isoformat()
         assert churn and "37%" in churn.group(1) and f"scored {day}" in churn.group(1)
+    finally:
+        server.stop()
+
+
+# --- one-click links from notifications -------------------------------------------------
+
+
+def _linked_server(settings: Settings, days: float = 7.0) -> tuple[WebServer, ActionLinks]:
+    web = settings.web.model_copy(update={"link_secret": SecretStr("k" * 40), "link_days": days})
+    server = WebServer(settings.model_copy(update={"web": web}), port=0, live=False).start()
+    return server, ActionLinks("k" * 40, server.url, days)
+
+
+def test_a_notification_carries_one_click_links_that_confirm_then_act_once(site):
+    _, sessions, settings = site
+    server, links = _linked_server(settings)
+    try:
+        # the dispatcher's message about an open warning carries them, for its recipient
+        dispatcher = Dispatcher(
+            settings.alerts,
+            load_routing(settings.alerts.routing),
+            sessions,
+            base_url=server.url,
+            links=links,
+        )
+        from tests.unit.test_alerts import record
+
+        dispatcher.on_warning(record("w-mail", customer="C2", owner=OWNERS["ann"]))
+        with sessions() as session:
+            body = session.scalars(
+                select(Notification.body_text).where(Notification.warning_id == "w-mail")
+            ).one()
+        found = dict(re.findall(r"  (Acknowledge|Snooze 14 days|False alarm): (\S+)", body))
+        assert set(found) == {"Acknowledge", "Snooze 14 days", "False alarm"}
+        claim = links.read(found["False alarm"].rsplit("/", 1)[1])
+        assert (claim.warning_id, claim.recipient) == ("w-mail", OWNERS["ann"])
+
+        phone = requests.Session()  # not signed in
+        link = links.make("w2", OWNERS["ann"], "false_alarm")
+        shown = phone.get(link)
+        assert shown.status_code == 200 and 'id="confirm"' in shown.text
+        with sessions() as session:  # a GET (a mail scanner's) changes nothing
+            assert session.scalar(select(func.count()).select_from(UsedLink)) == 0
+        done = phone.post(link, data={"csrf": _csrf(shown.text)})
+        assert done.status_code == 200 and 'id="link-done"' in done.text
+        with sessions() as session:
+            feedback = session.scalars(select(Feedback).where(Feedback.warning_id == "w2")).one()
+            assert feedback.verdict == "false_alarm"
+            action = session.scalars(select(Action).where(Action.warning_id == "w2")).one()
+            assert (action.kind, action.detail, action.by) == (
+                "outcome",
+                "false_alarm",
+                f"{OWNERS['ann']} (link)",
+            )
+        again = phone.get(link)
+        assert again.status_code == 409 and "used already" in again.text
+        assert phone.post(link, data={"csrf": _csrf(shown.text)}).status_code == 409
+        with sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Feedback)) == 1
+
+        snooze = links.make("w4", OWNERS["ann"], "snoozed")
+        page = phone.get(snooze)
+        assert phone.post(snooze, data={"csrf": _csrf(page.text)}).status_code == 200
+        with sessions() as session:
+            held = session.scalars(select(Snooze).where(Snooze.customer_id == "C4")).one()
+            assert held.warning_type == WARNING_TYPES[4 % len(WARNING_TYPES)]
+            days = (held.until - datetime.now(UTC)).total_seconds() / 86_400
+            assert 13.9 < days <= 14.0
+
+        token = links.make("w6", OWNERS["ann"], "acknowledged").rsplit("/", 1)[1]
+        forged = phone.get(f"{server.url}/act/{token[:-3]}abc")
+        assert forged.status_code == 400 and "not valid" in forged.text
+        other = ActionLinks("another secret", server.url, 7).make("w6", OWNERS["ann"], "snoozed")
+        assert phone.get(other).status_code == 400
+        unknown = phone.get(links.make("w-nope", OWNERS["ann"], "acknowledged"))
+        assert unknown.status_code == 404
+    finally:
+        server.stop()
+
+
+def test_an_expired_one_click_link_changes_nothing_and_says_so(site):
+    _, sessions, settings = site
+    server, links = _linked_server(settings, days=1 / 86_400)  # a second
+    try:
+        link = links.make("w2", OWNERS["ann"], "acknowledged")
+        import time
+
+        time.sleep(2.2)
+        answer = requests.get(link, timeout=10)
+        assert answer.status_code == 410 and "expired" in answer.text
+        with sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Action)) == 0
     finally:
         server.stop()
