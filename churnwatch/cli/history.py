@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -204,8 +204,24 @@ def tune(
     except TuneError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_tuning(tuning))
+    from churnwatch.pipeline.events import WARNING_TYPES
+
+    click.echo(_team_verdicts(settings, WARNING_TYPES))
     write_settings(tuning, config, out, ", ".join(p.name for p in events_path))
     click.echo(f"wrote {out}: use it with churnwatch --config {out} ...")
+
+
+def _team_verdicts(settings: Settings, types: Iterable[str]) -> str:
+    """What the team judged of these warning types, from the ledger (docs/model.md)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from churnwatch.consumers.alerts.verdicts import format_verdicts, ledger_verdicts
+
+    where = "alerts.ledger_url"
+    try:
+        return format_verdicts(ledger_verdicts(settings.alerts.ledger_url), types, where)
+    except SQLAlchemyError as exc:
+        return f"the team's verdicts: the ledger cannot be read ({where}): {exc.__class__.__name__}"
 
 
 def _load_export(paths: tuple[Path, ...], mappings: tuple[Path, ...]) -> list[CustomerEvent]:
@@ -337,6 +353,7 @@ def train(
     finally:
         steps.close()
     click.echo(format_comparison(result.card))
+    click.echo(_team_verdicts(settings, ["churn_risk"]))
     margin = beats_baselines(result.card)
     click.echo(
         f"model ROC-AUC minus the best baseline's: {margin:+.3f}; "

@@ -189,10 +189,14 @@ class Policy:
         return int(session.scalar(query) or 0)
 
     def next_digest(self, recipient: Recipient, now: datetime, *, after_today: bool) -> datetime:
-        """The recipient's digest hour today (``after_today``: tomorrow), in their zone."""
+        """The recipient's next digest hour, in their zone: today's, or tomorrow's once
+        today's has passed (``after_today``: tomorrow's in any case). A warning that
+        comes after today's digest waits for tomorrow's, rather than bringing a
+        digest on the heels of its own message."""
         zone = ZoneInfo(recipient.window.timezone)
         day = now.astimezone(zone).date()
-        if after_today:
-            day = day.fromordinal(day.toordinal() + 1)
-        at = datetime.combine(day, datetime.min.time(), zone)
-        return at.replace(hour=self.settings.digest_hour)
+        hour = datetime.min.time().replace(hour=self.settings.digest_hour)
+        today = datetime.combine(day, hour, zone)
+        if after_today or today <= now:
+            return datetime.combine(day.fromordinal(day.toordinal() + 1), hour, zone)
+        return today

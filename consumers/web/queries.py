@@ -8,7 +8,6 @@ customer was handed over since); a manager those owned by their team's reps
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +19,6 @@ from churnwatch.consumers.alerts.ledger import (
     Action,
     Customer,
     Episode,
-    Feedback,
     Notification,
     Snooze,
     User,
@@ -28,6 +26,7 @@ from churnwatch.consumers.alerts.ledger import (
     current_owner,
 )
 from churnwatch.consumers.alerts.messages import loss
+from churnwatch.consumers.alerts.verdicts import Verdicts, latest_verdicts, summarise
 from churnwatch.consumers.web.live import LiveStates, Summary
 from churnwatch.pipeline.events import WARNING_TYPES
 from churnwatch.pipeline.state import SEVERITIES
@@ -331,16 +330,9 @@ def customer_page(session: Session, customer_id: str, now: datetime) -> Customer
                 select(Action).where(Action.customer_id == customer_id).order_by(Action.id.desc())
             )
         ),
-        outcomes=latest_outcomes(session, [e.warning_id for e in episodes]),
+        outcomes=latest_verdicts(session, [e.warning_id for e in episodes]),
         snoozes=active_snoozes(session, customer_id, now),
     )
-
-
-def latest_outcomes(session: Session, warning_ids: Iterable[str] | None = None) -> dict[str, str]:
-    query = select(Feedback.warning_id, Feedback.verdict).where(Feedback.warning_id.is_not(None))
-    if warning_ids is not None:
-        query = query.where(Feedback.warning_id.in_(list(warning_ids)))
-    return {wid: verdict for wid, verdict in session.execute(query.order_by(Feedback.id)) if wid}
 
 
 @dataclass
@@ -375,6 +367,8 @@ class Team:
     by_region: list[Group]
     outcomes: list[TypeOutcomes]
     rows: list[Row]
+    #: the team's precision by the month its judged warnings opened in, oldest first
+    by_month: dict[str, Verdicts] = field(default_factory=dict)
 
 
 #: Outcomes that mean someone acted on a warning.
@@ -394,7 +388,7 @@ def team(session: Session, user: User, live: LiveStates | None) -> Team:
                 group.customers.add(r.episode.customer_id)
                 group.value_at_risk += r.customer_loss
 
-    outcomes = latest_outcomes(session)
+    outcomes = latest_verdicts(session)
     per_type: dict[str, TypeOutcomes] = {t: TypeOutcomes(t) for t in WARNING_TYPES}
     everything = select(
         Episode.warning_id,
@@ -402,7 +396,9 @@ def team(session: Session, user: User, live: LiveStates | None) -> Team:
         Episode.owner,
         Episode.warning_type,
         Episode.status,
+        Episode.opened_at,
     )
+    judged: list[tuple[str, datetime, str]] = []
     for e in session.execute(everything):
         if not book.sees(book.owner(e.customer_id, e.owner)):
             continue
@@ -415,8 +411,17 @@ def team(session: Session, user: User, live: LiveStates | None) -> Team:
         t.saved += verdict == "saved"
         t.lost += verdict == "lost"
         t.false_alarms += verdict == "false_alarm"
+        if verdict is not None:
+            judged.append((e.warning_type, e.opened_at, verdict))
 
     def ranked(dimension: str) -> list[Group]:
         return sorted(groups[dimension].values(), key=lambda g: -g.value_at_risk)
 
-    return Team(ranked("owner"), ranked("segment"), ranked("region"), list(per_type.values()), rows)
+    return Team(
+        ranked("owner"),
+        ranked("segment"),
+        ranked("region"),
+        list(per_type.values()),
+        rows,
+        summarise(judged).by_month,
+    )

@@ -617,3 +617,24 @@ def test_a_tick_costs_the_same_whatever_the_number_of_open_episodes(make):
         make.clock.advance(minutes=1)
         costs.append(statements_of_a_quiet_tick(dispatcher))
     assert costs[0] == costs[1]
+
+
+def test_a_warning_after_todays_digest_hour_waits_for_tomorrows_digest():
+    from zoneinfo import ZoneInfo
+
+    from churnwatch.consumers.alerts.policy import Policy
+
+    settings = AlertSettings(digest_hour=17)
+    routing = load_routing(settings.routing)
+    policy = Policy(settings, routing)
+    london = routing.recipient("sales-manager")  # Europe/London
+    zone = ZoneInfo("Europe/London")
+    before = datetime(2025, 3, 4, 16, 59, tzinfo=zone)
+    after = datetime(2025, 3, 4, 17, 1, tzinfo=zone)
+    today, tomorrow = (datetime(2025, 3, d, 17, 0, tzinfo=zone) for d in (4, 5))
+    assert policy.next_digest(london, before, after_today=False) == today
+    assert policy.next_digest(london, after, after_today=False) == tomorrow
+    assert policy.next_digest(london, before, after_today=True) == tomorrow
+    # across the change to summer time the digest keeps its local hour
+    spring = datetime(2025, 3, 29, 18, 0, tzinfo=zone)
+    assert policy.next_digest(london, spring, after_today=False).utcoffset() == timedelta(hours=1)

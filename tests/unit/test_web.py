@@ -736,3 +736,43 @@ def test_an_expired_one_click_link_changes_nothing_and_says_so(site):
             assert session.scalar(select(func.count()).select_from(Action)) == 0
     finally:
         server.stop()
+
+
+def test_the_team_view_and_the_cli_read_the_teams_verdicts_by_month_and_type(site, tmp_path):
+    from churnwatch.consumers.alerts.verdicts import format_verdicts, ledger_verdicts
+
+    base, sessions, settings = site
+    judged = [  # (warning id, owner, opened, type, verdict)
+        ("w30", "ann", datetime(2025, 1, 10, tzinfo=UTC), "churn_risk", "false_alarm"),
+        ("w31", "bob", datetime(2025, 1, 20, tzinfo=UTC), "churn_risk", "saved"),
+        ("w32", "ann", datetime(2025, 2, 5, tzinfo=UTC), "sales_drop", "contacted"),
+    ]
+    with sessions.begin() as session:
+        for n, (wid, who, opened, warning_type, verdict) in enumerate(judged):
+            session.add(
+                _episode(
+                    30 + n,
+                    OWNERS[who],
+                    warning_id=wid,
+                    opened_at=opened,
+                    warning_type=warning_type,
+                    status="resolved",
+                )
+            )
+            session.add(Feedback(short_id="", warning_id=wid, verdict=verdict, at=NOW))
+    team = _login(base, "meg").get(f"{base}/team").text
+    months = re.findall(
+        r'<tr data-month="([\d-]+)">.*?class="num judged">(\d+)</td>.*?'
+        r'class="num precision">(\d+%)</td>',
+        team,
+        re.S,
+    )
+    assert months == [("2025-01", "2", "50%"), ("2025-02", "1", "100%")]
+    # ... and what `churnwatch train` and `tune` print from the same ledger
+    verdicts = ledger_verdicts(settings.alerts.ledger_url)
+    assert verdicts is not None and verdicts.by_type["churn_risk"].false_alarm_rate == 0.5
+    lines = format_verdicts(verdicts, ["churn_risk", "overdue_debt"], "here")
+    assert "churn_risk" in lines and "50%" in lines and "overdue_debt         none judged" in lines
+    missing = tmp_path / "nowhere" / "ledger.db"
+    assert ledger_verdicts(f"sqlite:///{missing}") is None and not missing.exists()
+    assert "none yet" in format_verdicts(None, ["churn_risk"], "here")
