@@ -14,7 +14,14 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    TopicAlreadyExistsError,
+    UnknownMemberIdError,
+)
 
 from churnwatch.core.settings import Settings
 
@@ -237,6 +244,18 @@ def committed_offsets(
         probe.close()
 
 
+#: A commit refused because the group is rebalancing, or has moved on without this
+#: member (kafka-python raises these as not retriable; a broker failover or a
+#: coordinator move brings them): the partitions' next owner reads those messages
+#: again, and this member's next commit, in the new generation, covers the rest.
+_GROUP_MOVED = (
+    CommitFailedError,
+    RebalanceInProgressError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+)
+
+
 class ThroughOutages:
     """A kafka-python consumer loop's poll and commit, carried through a broker outage.
 
@@ -273,7 +292,7 @@ class ThroughOutages:
         try:
             self.consumer.commit()
         except KafkaError as exc:
-            if not (exc.retriable or isinstance(exc, CommitFailedError)):
+            if not (exc.retriable or isinstance(exc, _GROUP_MOVED)):
                 raise
             log.warning("%s: commit failed (%s); the next commit covers it", self.what, exc)
             return False
