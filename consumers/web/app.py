@@ -27,6 +27,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from churnwatch.consumers.alerts.dispatcher import action_links
 from churnwatch.consumers.alerts.ledger import (
     NOTE_LIMIT,
     OUTCOMES,
@@ -282,6 +283,7 @@ def create_web_app(
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.live = live
+    app.state.links = action_links(settings)  # (the one-click links' signer, made once)
     return app
 
 

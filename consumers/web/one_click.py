@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
 
-from churnwatch.consumers.alerts.dispatcher import action_links
 from churnwatch.consumers.alerts.ledger import Episode, LedgerError, UsedLink
 from churnwatch.consumers.alerts.links import SNOOZE_DAYS, LinkClaim, LinkRefused
 from churnwatch.consumers.web import acting
@@ -37,7 +36,7 @@ def follow(request: Request) -> Response:
         return page(request, None, "message.html", {"message": t(key, **values)}, status=status)
 
     try:
-        claim = action_links(request.app.state.settings).read(token)
+        claim = request.app.state.links.read(token)
     except LinkRefused as exc:
         at = exc.at.strftime("%Y-%m-%d %H:%M UTC") if exc.at else "-"
         return refused(exc.reason, 410 if exc.reason == "link_expired" else 400, at=at)
