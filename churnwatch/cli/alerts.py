@@ -170,6 +170,7 @@ def alerts_feedback(ctx: click.Context, short_id: str, verdict: str, note: str) 
     from datetime import UTC, datetime
 
     from churnwatch.consumers.alerts.ledger import add_feedback, notification_by_short_id
+    from churnwatch.consumers.alerts.tasks import close_tasks
 
     _, sessions = _dispatcher_parts(ctx)
     with sessions.begin() as session:
@@ -178,5 +179,8 @@ def alerts_feedback(ctx: click.Context, short_id: str, verdict: str, note: str) 
             raise click.ClickException(
                 f"no notification {short_id!r} (see `churnwatch alerts list`)"
             )
-        add_feedback(session, short_id, found.warning_id, verdict, note, datetime.now(UTC))
+        now = datetime.now(UTC)
+        add_feedback(session, short_id, found.warning_id, verdict, note, now)
+        if found.warning_id is not None:  # its open task is done, with this outcome
+            close_tasks(session, [found.warning_id], "done", verdict, "churnwatch alerts", now)
     click.echo(f"recorded {verdict} for {short_id}")

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -34,6 +35,8 @@ CONFIGS = Path(str(resources.files("churnwatch") / "configs"))
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
 #: Keys holding a file path that a settings file may give relative to itself.
 _RELATIVE_TO_FILE = (("alerts", "routing"),)
+#: A warning's severities, lowest first (``pipeline.events.Severity``).
+SEVERITIES = ("low", "medium", "high", "critical")
 #: Environment variables that override settings: ``CHURNWATCH_SECTION__KEY``.
 ENV_PREFIX = "CHURNWATCH_"
 
@@ -157,6 +160,24 @@ class AlertSettings(_Section):
     retry_max_seconds: float = Field(600.0, gt=0)
     poll_seconds: float = Field(1.0, gt=0)
     metrics_port: int = Field(0, ge=0, le=65535)  # 0: no /metrics
+    #: Days from a warning's opening or escalation to its task's due time, by severity.
+    task_due_days: dict[str, float] = {"critical": 1.0, "high": 3.0, "medium": 7.0, "low": 14.0}
+    #: Days from the owner's reminder of an overdue task to its manager being told.
+    task_escalate_days: float = Field(2.0, gt=0)
+
+    @field_validator("task_due_days")
+    @classmethod
+    def _every_severity(cls, value: dict[str, float]) -> dict[str, float]:
+        missing = [s for s in SEVERITIES if s not in value]
+        unknown = [s for s in value if s not in SEVERITIES]
+        if missing or unknown:
+            raise ValueError(
+                f"needs days for each of {', '.join(SEVERITIES)}"
+                + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+            )
+        if any(days <= 0 for days in value.values()):
+            raise ValueError("days must be above 0")
+        return value
 
 
 class SimulatorSettings(_Section):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -40,15 +40,23 @@ from churnwatch.consumers.alerts.ledger import (
     Notification,
     NotificationKind,
     ReminderDue,
+    Task,
+    active_snoozes,
     open_ledger,
     schedule_reminder,
     short_id,
 )
 from churnwatch.consumers.alerts.links import ActionLinks
-from churnwatch.consumers.alerts.messages import digest_message, episode_message, page_link
+from churnwatch.consumers.alerts.messages import (
+    digest_message,
+    episode_message,
+    page_link,
+    task_message,
+)
 from churnwatch.consumers.alerts.outbox import Clock, Outbox, Sender, apprise_send
 from churnwatch.consumers.alerts.policy import Policy
 from churnwatch.consumers.alerts.routing import Channel, Recipient, Routing, load_routing
+from churnwatch.consumers.alerts.tasks import BY_PIPELINE, close_tasks, open_task
 from churnwatch.core.settings import AlertSettings, Settings
 from churnwatch.core.topics import ThroughOutages, Topic, subscribed
 from churnwatch.pipeline import metrics
@@ -137,6 +145,8 @@ class Dispatcher:
                 episode.summary, episode.evidence = record.summary, dict(record.evidence)
                 episode.action = record.recommended_action
                 episode.churn_probability = record.churn_probability
+                session.flush()
+                open_task(session, episode, self.policy.owner(session, episode), self.settings, now)
             elif record.status == "resolved":
                 if not episode.severity:  # never saw it open: keep what the record says
                     episode.severity, episode.summary = record.severity, record.summary
@@ -144,6 +154,7 @@ class Dispatcher:
                     episode.segment = record.segment
                 episode.status, episode.resolved_at = "resolved", record.at
                 episode.summary = record.summary or episode.summary
+                close_tasks(session, [episode.warning_id], "done", "resolved", BY_PIPELINE, now)
             session.flush()
             kind = {
                 "opened": "opened",
@@ -285,6 +296,82 @@ class Dispatcher:
                 created += 1
         return created
 
+    def tasks_due(self) -> int:
+        """Remind owners of their overdue tasks, then tell their managers (once each)."""
+        now = self.clock()
+        created = 0
+        with self.sessions.begin() as session:
+            due = session.scalars(
+                select(Task)
+                .where(Task.state == "open", Task.check_at <= now)
+                .order_by(Task.check_at)
+                .with_for_update(skip_locked=True)  # (another dispatcher's: theirs)
+            )
+            for task in list(due):
+                episode = session.get(Episode, task.warning_id)
+                if episode is None or episode.status != "open":
+                    task.check_at = None  # its resolution closes it
+                    continue
+                ends = [
+                    s.until
+                    for s in active_snoozes(session, task.customer_id, now)
+                    if s.warning_type in (None, episode.warning_type)
+                ]
+                if ends:
+                    task.check_at = max(ends)  # snoozed: looked at again when it ends
+                    continue
+                if task.reminded_at is None:
+                    kind, name = NotificationKind.TASK_OVERDUE, task.owner or self.routing.fallback
+                    task.reminded_at = now
+                    task.check_at = now + timedelta(days=self.settings.task_escalate_days)
+                else:
+                    kind, manager = (
+                        NotificationKind.TASK_ESCALATED,
+                        self.routing.manager_of(task.owner),
+                    )
+                    task.escalated_at, task.check_at = now, None
+                    if manager is None:
+                        continue  # no manager in the routing file: the owner was told
+                    name = manager
+                recipient = self.routing.recipient(name)
+                for channel in recipient.channels:
+                    key = f"task|{task.id}|{kind}|{name}|{channel.name}"
+                    if session.scalar(select(Notification.id).where(Notification.dedup_key == key)):
+                        continue
+                    sid = short_id(session, key)
+                    actions = (
+                        self.links.links(episode.warning_id, name) if name == task.owner else {}
+                    )
+                    message = task_message(
+                        task,
+                        episode,
+                        kind,
+                        recipient.language,
+                        sid,
+                        page_link(self.base_url, episode.customer_id),
+                        actions,
+                    )
+                    session.add(
+                        Notification(
+                            short_id=sid,
+                            dedup_key=key,
+                            warning_id=episode.warning_id,
+                            task_id=task.id,
+                            customer_id=episode.customer_id,
+                            recipient=name,
+                            channel=channel.name,
+                            kind=kind,
+                            status="pending",
+                            subject=message.subject,
+                            body_text=message.text,
+                            body_markdown=message.markdown,
+                            created_at=now,
+                            due_at=now,
+                        )
+                    )
+                    created += 1
+        return created
+
     def digests(self) -> int:
         """Each recipient's daily digest of their open warnings, when it is due."""
         now = self.clock()
@@ -377,6 +464,7 @@ class Dispatcher:
 
     def tick(self) -> None:
         self.remind()
+        self.tasks_due()
         self.digests()
         self.deliver_due()
 

@@ -120,6 +120,36 @@ class Notification(Base):
     due_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: the task a ``task_overdue`` or ``task_escalated`` notice is about
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"), nullable=True, index=True)
+
+
+class Task(Base):
+    """What the account owner is to do about a warning (``consumers/alerts/tasks.py``):
+    one per opened or escalated episode, due by its severity."""
+
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: ``<warning_id>|<severity>``: a redelivered record finds its task made
+    key: Mapped[str] = mapped_column(String(80), unique=True)
+    warning_id: Mapped[str] = mapped_column(ForeignKey("episodes.warning_id"), index=True)
+    customer_id: Mapped[str] = mapped_column(String(100), index=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    severity: Mapped[str] = mapped_column(String(20))
+    text: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(10), index=True)  # one of TASK_STATES
+    #: done: the verdict (VERDICTS), or "resolved" when its warning cleared;
+    #: dropped: "escalated" (a newer task took over) or "" (someone dropped it)
+    outcome: Mapped[str] = mapped_column(String(20), default="")
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    closed_by: Mapped[str] = mapped_column(String(100), default="")
+    #: when the owner was reminded that it is overdue, and when its manager was told
+    reminded_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    escalated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: when the dispatcher next looks at it (its due time, then the manager's turn)
+    check_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)
 
 
 class ReminderDue(Base):
@@ -218,7 +248,15 @@ class UsedLink(Base):
 #: Who may do what in the web inbox: a rep their own customers, a manager their team's
 #: (everyone's without a team), an admin everyone's and the users.
 ROLES = ("rep", "manager", "admin")
-ACTION_KINDS = ("acknowledged", "snoozed", "unsnoozed", "outcome", "handed_over")
+ACTION_KINDS = (
+    "acknowledged",
+    "snoozed",
+    "unsnoozed",
+    "outcome",
+    "handed_over",
+    "task_dropped",
+)
+TASK_STATES = ("open", "done", "dropped")
 #: What came of a warning (``churnwatch alerts feedback``, the web inbox's outcome).
 VERDICTS = (
     "contacted",
@@ -243,6 +281,8 @@ class NotificationKind(StrEnum):
     REMINDER = "reminder"
     RESOLVED = "resolved"
     DIGEST = "digest"
+    TASK_OVERDUE = "task_overdue"  # to the owner, once a task is past its due time
+    TASK_ESCALATED = "task_escalated"  # to the owner's manager, when still not done
 
 
 NOTIFICATION_KINDS = tuple(kind.value for kind in NotificationKind)

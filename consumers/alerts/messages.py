@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from churnwatch.consumers.alerts.ledger import Episode
+from churnwatch.consumers.alerts.ledger import Episode, Task
 from churnwatch.pipeline.texts import Language
 
 TITLES: dict[Language, dict[str, str]] = {
@@ -59,6 +59,12 @@ WORDS: dict[Language, dict[str, str]] = {
         "do_snoozed": "Snooze 14 days",
         "do_contacted": "Done: contacted",
         "do_false_alarm": "False alarm",
+        "task_overdue": "Task overdue: {title} ({severity}): {customer}",
+        "task_escalated": "Overdue task of {owner}: {title} ({severity}): {customer}",
+        "task": "Task",
+        "due": "Due",
+        "opened_on": "Opened",
+        "reminded": "The owner was reminded on {day} and has not closed it.",
     },
     "zh-CN": {
         "opened": "{title}（{severity}）：{customer}",
@@ -86,6 +92,12 @@ WORDS: dict[Language, dict[str, str]] = {
         "do_snoozed": "暂停提醒 14 天",
         "do_contacted": "已完成：已联系",
         "do_false_alarm": "误报",
+        "task_overdue": "任务逾期：{title}（{severity}）：{customer}",
+        "task_escalated": "{owner} 的任务逾期：{title}（{severity}）：{customer}",
+        "task": "任务",
+        "due": "截止",
+        "opened_on": "创建",
+        "reminded": "已于 {day} 提醒负责人，任务仍未关闭。",
     },
 }
 
@@ -154,7 +166,48 @@ def episode_message(
     (with ``link``: where to open the customer's page; with ``actions``: the
     one-click links, by action, that a message about an open warning lists)."""
     message = _with_link(_episode_message(episode, kind, language, short_id, held), link, language)
-    if not actions or kind == "resolved":
+    return message if kind == "resolved" else _with_actions(message, actions or {}, language)
+
+
+def task_message(
+    task: Task,
+    episode: Episode,
+    kind: str,
+    language: Language,
+    short_id: str,
+    link: str = "",
+    actions: dict[str, str] | None = None,
+) -> Message:
+    """A ``task_overdue`` (to the owner) or ``task_escalated`` (to the manager) message:
+    the task, when it was due, and the warning it is about."""
+    w = WORDS[language]
+    title = TITLES[language][episode.warning_type]
+    subject = w[kind].format(
+        title=title, severity=task.severity, customer=_customer(episode), owner=task.owner or "-"
+    )
+    subject = f"[churnwatch {short_id}] {subject}"
+    lines = [
+        (w["task"], task.text),
+        (w["due"], task.due_at.strftime("%Y-%m-%d %H:%M UTC")),
+        (w["opened_on"], task.opened_at.strftime("%Y-%m-%d")),
+        (w["owner"], task.owner or "-"),
+        (w["changed"], episode.summary),
+    ]
+    text = [subject, ""] + [f"{label}: {value}" for label, value in lines]
+    md = [f"**{_md(subject)}**", ""] + [f"- **{label}**: {_md(value)}" for label, value in lines]
+    if task.reminded_at is not None and kind == "task_escalated":
+        said = w["reminded"].format(day=task.reminded_at.strftime("%Y-%m-%d"))
+        text += ["", said]
+        md += ["", _md(said)]
+    ref = w["ref"].format(short_id=short_id)
+    message = Message(
+        subject, "\n".join(text + ["", ref]) + "\n", "\n".join(md + ["", _md(ref)]) + "\n"
+    )
+    return _with_actions(_with_link(message, link, language), actions or {}, language)
+
+
+def _with_actions(message: Message, actions: dict[str, str], language: Language) -> Message:
+    if not actions:
         return message
     w = WORDS[language]
     text = [f"{w['do_' + action]}: {url}" for action, url in actions.items()]

@@ -6,7 +6,8 @@ about to be sent, and again before every retry, as Alertmanager's notify
 pipeline does, so a snooze set in the inbox while a notice waits for its
 delivery window still holds it back. In order:
 
-1. **resolved**: a notice of an episode that has ended is ``superseded``;
+1. **resolved**: a notice of an episode that has ended is ``superseded``, and so
+   is a task's notice once the task is closed;
 2. **dedup**: so is one that a newer notice of the same episode to the same
    recipient and channel is waiting behind (only the newest news goes out);
 3. **inhibit**: a warning held back by an open one (``inhibit`` in the routing
@@ -36,6 +37,7 @@ from churnwatch.consumers.alerts.ledger import (
     Customer,
     Episode,
     Notification,
+    Task,
     active_snoozes,
     current_owner,
 )
@@ -82,11 +84,17 @@ class Policy:
             self._cap,
         )
 
-    def recipients(self, session: Session, episode: Episode) -> list[tuple[str, Recipient]]:
+    def owner(self, session: Session, episode: Episode) -> str:
+        """The episode's customer's owner now (a hand-over's, else the pipeline's; ""
+        for none)."""
         customer = session.get(Customer, episode.customer_id)
         reported = episode.owner or (customer.owner if customer else "")
+        return current_owner(session, episode.customer_id, reported)
+
+    def recipients(self, session: Session, episode: Episode) -> list[tuple[str, Recipient]]:
+        customer = session.get(Customer, episode.customer_id)
         names = self.routing.route(
-            current_owner(session, episode.customer_id, reported),
+            self.owner(session, episode),
             episode.warning_type,  # type: ignore[arg-type]
             episode.severity,  # type: ignore[arg-type]
             episode.segment or (customer.segment if customer else ""),
@@ -105,6 +113,9 @@ class Policy:
     # -- the stages --------------------------------------------------------
 
     def _resolved(self, session: Session, due: Due) -> Hold | None:
+        if due.note.task_id is not None:  # a task notice: old news once the task closed
+            task = session.get(Task, due.note.task_id)
+            return Hold("superseded") if task is None or task.state != "open" else None
         if due.note.kind in TELLS_OPEN and due.episode is not None:
             if due.episode.status != "open":
                 return Hold("superseded")  # it ended while the notice waited: old news

@@ -194,11 +194,17 @@ class Routing(_Model):
     fallback: str
     rules: list[Rule] = []
     inhibit: list[Inhibition] = []
+    #: Who hears of a task still open past its due time after its owner was reminded:
+    #: the recipient by the owner, "*" for every owner not listed (none: nobody).
+    managers: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _names_exist(self) -> Routing:
         if self.fallback not in self.recipients:
             raise ValueError(f"fallback {self.fallback!r} is not under recipients")
+        for owner, name in self.managers.items():
+            if name not in self.recipients:
+                raise ValueError(f"managers.{owner}: {name!r} is not under recipients")
         for i, rule in enumerate(self.rules):
             for name in rule.notify:
                 if name != "owner" and name not in self.recipients:
@@ -237,6 +243,10 @@ class Routing(_Model):
             return self.recipients[self.fallback]
         d = self.owner_defaults
         return Recipient(channels=[Channel(email=name)], language=d.language, window=d.window)
+
+    def manager_of(self, owner: str) -> str | None:
+        """The recipient told of ``owner``'s overdue tasks (None: nobody)."""
+        return self.managers.get(owner) or self.managers.get("*")
 
     def held_by(self, warning_type: WarningType) -> list[WarningType]:
         """The warning types whose open episode holds back ``warning_type``."""

@@ -232,9 +232,9 @@ def _act(request: Request, session: Session, user: User) -> Response:
         colleague = session.get(User, str(form.get("to", "")))
         if colleague is None or not colleague.owner:
             raise Refused(400, "bad_request", reason="hand over to a user who owns customers")
-        record = Action(customer_id=customer_id, kind=what, by=by, at=now)
-        record.detail, record.note = colleague.owner, _note(form, "note")
-        session.add(record)
+        acting.hand_over_customer(
+            session, customer_id, colleague.owner, _note(form, "note"), by, now
+        )
     else:
         raise Refused(404, "not_found")
     return RedirectResponse(f"/customers/{quote(customer_id)}?saved=1", status_code=303)

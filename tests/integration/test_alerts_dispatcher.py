@@ -11,8 +11,8 @@ from churnwatch.core.broker import start_child, stop_child
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.topics import Topic
 from churnwatch.pipeline.events import CustomerUpdated, encode_event
+from tests.dispatching import record
 from tests.integration.conftest import produce_raw, settings_env, wait_for
-from tests.unit.test_alerts import record
 
 COMMAND = [sys.executable, "-m", "churnwatch.cli", "alerts", "run"]
 

@@ -32,6 +32,7 @@ from churnwatch.core.topics import Topic
 from churnwatch.pipeline.events import WarningRecord, encode_event
 from churnwatch.producers.produce import produce
 from churnwatch.producers.simulator import iter_paced, parse_start, simulate
+from tests.dispatching import record
 from tests.integration.conftest import (
     isolated_settings,
     produce_raw,
@@ -41,7 +42,6 @@ from tests.integration.conftest import (
     wait_processed,
 )
 from tests.integration.test_alerts_dispatcher import dispatcher_env
-from tests.unit.test_alerts import record
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")

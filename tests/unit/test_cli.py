@@ -84,7 +84,7 @@ def test_alerts_snooze_list_feedback_and_unsnooze(ledger_url, monkeypatch):
     from sqlalchemy import select
 
     from churnwatch.consumers.alerts.ledger import Notification, Snooze, open_ledger
-    from tests.unit.test_alerts import record
+    from tests.dispatching import record
 
     url = ledger_url
     monkeypatch.setenv("CHURNWATCH_ALERTS__LEDGER_URL", url)

@@ -286,7 +286,7 @@ def test_actions_write_the_ledger_and_the_dispatcher_honours_a_snooze(site):
         assert (feedback.warning_id, feedback.verdict, feedback.note) == ("w2", "saved", "won back")
     # the dispatcher, on the same ledger, holds C2's next notification back as snoozed
     dispatcher = Dispatcher(settings.alerts, load_routing(settings.alerts.routing), sessions)
-    from tests.unit.test_alerts import record
+    from tests.dispatching import record
 
     dispatcher.on_warning(record("w-new", customer="C2", owner=OWNERS["ann"]))
     dispatcher.deliver_due()
@@ -667,7 +667,7 @@ def test_a_notification_carries_one_click_links_that_confirm_then_act_once(site)
             base_url=server.url,
             links=links,
         )
-        from tests.unit.test_alerts import record
+        from tests.dispatching import record
 
         dispatcher.on_warning(record("w-mail", customer="C2", owner=OWNERS["ann"]))
         with sessions() as session:
