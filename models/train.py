@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -115,8 +115,9 @@ def make_model(groups: Vector, labels: Vector, **changes: Any) -> CalibratedClas
     return CalibratedClassifierCV(booster, method="isotonic", cv=folds)
 
 
-def fit_model(train_rows: pd.DataFrame) -> CalibratedClassifierCV:
-    """The churn model fitted on training-set rows (:func:`models.dataset.build_training_set`)."""
+def fit_model(train_rows: pd.DataFrame, weights: Vector | None = None) -> CalibratedClassifierCV:
+    """The churn model fitted on training-set rows (:func:`models.dataset.build_training_set`),
+    each weighing ``weights`` (default 1)."""
     x_train = train_rows[list(INPUT_FEATURES)].to_numpy(dtype=float, copy=True)
     y_train = train_rows[LABEL].to_numpy(dtype=float)
     # An input this history never has (no payments in an order export) cannot be
@@ -124,8 +125,51 @@ def fit_model(train_rows: pd.DataFrame) -> CalibratedClassifierCV:
     # may send anything there.
     x_train[:, np.isnan(x_train).all(axis=0)] = 0.0
     model = make_model(train_rows["customer_id"].to_numpy(), y_train)
-    model.fit(x_train, y_train)
+    model.fit(x_train, y_train, sample_weight=weights)
     return model
+
+
+@dataclass(frozen=True)
+class TeamExamples:
+    """What the team's false alarms changed in the training rows."""
+
+    false_alarms: int  # given
+    rows: int  # training rows they made "not churning", weighted
+    relabelled: int  # of which the history had labelled churned
+    weight: float
+
+
+def teach_false_alarms(
+    rows: pd.DataFrame,
+    alarms: Sequence[tuple[str, datetime]],
+    every_days: int,
+    weight: float,
+) -> tuple[pd.DataFrame, Vector | None, TeamExamples]:
+    """Each false alarm (customer, opened at) as a negative example: the customer's
+    row at the last cutoff before the warning opened (within ``every_days``) is
+    labelled not churned and weighs ``weight``. Unchanged rows weigh 1; ``weight``
+    0 changes nothing (and gives no weights)."""
+    if not weight or not alarms or rows.empty:
+        return rows, None, TeamExamples(len(alarms), 0, 0, weight)
+    by_customer = rows.groupby("customer_id").indices
+    cutoffs = pd.to_datetime(rows["cutoff"], utc=True).dt.tz_localize(None).to_numpy()
+    window = np.timedelta64(every_days, "D")
+    hit: set[int] = set()
+    for customer_id, opened in alarms:
+        positions = by_customer.get(customer_id)
+        if positions is None:
+            continue
+        at = np.datetime64(opened.astimezone(UTC).replace(tzinfo=None))
+        before = [int(p) for p in positions if at - window < cutoffs[p] <= at]
+        hit.update(before)
+    chosen = np.array(sorted(hit), dtype=int)
+    labels = rows[LABEL].to_numpy()
+    relabelled = int(labels[chosen].sum()) if len(chosen) else 0
+    taught = rows.copy()
+    taught.iloc[chosen, taught.columns.get_loc(LABEL)] = 0
+    weights = np.ones(len(rows))
+    weights[chosen] = weight
+    return taught, weights, TeamExamples(len(alarms), len(chosen), relabelled, weight)
 
 
 def usual_values(train_rows: pd.DataFrame) -> pd.Series:
@@ -163,8 +207,12 @@ def train(
     source: str,
     progress: Callable[[str], None] = lambda _step: None,
     event_progress: Callable[[list[CustomerEvent]], Iterable[CustomerEvent]] = iter,
+    false_alarms: Sequence[tuple[str, datetime]] = (),
 ) -> TrainResult:
-    """Train, evaluate and write a new version folder to ``registry`` (not promoted)."""
+    """Train, evaluate and write a new version folder to ``registry`` (not promoted).
+    ``false_alarms``: the team's (customer, opened at) churn-risk false alarms, taught
+    as negative examples when ``model.false_alarm_weight`` is set (training rows only:
+    the test rows keep the history's labels)."""
     horizon = settings.model.horizon_days
     train_cutoffs, test_cutoff = split_cutoffs(events, settings.model.cutoff_every_days, horizon)
 
@@ -172,7 +220,12 @@ def train(
     data = build_training_set(
         events, [*train_cutoffs, test_cutoff], horizon, settings.warnings, event_progress
     )
-    train_rows = data[data["cutoff"] < test_cutoff]
+    train_rows, weights, team = teach_false_alarms(
+        data[data["cutoff"] < test_cutoff],
+        false_alarms,
+        settings.model.cutoff_every_days,
+        settings.model.false_alarm_weight,
+    )
     test_rows = data[data["cutoff"] == test_cutoff]
     for name, rows in (("training", train_rows), ("test", test_rows)):
         if rows[LABEL].nunique() < 2:
@@ -182,7 +235,7 @@ def train(
     y_test = test_rows[LABEL].to_numpy(dtype=float)
 
     progress("fitting the model")
-    model = fit_model(train_rows)
+    model = fit_model(train_rows, weights)
     scores = model.predict_proba(x_test)[:, 1]
 
     progress("scoring the baselines")
@@ -216,6 +269,12 @@ def train(
             "test_rows": len(test_rows),
             "train_churn_rate": round(float(y_train.mean()), 4),
             "test_churn_rate": round(float(y_test.mean()), 4),
+        },
+        "team_false_alarms": {
+            "given": team.false_alarms,
+            "rows_taught": team.rows,
+            "relabelled": team.relabelled,
+            "weight": team.weight,
         },
         "features": list(INPUT_FEATURES),
         "usual": {k: (None if math.isnan(v) else round(float(v), 4)) for k, v in usual.items()},

@@ -224,6 +224,18 @@ def _team_verdicts(settings: Settings, types: Iterable[str]) -> str:
         return f"the team's verdicts: the ledger cannot be read ({where}): {exc.__class__.__name__}"
 
 
+def _false_alarms(settings: Settings) -> list[tuple[str, datetime]]:
+    """The team's churn-risk false alarms (none without a readable ledger)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from churnwatch.consumers.alerts.verdicts import false_alarms
+
+    try:
+        return false_alarms(settings.alerts.ledger_url)
+    except SQLAlchemyError:
+        return []  # (said by _team_verdicts)
+
+
 def _load_export(paths: tuple[Path, ...], mappings: tuple[Path, ...]) -> list[CustomerEvent]:
     """Events from exports and their mappings (one each, or one for all), merged in
     event-time order; what each gave is reported, bad mappings exit 2."""
@@ -346,14 +358,29 @@ def train(
     def event_bar(items: list[CustomerEvent]) -> tqdm[CustomerEvent]:
         return tqdm(items, desc="features", unit="event", disable=quiet, leave=False)
 
+    alarms = _false_alarms(settings)
     try:
-        result = run_training(events, settings, registry, source, step, event_bar)
+        result = run_training(
+            events, settings, registry, source, step, event_bar, false_alarms=alarms
+        )
     except TrainingError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         steps.close()
     click.echo(format_comparison(result.card))
     click.echo(_team_verdicts(settings, ["churn_risk"]))
+    taught = result.card["team_false_alarms"]
+    if taught["weight"]:
+        click.echo(
+            f"the team's false alarms as negative examples (weight {taught['weight']:g}): "
+            f"{taught['given']} false alarms, {taught['rows_taught']} training rows "
+            f"({taught['relabelled']} the history called churned)"
+        )
+    elif alarms:
+        click.echo(
+            f"{len(alarms)} churn-risk false alarms in the ledger are not trained on: "
+            "set model.false_alarm_weight (docs/model.md) to teach them"
+        )
     margin = beats_baselines(result.card)
     click.echo(
         f"model ROC-AUC minus the best baseline's: {margin:+.3f}; "

@@ -132,6 +132,10 @@ class ModelSettings(_Section):
     reload_seconds: float = Field(10.0, gt=0)
     batch_size: int = Field(512, ge=1)
     top_reasons: int = Field(3, ge=1, le=10)
+    #: The weight of a churn-risk warning the team marked a false alarm, as a
+    #: "not churning" training row at the cutoff before it opened (0: not used;
+    #: docs/model.md, "What the team judged").
+    false_alarm_weight: float = Field(0.0, ge=0, le=100)
 
 
 class SmtpSettings(_Section):

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from churnwatch.consumers.alerts.ledger import due_notifications, notifications_by_status
+from churnwatch.consumers.alerts.tasks import task_counts
 from churnwatch.core.inbox import LocalInbox
 from churnwatch.core.settings import Settings
 from churnwatch.core.topics import Topic, end_offsets
@@ -159,11 +160,16 @@ def notification_summary(inbox: LocalInbox, ledger: sessionmaker[Session]) -> di
     subjects = Counter(str(m["Subject"]) for m in inbox.received())
     with ledger() as session:
         by_status = notifications_by_status(session)
+        tasks = task_counts(session, datetime.now(UTC)).values()
     return {
         "notifications_sent": sum(subjects.values()),
         "duplicate_notifications": sum(n - 1 for n in subjects.values() if n > 1),
         "notifications_by_status": by_status,
         "notified_owners": len({str(m["To"]) for m in inbox.received()}),
+        # a task per opened or escalated warning; done: its warning resolved (or an
+        # outcome was recorded); the ones an escalation replaced are not counted
+        "tasks_open": sum(c.open for c in tasks),
+        "tasks_done": sum(c.done for c in tasks),
     }
 
 

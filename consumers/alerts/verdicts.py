@@ -91,13 +91,28 @@ def judged_warnings(session: Session) -> list[tuple[str, str, str, datetime, str
 def ledger_verdicts(url: str) -> TeamVerdicts | None:
     """The team's verdicts in the ledger at ``url``; None when there is no ledger
     there (a SQLite file not made yet is not made by asking)."""
+    judged = _judged_in(url)
+    if judged is None:
+        return None
+    return summarise((t, opened, verdict) for t, _, _, opened, verdict in judged)
+
+
+def false_alarms(url: str, warning_type: str = "churn_risk") -> list[tuple[str, datetime]]:
+    """(customer id, opened at) of each warning of ``warning_type`` in the ledger at
+    ``url`` whose latest verdict is a false alarm (none without a ledger)."""
+    return [
+        (customer_id, opened)
+        for t, customer_id, _, opened, verdict in _judged_in(url) or []
+        if t == warning_type and verdict == "false_alarm"
+    ]
+
+
+def _judged_in(url: str) -> list[tuple[str, str, str, datetime, str]] | None:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         if not Path(url.removeprefix("sqlite:///")).exists():
             return None
     with open_ledger(url)() as session:
-        return summarise(
-            (t, opened, verdict) for t, _, _, opened, verdict in judged_warnings(session)
-        )
+        return judged_warnings(session)
 
 
 def format_verdicts(verdicts: TeamVerdicts | None, types: Iterable[str], where: str) -> str:

@@ -38,7 +38,7 @@ from churnwatch.consumers.alerts.ledger import (
     lift_snoozes,
     open_ledger,
 )
-from churnwatch.consumers.web import acting, charts, one_click, queries, team
+from churnwatch.consumers.web import acting, charts, my_tasks, one_click, queries, team
 from churnwatch.consumers.web.access import (
     HERE,
     Refused,
@@ -264,6 +264,8 @@ def create_web_app(
             Route("/customers/{customer_id}", signed_in(_customer)),
             Route("/customers/{customer_id}/{action}", signed_in(_act), methods=["POST"]),
             Route("/act/{token}", unsigned(one_click.follow), methods=["GET", "POST"]),
+            Route("/tasks", signed_in(my_tasks.tasks_page)),
+            Route("/tasks/{task_id}", signed_in(my_tasks.close_task), methods=["POST"]),
             Route("/team", signed_in(team.team)),
             Route("/team.csv", signed_in(team.team_csv)),
             Route("/users", signed_in(team.users), methods=["GET", "POST"]),

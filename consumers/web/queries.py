@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -26,6 +26,7 @@ from churnwatch.consumers.alerts.ledger import (
     current_owner,
 )
 from churnwatch.consumers.alerts.messages import loss
+from churnwatch.consumers.alerts.tasks import TaskCounts, task_counts
 from churnwatch.consumers.alerts.verdicts import Verdicts, latest_verdicts, summarise
 from churnwatch.consumers.web.live import LiveStates, Summary
 from churnwatch.pipeline.events import WARNING_TYPES
@@ -369,6 +370,8 @@ class Team:
     rows: list[Row]
     #: the team's precision by the month its judged warnings opened in, oldest first
     by_month: dict[str, Verdicts] = field(default_factory=dict)
+    #: each owner's tasks: open, overdue, done, dropped
+    tasks: dict[str, TaskCounts] = field(default_factory=dict)
 
 
 #: Outcomes that mean someone acted on a warning.
@@ -424,4 +427,5 @@ def team(session: Session, user: User, live: LiveStates | None) -> Team:
         list(per_type.values()),
         rows,
         summarise(judged).by_month,
+        {o: c for o, c in task_counts(session, datetime.now(UTC)).items() if book.sees(o)},
     )

@@ -132,6 +132,9 @@ def test_small_demo_writes_a_summary_that_matches_the_simulation(tmp_path, broke
     assert result["duplicate_notifications"] == 0
     assert result["notified_owners"] >= 3
     assert result["notifications_by_status"]["sent"] == result["notifications_sent"]
+    # each warning gave its owner a task: open while it is, done once it resolved
+    assert result["tasks_open"] > 0 and result["tasks_done"] > 0
+    assert result["tasks_open"] + result["tasks_done"] == sum(result["warnings"].values())
 
 
 def test_ctrl_c_stops_the_demo_and_leaves_no_process_behind():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from churnwatch.core.registry import (
     versions,
 )
 from churnwatch.models.baselines import p_no_order
-from churnwatch.models.train import TrainingError, train
+from churnwatch.models.train import TrainingError, split_cutoffs, train
 from churnwatch.pipeline.boosters import probe_rows
 from churnwatch.pipeline.events import decode_event
 from churnwatch.pipeline.processing import run_history, sweep
@@ -314,3 +315,58 @@ def test_psi_is_small_for_the_same_distribution_and_large_for_a_shifted_one():
     same[:100] = np.nan
     assert psi(reference, same) < 0.1
     assert psi(reference, same * 3) > 0.25  # everyone silent three times longer
+
+
+def test_false_alarms_become_weighted_negative_rows_at_the_cutoff_before_them():
+    import pandas as pd
+
+    from churnwatch.models.train import teach_false_alarms
+
+    day = datetime(2025, 1, 1, tzinfo=UTC)
+    rows = pd.DataFrame(
+        {
+            "cutoff": [day, day + timedelta(days=14), day, day + timedelta(days=14)],
+            "customer_id": ["A", "A", "B", "B"],
+            "churned": [1, 1, 1, 0],
+        }
+    )
+    alarms = [("A", day + timedelta(days=20)), ("Z", day)]  # Z: no rows of it
+    taught, weights, team = teach_false_alarms(rows, alarms, 14, 5.0)
+    assert taught["churned"].tolist() == [1, 0, 1, 0]  # A's row of the cutoff before
+    assert weights is not None and weights.tolist() == [1, 5, 1, 1]
+    assert (team.false_alarms, team.rows, team.relabelled) == (2, 1, 1)
+    assert rows["churned"].tolist() == [1, 1, 1, 0]  # the caller's rows are left alone
+    same, none, off = teach_false_alarms(rows, alarms, 14, 0.0)
+    assert same is rows and none is None and off.rows == 0
+
+
+def test_training_on_the_teams_false_alarms_lowers_their_risk(history, tmp_path):
+    """Churned customers the team called false alarms: with a weight, the new model
+    scores their rows lower than the model trained without them, and the card says
+    how many rows were taught."""
+    from churnwatch.core.settings import load_settings
+    from churnwatch.models.dataset import build_training_set
+
+    events = history[0]
+    plain = load_settings(None)
+    first = train(events, plain, tmp_path / "a", "simulator")
+    cutoffs, _ = split_cutoffs(events, plain.model.cutoff_every_days, 90)
+    rows = build_training_set(events, cutoffs, 90, plain.warnings)
+    positives = rows[rows["churned"] == 1]
+    judged = sorted(set(positives["customer_id"]))[::2]  # half the churners, each churned row
+    churned = positives[positives["customer_id"].isin(judged)]
+    alarms = [
+        (c, at.to_pydatetime() + timedelta(days=1))
+        for c, at in zip(churned["customer_id"], churned["cutoff"], strict=True)
+    ]
+    weighted = load_settings(None, model={"false_alarm_weight": 20})
+    second = train(events, weighted, tmp_path / "b", "simulator", false_alarms=alarms)
+    taught = second.card["team_false_alarms"]
+    assert len(alarms) >= 10 and len(positives) > len(alarms)
+    assert taught["given"] == taught["rows_taught"] == taught["relabelled"] == len(alarms)
+    assert first.card["team_false_alarms"]["rows_taught"] == 0
+    x = churned[list(INPUT_FEATURES)].to_numpy(dtype=float)
+    before = load_model(first.folder).estimator.predict_proba(x)[:, 1]
+    after = load_model(second.folder).estimator.predict_proba(x)[:, 1]
+    print(f"false alarms {len(alarms)}: mean risk {before.mean():.3f} -> {after.mean():.3f}")
+    assert after.mean() < before.mean() - 0.1

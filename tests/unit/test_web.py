@@ -24,6 +24,7 @@ from churnwatch.consumers.alerts.ledger import (
     Feedback,
     Notification,
     Snooze,
+    Task,
     UsedLink,
     User,
     open_ledger,
@@ -739,7 +740,7 @@ def test_an_expired_one_click_link_changes_nothing_and_says_so(site):
 
 
 def test_the_team_view_and_the_cli_read_the_teams_verdicts_by_month_and_type(site, tmp_path):
-    from churnwatch.consumers.alerts.verdicts import format_verdicts, ledger_verdicts
+    from churnwatch.consumers.alerts.verdicts import false_alarms, format_verdicts, ledger_verdicts
 
     base, sessions, settings = site
     judged = [  # (warning id, owner, opened, type, verdict)
@@ -773,6 +774,73 @@ def test_the_team_view_and_the_cli_read_the_teams_verdicts_by_month_and_type(sit
     assert verdicts is not None and verdicts.by_type["churn_risk"].false_alarm_rate == 0.5
     lines = format_verdicts(verdicts, ["churn_risk", "overdue_debt"], "here")
     assert "churn_risk" in lines and "50%" in lines and "overdue_debt         none judged" in lines
+    # the churn-risk false alarm `churnwatch train` can teach (model.false_alarm_weight)
+    assert false_alarms(settings.alerts.ledger_url) == [("C30", judged[0][2])]
     missing = tmp_path / "nowhere" / "ledger.db"
     assert ledger_verdicts(f"sqlite:///{missing}") is None and not missing.exists()
     assert "none yet" in format_verdicts(None, ["churn_risk"], "here")
+
+
+def _task_rows(html_text: str, table: str = "tasks") -> list[str]:
+    body = re.search(rf'<table class="list" id="{table}">(.*?)</table>', html_text, re.S)
+    return re.findall(r'data-customer="([^"]+)"', body.group(1)) if body else []
+
+
+def test_my_tasks_lists_the_reps_tasks_soonest_first_and_closes_them(site):
+    """The dispatcher makes the tasks (ann: C2 critical and overdue, C6 low; bob: C3);
+    ann sees hers, closes one as contacted (the same outcome rows as the customer
+    page) and drops the other; the manager's team view counts them per owner."""
+    from tests.dispatching import record
+
+    base, sessions, settings = site
+    dispatcher = Dispatcher(settings.alerts, load_routing(settings.alerts.routing), sessions)
+    dispatcher.on_warning(record("t-2", customer="C2", owner=OWNERS["ann"], severity="low"))
+    dispatcher.on_warning(record("t-6", customer="C6", owner=OWNERS["ann"], severity="medium"))
+    dispatcher.on_warning(record("t-3", customer="C3", owner=OWNERS["bob"], severity="high"))
+    with sessions.begin() as session:
+        tasks = {t.customer_id: t for t in session.scalars(select(Task))}
+        tasks["C2"].due_at = NOW - timedelta(days=1)  # overdue since yesterday
+    ann = _login(base, "ann")
+    page_html = ann.get(f"{base}/tasks").text
+    assert _task_rows(page_html) == ["C2", "C6"]  # not bob's; the overdue one first
+    assert re.search(
+        r'<tr class="task sev-low overdue" data-task="\d+" data-customer="C2"', page_html
+    )
+    assert "Call the customer this week." in page_html
+    team = _login(base, "meg").get(f"{base}/team").text
+    row = re.search(rf'<tr data-owner="{OWNERS["ann"]}">(.*?)</tr>', team, re.S)
+    assert row and '<td class="num open">2</td><td class="num overdue">1</td>' in row.group(1)
+
+    token = _csrf(page_html)
+    done = ann.post(
+        f"{base}/tasks/{tasks['C6'].id}",
+        data={"csrf": token, "do": "done", "outcome": "contacted", "note": "called"},
+    )
+    assert done.status_code == 200 and done.url.endswith("/tasks?saved=1")
+    assert _task_rows(done.text) == ["C2"]
+    assert ann.post(f"{base}/tasks/{tasks['C2'].id}", data={"csrf": token, "do": "drop"}).ok
+    again = ann.post(f"{base}/tasks/{tasks['C2'].id}", data={"csrf": token, "do": "drop"})
+    assert again.status_code == 409 and "closed already" in again.text
+    theirs = ann.post(f"{base}/tasks/{tasks['C3'].id}", data={"csrf": token, "do": "drop"})
+    assert theirs.status_code == 403
+    odd = ann.post(f"{base}/tasks/{tasks['C3'].id}x", data={"csrf": token, "do": "drop"})
+    assert odd.status_code == 404
+    with sessions() as session:
+        closed = {
+            t.customer_id: (t.state, t.outcome, t.closed_by) for t in session.scalars(select(Task))
+        }
+        assert closed == {
+            "C2": ("dropped", "", "ann"),
+            "C6": ("done", "contacted", "ann"),
+            "C3": ("open", "", ""),
+        }
+        verdict = session.scalars(select(Feedback).where(Feedback.warning_id == "t-6")).one()
+        assert (verdict.verdict, verdict.note) == ("contacted", "called")
+        kinds = session.scalars(select(Action.kind).where(Action.customer_id == "C2")).all()
+        assert "task_dropped" in kinds
+    listing = ann.get(f"{base}/tasks").text
+    assert "No open tasks." in listing
+    assert "done: contacted" in listing and "dropped" in listing
+    team = _login(base, "meg").get(f"{base}/team").text
+    row = re.search(rf'<tr data-owner="{OWNERS["ann"]}">(.*?)</tr>', team, re.S)
+    assert row and re.search(r'open">0<.*overdue">0<.*done">1<.*dropped">1<', row.group(1), re.S)
