@@ -37,6 +37,13 @@ _TOPIC_RECORDS: list[tuple[Topic, list[type[BaseModel]], str]] = [
         [ev.DeadLetter],
         "Output of the worker: messages it could not use, with the reason.",
     ),
+    (
+        Topic.HEALTH,
+        [ev.AccountChange],
+        "The account feed for a CRM (also POSTed to the routing file's `feed` webhooks): "
+        "health band changes from the worker; warnings opened, worse or resolved and tasks "
+        'opened or closed from the alert dispatcher (docs/alerts.md, "The account feed").',
+    ),
 ]
 
 

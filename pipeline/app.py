@@ -33,6 +33,7 @@ class Pipeline:
     inputs: TopicT  # every customer-event topic
     warnings: TopicT
     dead_letters: TopicT
+    health: TopicT  # the account feed: health band changes (pipeline.events.AccountChange)
     states: TableT[str, bytes]  # customer_id -> pipeline.state_format.encode_state()
     # str(partition) -> last sweep boundary (event clock); "read:topic:partition" -> the
     # offset after the last message whose effects are stored (pipeline.track_customers)

@@ -9,6 +9,7 @@ Timestamps are ISO 8601 with a UTC offset; naive timestamps are rejected.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Annotated, Any, Literal, get_args
@@ -279,6 +280,63 @@ class WarningRecord(_Record):
     model_version: str = Field("", description="The model that gave churn_probability.")
 
 
+HealthBand = Literal["healthy", "watch", "at_risk"]
+AccountChangeKind = Literal[
+    "band_changed",
+    "warning_opened",
+    "warning_escalated",
+    "warning_resolved",
+    "task_opened",
+    "task_closed",
+]
+
+
+class AccountChange(_Record):
+    """A change a CRM keeps its account fields current with (the health topic and the
+    routing file's ``feed`` webhooks): the health score crossed a band (from the
+    worker), a warning opened, got worse or resolved, a task opened or closed (from
+    the alert dispatcher). Keyed by customer_id; ``change_id`` is the same however
+    often it is delivered."""
+
+    change_id: str = Field(description="Deterministic id of this change: receivers dedup by it.")
+    change: AccountChangeKind = Field(description="What changed.")
+    customer_id: CustomerId = Field(description="The customer.")
+    customer_name: str = Field("", description="From the customers topic, '' if unknown.")
+    owner: str = Field("", description="Salesperson responsible, '' if unknown.")
+    segment: str = Field("", description="Customer segment.")
+    at: AwareDatetime = Field(
+        description="When it changed: the sweep's event time for a band, the warning's "
+        "record time for a warning, the dispatcher's clock for a task."
+    )
+    health: int | None = Field(
+        None, ge=0, le=100, description="The health score (0-100) now, if known."
+    )
+    band: HealthBand | None = Field(
+        None, description="Its band now: healthy (70+), watch (40-69), at_risk (below 40)."
+    )
+    previous_band: HealthBand | None = Field(
+        None, description="The band before (band_changed; None: first scored)."
+    )
+    warning_id: str = Field("", description="The warning (warning and task changes).")
+    warning_type: WarningType | None = Field(None, description="Its type.")
+    severity: Severity | None = Field(None, description="Its severity now.")
+    task_id: int | None = Field(None, description="The task (task changes).")
+    task_state: Literal["open", "done", "dropped"] | None = Field(
+        None, description="The task's state now."
+    )
+    task_due_at: AwareDatetime | None = Field(None, description="When the task is due.")
+    task_outcome: str = Field(
+        "", description="A closed task's outcome: a verdict, or resolved / escalated."
+    )
+    task_text: str = Field("", description="What the task asks of the owner.")
+
+
+def change_id(*parts: object) -> str:
+    """The deterministic id of an account change made of ``parts``."""
+    joined = "|".join(str(p) for p in parts)
+    return "a-" + hashlib.sha256(joined.encode()).hexdigest()[:20]
+
+
 class DeadLetter(_Record):
     """An input message the worker could not use, with the reason; nothing is lost."""
 
@@ -364,6 +422,18 @@ def example_records() -> dict[str, dict[str, Any]]:
             summary="3 orders in the last 8 weeks, usually 11; -73% revenue",
             evidence={"recent_orders": 3, "baseline_orders": 11.0, "amount_change_pct": -73.0},
             recommended_action="Call the customer this week and ask what changed.",
+        ),
+        AccountChange(
+            change_id="a-5be0c1d2e3f4a5b6c7d8",
+            change="band_changed",
+            customer_id="C0042",
+            customer_name="Acme Hardware GmbH",
+            owner="anna.berg@example.com",
+            segment="key_account",
+            at=t,
+            health=38,
+            band="at_risk",
+            previous_band="watch",
         ),
         DeadLetter(
             topic="churn.orders.v1",

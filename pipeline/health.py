@@ -45,6 +45,9 @@ FAMILIES = ("buying", "paying", "engagement", "service", "risk")
 UNKNOWN = 255
 #: The model's churn probability is kept again once it moves this much.
 PROBABILITY_STEP = 0.02
+#: The health bands, by the lowest score in each (the account feed reports a
+#: customer whose stored score crosses one: ``pipeline.events.AccountChange``).
+BANDS = (("healthy", 70), ("watch", 40), ("at_risk", 0))
 
 FloatArray = npt.NDArray[np.float64]
 Bytes = npt.NDArray[np.uint8]
@@ -161,6 +164,22 @@ def record_health(
     col["health_week"][at] = week
     changed: npt.NDArray[np.intp] = at
     return changed
+
+
+def band_codes(scores: Bytes) -> npt.NDArray[np.int8]:
+    """Each score's band as its index in :data:`BANDS` (-1: unknown)."""
+    s = scores.astype(np.int64)
+    codes = np.full(len(s), len(BANDS) - 1, dtype=np.int8)
+    for i, (_, lowest) in reversed(list(enumerate(BANDS[:-1]))):
+        codes[s >= lowest] = i
+    codes[s == UNKNOWN] = -1
+    return codes
+
+
+def band_of(score: int) -> str | None:
+    """The band of one score (None: unknown)."""
+    code = int(band_codes(np.array([score], dtype=np.uint8))[0])
+    return None if code < 0 else BANDS[code][0]
 
 
 def health_view(block: StateBlock, row: int) -> dict[str, Any] | None:

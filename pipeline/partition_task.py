@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -42,13 +43,16 @@ from churnwatch.core.topics import EVENT_TOPICS, Topic
 from churnwatch.pipeline import metrics
 from churnwatch.pipeline.events import (
     TOPIC_OF_TYPE,
+    AccountChange,
     CustomerEvent,
     InvalidEvent,
     WarningRecord,
+    change_id,
     dead_letter_for,
     decode_message,
     encode_event,
 )
+from churnwatch.pipeline.health import band_of
 from churnwatch.pipeline.ordering import (
     Apply,
     InOrderAcks,
@@ -136,6 +140,7 @@ class PartitionTask:
             before_sweep=self._sweep_starts,
             event_of=_event_of,
         )
+        self.evaluator.band_changes = []  # the account feed's band changes (health topic)
         self.sequencer: Sequencer[Held] = Sequencer(
             settings.clock.sweep_every_hours * 3600, settings.clock.allowed_lateness_hours * 3600
         )
@@ -151,7 +156,8 @@ class PartitionTask:
         self.watermark = Watermark(self.input_names, settings.clock.idle_topic_wait_seconds)
         self.read_ahead = ReadAhead(settings.worker.max_waiting_events)
         self.acks: InOrderAcks[Message] = InOrderAcks()
-        #: The warnings and dead letters made since the last store, to send with it.
+        #: The warnings, dead letters and account changes made since the last store,
+        #: to send with it.
         self.outgoing: list[Outgoing] = []
         # The customers the current sweep scored, and their expected loss (metrics).
         self._scored: list[Matrix] = []
@@ -316,6 +322,7 @@ class PartitionTask:
             self.swept = done.swept[-1]  # stored with the states it made
         metrics.SWEEPS.labels(self.wiring.settings.clock.mode).inc(len(done.swept))
         self._emit(done.records)
+        self._emit_bands()
         model = self.evaluator.model_at(done.swept[-1])
         if model is not None and self._scored:
             self.wiring.scored(self.partition, model, self._scored, self._loss)
@@ -433,6 +440,30 @@ class PartitionTask:
             last = self.sequencer.last_sweep
             last[self.partition] = max(last.get(self.partition, 0.0), done_until)
             self._resumed = True
+
+    def _emit_bands(self) -> None:
+        """The customers whose health entered another band in the sweeps, onto the
+        health topic (a sweep run again after a crash gives the same change ids)."""
+        changes = self.evaluator.band_changes
+        if not changes:
+            return
+        block = self.evaluator.block
+        for boundary, row, before, now in changes:
+            state = CustomerState(block, row)
+            record = AccountChange(
+                change_id=change_id(state.customer_id, "band", boundary, before, now),
+                change="band_changed",
+                customer_id=state.customer_id,
+                customer_name=state.name,
+                owner=state.owner,
+                segment=state.segment,
+                at=datetime.fromtimestamp(boundary, UTC),
+                health=now,
+                band=band_of(now),
+                previous_band=band_of(before),
+            )
+            self.outgoing.append((Topic.HEALTH, state.customer_id.encode(), encode_event(record)))
+        changes.clear()
 
     def _emit(self, records: list[WarningRecord]) -> None:
         now = time.time()

@@ -23,7 +23,7 @@ from churnwatch.pipeline.apply import PossibleCopy, apply_event
 from churnwatch.pipeline.episodes import evaluate
 from churnwatch.pipeline.events import CustomerEvent, WarningRecord
 from churnwatch.pipeline.features import FeatureColumns, features_of, read_many
-from churnwatch.pipeline.health import health_of, record_health
+from churnwatch.pipeline.health import band_codes, health_of, record_health
 from churnwatch.pipeline.ordering import Apply, Sequencer, Sweep
 from churnwatch.pipeline.rules import Risk, Scores
 from churnwatch.pipeline.scoring import ChurnModel, Matrix, feature_matrix
@@ -91,6 +91,7 @@ def sweep(
     observe: Callable[[Matrix, Matrix], None] | None = None,
     skip: npt.NDArray[np.bool_] | None = None,
     updated: set[int] | None = None,
+    crossed: list[tuple[int, int, int]] | None = None,
 ) -> list[tuple[CustomerState, list[WarningRecord]]]:
     """Re-evaluate every customer of ``block`` at ``as_of`` (but the rows where
     ``skip`` is true); returns only those whose episodes changed, in the block's order.
@@ -104,7 +105,8 @@ def sweep(
     ``observe(rows, probabilities)`` sees every scored batch (for metrics).
     Every swept customer's health score is kept in its state
     (:func:`pipeline.health.record_health`); the rows whose state that changed are
-    added to ``updated``.
+    added to ``updated``, and those whose stored score entered another band (or
+    its first) to ``crossed``, as (row, score before, score now).
     """
     if not len(block):
         return []
@@ -134,9 +136,15 @@ def sweep(
         probability = scores[g] if model is not None else None
         rate = model.book_churn_rate if model is not None else None
         score, parts = health_of(columns, t, probability, rate)
+        before = block.col["health_score"][rows].copy() if crossed is not None else None
         kept = record_health(block, rows, as_of, score, parts, t.health.store_step, probability)
         if updated is not None:
             updated.update(kept.tolist())
+        if before is not None and crossed is not None:
+            now = block.col["health_score"][rows]
+            was, new = band_codes(before), band_codes(now)
+            for i in np.flatnonzero((was != new) & (new >= 0)).tolist():
+                crossed.append((int(rows[i]), int(before[i]), int(now[i])))
     screens = []
     for g, (rows, t, columns) in enumerate(groups):
         scored_here = None
@@ -241,6 +249,9 @@ class Evaluator(Generic[T]):
             lambda item: cast(CustomerEvent, item)
         )
         self.changed: set[int] = set()
+        #: (sweep boundary, row, score before, score now) of each customer whose
+        #: health entered another band; None: not followed (a batch run)
+        self.band_changes: list[tuple[float, int, int, int]] | None = None
 
     def run(
         self,
@@ -306,6 +317,7 @@ class Evaluator(Generic[T]):
         if self.before_sweep is not None:
             self.before_sweep(boundary, self.block)
         model = self.model_at(boundary)
+        crossed: list[tuple[int, int, int]] | None = None if self.band_changes is None else []
         changed = sweep(
             self.block,
             boundary,
@@ -316,7 +328,10 @@ class Evaluator(Generic[T]):
             observe,
             skip,
             self.changed,
+            crossed,
         )
+        if self.band_changes is not None and crossed:
+            self.band_changes += [(boundary, *c) for c in crossed]
         records: list[WarningRecord] = []
         for state, made in changed:
             self.changed.add(state.row)

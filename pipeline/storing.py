@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 class FaustOutputs(Outputs):
-    """A checkpoint's writes through Faust: the warnings and dead-letter topics, the
+    """A checkpoint's writes through Faust: the warnings, dead-letter and health topics, the
     tables' changelogs (straight to the producer: Faust's table buffer hands the
     changes over one by one and its flush gives up after 0.1 s), the consumer's
     acks and commit, and the tables' local stores, with the changelog offset each
@@ -54,8 +54,13 @@ class FaustOutputs(Outputs):
         return self.p.states if name == STATES else self.p.sweep_progress
 
     def channel(self, topic: Topic) -> Any:
-        """The Faust topic a warning or dead letter goes to."""
-        return self.p.warnings if topic is Topic.WARNINGS else self.p.dead_letters
+        """The Faust topic a warning, dead letter or account change goes to."""
+        outputs = {
+            Topic.WARNINGS: self.p.warnings,
+            Topic.DEAD_LETTERS: self.p.dead_letters,
+            Topic.HEALTH: self.p.health,
+        }
+        return outputs[topic]
 
     def note_delivered(self, name: str, sent: Any) -> None:
         """Note where a change landed (``sent``: its record metadata)."""

@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> Pipeline:
         inputs=input_topics(app, settings),
         warnings=raw_topic(app, settings, settings.topic(Topic.WARNINGS)),
         dead_letters=raw_topic(app, settings, settings.topic(Topic.DEAD_LETTERS)),
+        health=raw_topic(app, settings, settings.topic(Topic.HEALTH)),
         states=app.Table(
             Table.CUSTOMER_STATE.value,
             default=None,

@@ -36,15 +36,18 @@ class Webhook:
     def __init__(self) -> None:
         self.port = free_port()
         self.received: list[dict] = []
+        #: (path, headers) of each POST, beside its body in ``received``
+        self.requests: list[tuple[str, dict[str, str]]] = []
         self.server: HTTPServer | None = None
 
     def start(self) -> None:
-        received = self.received
+        received, requests = self.received, self.requests
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.append(json.loads(body))
+                requests.append((self.path, dict(self.headers.items())))
                 self.send_response(200)
                 self.end_headers()
 

@@ -38,6 +38,8 @@ class Topic(StrEnum):
     CUSTOMERS = "customers.v1"
     WARNINGS = "warnings.v1"
     DEAD_LETTERS = "deadletters.v1"
+    #: the account feed for a CRM (``pipeline.events.AccountChange``)
+    HEALTH = "health.v1"
 
 
 class Table(StrEnum):

@@ -32,6 +32,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from churnwatch.consumers.alerts.feed import Feed, Publisher, task_change, warning_change
 from churnwatch.consumers.alerts.ledger import (
     TELLS_OPEN,
     Customer,
@@ -60,7 +61,12 @@ from churnwatch.consumers.alerts.tasks import BY_PIPELINE, close_tasks, open_tas
 from churnwatch.core.settings import AlertSettings, Settings
 from churnwatch.core.topics import ThroughOutages, Topic, subscribed
 from churnwatch.pipeline import metrics
-from churnwatch.pipeline.events import CustomerUpdated, WarningRecord, decode_message
+from churnwatch.pipeline.events import (
+    AccountChange,
+    CustomerUpdated,
+    WarningRecord,
+    decode_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,7 @@ class Dispatcher:
         clock: Clock = lambda: datetime.now(UTC),
         base_url: str = "",
         links: ActionLinks | None = None,
+        publish: Publisher | None = None,
     ) -> None:
         self.settings = settings
         self.base_url = base_url  # the web inbox: messages link to the customer's page
@@ -90,6 +97,8 @@ class Dispatcher:
         self.clock = clock
         self.policy = Policy(settings, routing)
         self.outbox = Outbox(settings, routing, self.policy, sessions, send, clock)
+        # the account feed: to the health topic (with ``publish``) and the feed webhooks
+        self.feed = Feed(settings, routing, sessions, clock, publish)
         # every channel kind in use is exported from the start (at 0), so a
         # dashboard or alert never sees "no data" for "no failures yet"
         for recipient in routing.recipients.values():
@@ -111,6 +120,12 @@ class Dispatcher:
             customer.name, customer.owner = event.name, event.owner
             customer.segment, customer.region = event.segment, event.region
             session.add(customer)
+
+    def on_health(self, change: AccountChange) -> int:
+        """A change the worker put on the health topic (a band crossed): on to the
+        feed's webhooks; returns how many deliveries are new."""
+        with self.sessions.begin() as session:
+            return self.feed.add(session, change, on_topic=True)
 
     def on_warning(self, record: WarningRecord) -> int:
         """Record the episode change and queue its notifications; returns how many are new.
@@ -162,6 +177,9 @@ class Dispatcher:
                 "escalated": f"escalated-{record.severity}",
             }[record.status]
             created = self._queue(session, episode, kind, now)
+            if self.feed.enabled:
+                change = f"warning_{kind.split('-')[0]}"
+                self.feed.add(session, warning_change(episode, change, record.at))
             if kind == NotificationKind.RESOLVED:
                 self._release_held(session, episode, now)
             return created
@@ -462,9 +480,31 @@ class Dispatcher:
         """Send pending notifications whose time has come (see :class:`Outbox`)."""
         return self.outbox.deliver_due(limit)
 
+    def feed_tasks(self, limit: int = 500) -> int:
+        """Tell the account feed of the tasks that opened or closed since it last
+        heard (closed here, in the web inbox or from the CLI)."""
+        with self.sessions.begin() as session:
+            due = list(
+                session.scalars(
+                    select(Task)
+                    .where(Task.feed_due.is_(True))
+                    .order_by(Task.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for task in due:
+                task.feed_due = False
+                episode = session.get(Episode, task.warning_id)
+                if self.feed.enabled and episode is not None:
+                    self.feed.add(session, task_change(task, episode, self.clock()))
+            return len(due)
+
     def tick(self) -> None:
         self.remind()
         self.tasks_due()
+        self.feed_tasks()
+        self.feed.deliver_due()
         self.digests()
         self.deliver_due()
 
@@ -493,11 +533,24 @@ def action_links(settings: Settings) -> ActionLinks:
 
 
 def run_dispatcher(settings: Settings, stop: threading.Event, dispatcher: Dispatcher) -> None:
-    """Consume warnings and customers until ``stop``; deliver between polls."""
-    from kafka import KafkaConsumer
+    """Consume warnings, customers and the worker's band changes until ``stop``;
+    deliver between polls (the account feed's own changes to the health topic too)."""
+    from kafka import KafkaConsumer, KafkaProducer
 
     warnings_topic = settings.topic(Topic.WARNINGS)
     customers_topic = settings.topic(Topic.CUSTOMERS)
+    health_topic = settings.topic(Topic.HEALTH)
+    producer = KafkaProducer(
+        client_id="churnwatch-account-feed",
+        acks="all",
+        max_block_ms=10_000,
+        **settings.kafka_client_options(),
+    )
+
+    def publish(key: bytes, value: bytes) -> None:
+        producer.send(health_topic, key=key, value=value).get(timeout=30)
+
+    dispatcher.feed.publish = publish
     consumer = subscribed(
         KafkaConsumer(
             group_id=settings.alerts.group_id,
@@ -506,7 +559,7 @@ def run_dispatcher(settings: Settings, stop: threading.Event, dispatcher: Dispat
             **settings.kafka_group_options(),
             **settings.kafka_consumer_options(),
         ),
-        [warnings_topic, customers_topic],
+        [warnings_topic, customers_topic, health_topic],
     )
     kafka = ThroughOutages(consumer, "alert dispatcher")
     try:
@@ -514,18 +567,23 @@ def run_dispatcher(settings: Settings, stop: threading.Event, dispatcher: Dispat
             batches = kafka.poll(timeout_ms=int(settings.alerts.poll_seconds * 1000))
             for messages in batches.values():
                 for message in messages:
-                    _consume(dispatcher, message, warnings_topic)
+                    _consume(dispatcher, message, warnings_topic, health_topic)
             if batches:
                 kafka.commit()  # after the ledger has them: at least once, deduplicated
             dispatcher.tick()  # the outbox delivers while Kafka is away, too
     finally:
         consumer.close()
+        producer.close(timeout=10)
 
 
-def _consume(dispatcher: Dispatcher, message: Any, warnings_topic: str) -> None:
+def _consume(dispatcher: Dispatcher, message: Any, warnings_topic: str, health_topic: str) -> None:
     try:
         if message.topic == warnings_topic:
             dispatcher.on_warning(WarningRecord.model_validate_json(message.value))
+        elif message.topic == health_topic:
+            change = AccountChange.model_validate_json(message.value)
+            if change.change == "band_changed":  # (the rest are this feed's own)
+                dispatcher.on_health(change)
         else:
             event = decode_message(message.value, message.key)
             if isinstance(event, CustomerUpdated):

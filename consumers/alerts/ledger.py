@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     create_engine,
     func,
     inspect,
@@ -150,6 +151,29 @@ class Task(Base):
     escalated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     #: when the dispatcher next looks at it (its due time, then the manager's turn)
     check_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)
+    #: it opened or closed since the account feed last heard (whoever closed it)
+    feed_due: Mapped[bool] = mapped_column(default=True, index=True)
+
+
+class FeedOut(Base):
+    """One account change on its way to one target of the account feed
+    (``consumers/alerts/feed.py``): the health topic or a ``feed`` webhook; an
+    outbox like the notifications', kept until it is delivered."""
+
+    __tablename__ = "feed_out"
+    __table_args__ = (UniqueConstraint("change_id", "target"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    change_id: Mapped[str] = mapped_column(String(40))
+    #: "topic", or the webhook's safe label (never its URL)
+    target: Mapped[str] = mapped_column(String(200))
+    customer_id: Mapped[str] = mapped_column(String(100))
+    body: Mapped[str] = mapped_column(Text)  # the AccountChange as JSON
+    status: Mapped[str] = mapped_column(String(10), index=True)  # pending | sent
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class ReminderDue(Base):
@@ -426,6 +450,21 @@ def notifications_by_status(session: Session) -> dict[str, int]:
         select(Notification.status, func.count(Notification.id)).group_by(Notification.status)
     ).all()
     return {status: count for status, count in sorted(rows)}
+
+
+def next_pending(
+    session: Session, table: type[Notification] | type[FeedOut], now: datetime, seen: list[int]
+) -> Any:
+    """Claim the next pending row of ``table`` (the notifications or the account
+    feed's outbox) due by ``now`` and not in ``seen``: ``FOR UPDATE SKIP LOCKED``,
+    so a row another dispatcher is sending is skipped."""
+    return session.scalar(
+        select(table)
+        .where(table.status == "pending", table.due_at <= now, table.id.not_in(seen))
+        .order_by(table.due_at, table.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
 
 
 def due_notifications(session: Session, now: datetime) -> int:

@@ -24,6 +24,7 @@ from churnwatch.consumers.alerts.ledger import (
     Attempt,
     Episode,
     Notification,
+    next_pending,
     schedule_reminder,
 )
 from churnwatch.consumers.alerts.messages import Message
@@ -58,6 +59,13 @@ def apprise_send(url: str, message: Message) -> tuple[bool, str]:
     return False, (lines[-1] if lines else "the channel did not accept the message")[:500]
 
 
+def retry_wait(settings: AlertSettings, attempts: int) -> float:
+    """Seconds before the next try after ``attempts`` failed ones (doubling, capped)."""
+    return float(
+        min(settings.retry_first_seconds * 2 ** (attempts - 1), settings.retry_max_seconds)
+    )
+
+
 class Outbox:
     """Delivers what the dispatcher queued in the ledger."""
 
@@ -90,17 +98,7 @@ class Outbox:
         seen: list[int] = []  # looked at in this call (a held one may still be due)
         with self.sessions() as session:
             while len(seen) < limit:
-                note = session.scalar(
-                    select(Notification)
-                    .where(
-                        Notification.status == "pending",
-                        Notification.due_at <= now,
-                        Notification.id.not_in(seen),
-                    )
-                    .order_by(Notification.due_at, Notification.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                )
+                note: Notification | None = next_pending(session, Notification, now, seen)
                 if note is None:
                     break
                 seen.append(note.id)
@@ -130,10 +128,7 @@ class Outbox:
                 schedule_reminder(session, note, at + self.cooldown(episode))
             metrics.NOTIFICATIONS_SENT.labels(note.channel.split(":")[0]).inc()
             return True
-        wait = min(
-            self.settings.retry_first_seconds * 2 ** (note.attempts - 1),
-            self.settings.retry_max_seconds,
-        )
+        wait = retry_wait(self.settings, note.attempts)
         note.due_at = at + timedelta(seconds=wait)
         metrics.NOTIFICATIONS_FAILED.labels(note.channel.split(":")[0]).inc()
         log.warning(

@@ -188,6 +188,26 @@ class Inhibition(_Model):
     hold: list[WarningType] = Field(min_length=1)
 
 
+class FeedWebhook(_Model):
+    """Where the account feed is POSTed (a CRM integration): each change as JSON
+    (``pipeline.events.AccountChange``), with these headers (``${VARIABLE}`` read
+    from the environment when sending, e.g. ``Authorization: Bearer ${CRM_TOKEN}``)."""
+
+    webhook: str = Field(pattern=r"^https?://[^\s]+$")
+    headers: dict[str, str] = {}
+
+    @property
+    def name(self) -> str:
+        """A label safe to store and log (the host, never the path or a secret)."""
+        return "feed:" + self.webhook.split("://", 1)[-1].split("/", 1)[0]
+
+    def url(self) -> str:
+        return _fill(self.webhook)
+
+    def filled_headers(self) -> dict[str, str]:
+        return {key: _fill(value) for key, value in self.headers.items()}
+
+
 class Routing(_Model):
     recipients: dict[str, Recipient] = {}
     owner_defaults: OwnerDefaults = OwnerDefaults()
@@ -197,6 +217,8 @@ class Routing(_Model):
     #: Who hears of a task still open past its due time after its owner was reminded:
     #: the recipient by the owner, "*" for every owner not listed (none: nobody).
     managers: dict[str, str] = {}
+    #: The account feed's webhooks (docs/alerts.md, "The account feed").
+    feed: list[FeedWebhook] = []
 
     @model_validator(mode="after")
     def _names_exist(self) -> Routing:

@@ -59,6 +59,7 @@ def open_task(
         due_at=due,
         closed_by="",
         check_at=due,
+        feed_due=True,
     )
     session.add(task)
     return task
@@ -87,6 +88,7 @@ def close_tasks(
 def close(task: Task, state: str, outcome: str, by: str, now: datetime) -> None:
     task.state, task.outcome = state, outcome
     task.closed_at, task.closed_by, task.check_at = now, by[:100], None
+    task.feed_due = True  # the dispatcher tells the account feed
 
 
 def hand_over(session: Session, customer_id: str, owner: str) -> int:

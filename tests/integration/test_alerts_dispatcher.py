@@ -199,3 +199,68 @@ def test_two_dispatchers_on_one_postgresql_ledger_send_each_notification_once(
     assert [key for key, count in sent.items() if count > 1] == []  # none twice
     logs = [(tmp_path / f"alerts-{n}.log").read_text() for n in (1, 2)]
     assert all("dispatching warnings" in log for log in logs)
+
+
+def test_the_account_feed_reaches_the_crm_webhook_and_the_health_topic(
+    stream_settings, ledger_url, tmp_path
+):
+    """`churnwatch alerts run` with a `feed` webhook (a real HTTP receiver): a warning
+    and its task, and a band change the worker put on the health topic, reach the
+    webhook; the dispatcher's own changes reach the health topic beside the band."""
+    import shutil
+
+    from churnwatch.core.settings import CONFIGS
+    from churnwatch.pipeline.events import AccountChange
+    from tests.dispatching import NOW, Webhook
+    from tests.integration.conftest import read_topic
+
+    hook = Webhook()
+    hook.start()
+    routing = tmp_path / "routing.yaml"
+    shutil.copy(CONFIGS / "routing.yaml", routing)
+    with routing.open("a", encoding="utf-8") as out:
+        out.write(f"\nfeed:\n  - webhook: http://127.0.0.1:{hook.port}/crm\n")
+    inbox = LocalInbox().start()
+    env = dict(
+        dispatcher_env(stream_settings, ledger_url, inbox), CHURNWATCH_ALERTS__ROUTING=str(routing)
+    )
+    band = AccountChange(
+        change_id="a-band-1",
+        change="band_changed",
+        customer_id="C7",
+        at=NOW,
+        health=31,
+        band="at_risk",
+        previous_band="watch",
+    )
+    try:
+        produce_raw(
+            stream_settings,
+            [
+                (Topic.WARNINGS, "C1", encode_event(record("w-1"))),
+                (Topic.HEALTH, "C7", encode_event(band)),
+            ],
+        )
+        proc = start_child(COMMAND, env=env, log=tmp_path / "alerts.log")
+        wait_for(
+            lambda: len(hook.received) >= 3,
+            "three changes at the CRM",
+            timeout=120,
+            log=tmp_path / "alerts.log",
+        )
+        on_topic = lambda: [  # noqa: E731
+            AccountChange.model_validate_json(v).change
+            for v in read_topic(stream_settings, Topic.HEALTH)
+        ]
+        wait_for(lambda: len(on_topic()) >= 3, "the feed's changes on the health topic")
+        time.sleep(2)  # anything repeated would arrive by now
+        stop_child(proc)
+    finally:
+        inbox.stop()
+        hook.stop()
+    assert sorted(c["change"] for c in hook.received) == [
+        "band_changed",
+        "task_opened",
+        "warning_opened",
+    ]
+    assert sorted(on_topic()) == ["band_changed", "task_opened", "warning_opened"]  # the band once

@@ -11,7 +11,14 @@ from datetime import UTC, datetime, timedelta
 
 from churnwatch.core.apache_kafka import ApacheKafkaCluster
 from churnwatch.core.topics import Topic, require_transactions
-from churnwatch.pipeline.events import DeadLetter, WarningRecord, decode_event, encode_event
+from churnwatch.pipeline.events import (
+    AccountChange,
+    DeadLetter,
+    WarningRecord,
+    decode_event,
+    encode_event,
+)
+from churnwatch.pipeline.health import band_of
 from churnwatch.pipeline.processing import run_history
 from churnwatch.producers.produce import produce
 from churnwatch.producers.simulator import iter_paced, parse_start, simulate
@@ -53,11 +60,30 @@ def test_simulated_customers_in_warnings_out(stream_settings, worker):
         assert w.owner.startswith("rep") and w.customer_name, "master data joined in"
 
     # The stream gives the same episodes as the same logic run in batch.
-    _, batch = run_history(
+    states, batch = run_history(
         [decode_event(e.payload) for e in events], stream_settings.warnings, 86_400
     )
     assert sorted((w.warning_id, w.status) for w in warnings) == sorted(
         (w.warning_id, w.status) for w in batch
+    )
+    # The account feed: each customer's health band as it changed; the last one is
+    # the band the batch run ends with, and churners end worse off than the steady.
+    changes = [
+        AccountChange.model_validate_json(v) for v in read_topic(stream_settings, Topic.HEALTH)
+    ]
+    assert changes and {c.change for c in changes} == {"band_changed"}
+    last = {c.customer_id: c for c in changes}
+    for customer_id, change in last.items():
+        assert change.band == band_of(
+            int(states[customer_id].block.col["health_score"][states[customer_id].row])
+        )
+    firsts = [c for c in changes if c.previous_band is None]
+    assert len({c.customer_id for c in firsts}) == len(firsts)  # a first band once each
+    bad = {"watch", "at_risk"}
+    assert sum(last[t.customer_id].band in bad for t in churners if t.customer_id in last) > (
+        sum(last[t.customer_id].band in bad for t in steady if t.customer_id in last)
+        * len(churners)
+        / len(steady)
     )
 
 

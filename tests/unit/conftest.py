@@ -35,7 +35,7 @@ def webhook():
 def make(ledger_url, inbox, webhook):
     clock = Clock()
 
-    def build(routing: dict | None = None, **settings) -> Dispatcher:
+    def build(routing: dict | None = None, publish=None, **settings) -> Dispatcher:
         alert_settings = AlertSettings(
             ledger_url=ledger_url,
             smtp=SmtpSettings(port=inbox.port, sender="churnwatch@example.com"),
@@ -47,6 +47,7 @@ def make(ledger_url, inbox, webhook):
             routing_for(webhook, **(routing or {})),
             open_ledger(alert_settings.ledger_url),
             clock=clock,
+            publish=publish,
         )
 
     build.clock = clock

@@ -57,6 +57,7 @@ class Broker:
 
     warnings: list[WarningRecord] = field(default_factory=list)
     dead_letters: list[bytes] = field(default_factory=list)
+    health: list[bytes] = field(default_factory=list)  # the account feed's band changes
     changelogs: dict[str, list[tuple[str, Any]]] = field(
         default_factory=lambda: {STATES: [], PROGRESS: []}
     )
@@ -124,6 +125,8 @@ class MemoryOutputs:
                 self.broker.warnings.append(WarningRecord.model_validate_json(record[1]))
             elif where == Topic.DEAD_LETTERS.value:
                 self.broker.dead_letters.append(record[1])
+            elif where == Topic.HEALTH.value:
+                self.broker.health.append(record[1])
             else:
                 log = self.broker.changelogs[where]
                 log.append(record)

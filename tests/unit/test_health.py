@@ -154,3 +154,19 @@ def test_sweeps_keep_a_score_that_tells_the_customers_who_leave_from_those_who_s
     stayed = [scores[t.customer_id] for t in truth if not t.churned and t.customer_id in scores]
     assert len(left) > 20 and len(stayed) > 20
     assert np.mean(stayed) > np.mean(left) + 20, (np.mean(stayed), np.mean(left))
+
+
+def test_bands_of_scores_at_their_edges():
+    from churnwatch.pipeline.health import band_codes, band_of
+
+    scores = np.array([100, 70, 69, 40, 39, 0, UNKNOWN], dtype=np.uint8)
+    assert band_codes(scores).tolist() == [0, 0, 1, 1, 2, 2, -1]
+    assert [band_of(int(s)) for s in scores] == [
+        "healthy",
+        "healthy",
+        "watch",
+        "watch",
+        "at_risk",
+        "at_risk",
+        None,
+    ]
