@@ -506,9 +506,17 @@ def open_ledger(url: str) -> sessionmaker[Any]:
 
 def ledger_engine(url: str) -> Engine:
     """The ledger's engine (a SQLite ledger's folder is made if missing)."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return create_engine(url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite ledger's URL (None: another database, or in memory)."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
 
 
 #: The ledger's migrations (Alembic), shipped with the package.

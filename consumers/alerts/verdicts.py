@@ -15,12 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from churnwatch.consumers.alerts.ledger import Episode, Feedback, open_ledger
+from churnwatch.consumers.alerts.ledger import Episode, Feedback, open_ledger, sqlite_path
 
 
 @dataclass
@@ -108,9 +107,9 @@ def false_alarms(url: str, warning_type: str = "churn_risk") -> list[tuple[str, 
 
 
 def _judged_in(url: str) -> list[tuple[str, str, str, datetime, str]] | None:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        if not Path(url.removeprefix("sqlite:///")).exists():
-            return None
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None  # (asking makes no ledger)
     with open_ledger(url)() as session:
         return judged_warnings(session)
 

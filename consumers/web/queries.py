@@ -83,13 +83,25 @@ class Row:
     region: str
     segment: str
     quadrant: str
-    health: int | None  # the customer's health score now (None: no worker holds it)
-    health_trend_7d: int | None
-    health_moved: tuple[tuple[str, int], ...]  # its parts that moved most in a week
+    live: Summary | None  # the customer's live figures (None: no worker holds it)
     loss: float  # this warning's expected loss
     customer_loss: float  # the customer's highest, which orders the list
     acknowledged: bool
     new: bool
+
+    @property
+    def health(self) -> int | None:
+        """The customer's health score now."""
+        return self.live.health if self.live else None
+
+    @property
+    def health_trend_7d(self) -> int | None:
+        return self.live.health_trend_7d if self.live else None
+
+    @property
+    def health_moved(self) -> tuple[tuple[str, int], ...]:
+        """The parts of its score that moved most in a week."""
+        return self.live.health_moved if self.live else ()
 
 
 @dataclass
@@ -239,13 +251,7 @@ def open_rows(
             region=customer.region if customer else "",
             segment=e.segment or (customer.segment if customer else ""),
             quadrant=summaries[e.customer_id].quadrant if e.customer_id in summaries else "",
-            health=summaries[e.customer_id].health if e.customer_id in summaries else None,
-            health_trend_7d=(
-                summaries[e.customer_id].health_trend_7d if e.customer_id in summaries else None
-            ),
-            health_moved=(
-                summaries[e.customer_id].health_moved if e.customer_id in summaries else ()
-            ),
+            live=summaries.get(e.customer_id),
             loss=losses[e.warning_id],
             customer_loss=customer_loss[e.customer_id],
             acknowledged=e.warning_id in book.acked,
