@@ -35,11 +35,28 @@ from sklearn.metrics import roc_auc_score
 from churnwatch.core.settings import ModelSettings
 from churnwatch.core.thresholds import WarningThresholds
 from churnwatch.models.baselines import LABEL
-from churnwatch.models.dataset import build_training_set, cutoffs_every, order_times, training_rows
-from churnwatch.models.outcomes import RHYTHMS, base_rate, base_rates, find_churns, honest_score
+from churnwatch.models.budget import budget_figures
+from churnwatch.models.dataset import (
+    build_training_set,
+    cutoffs_every,
+    order_amounts,
+    order_times,
+    training_rows,
+)
+from churnwatch.models.outcomes import (
+    EARLY_DAYS,
+    RHYTHMS,
+    TOP_SHARE,
+    VALUE_DAYS,
+    OrderValues,
+    base_rate,
+    base_rates,
+    find_churns,
+    honest_score,
+)
 from churnwatch.models.train import fit_model, usual_values
 from churnwatch.pipeline.boosters import CompiledBoosters, probe_rows
-from churnwatch.pipeline.events import CustomerEvent, WarningRecord
+from churnwatch.pipeline.events import CustomerEvent, CustomerUpdated, WarningRecord
 from churnwatch.pipeline.processing import run_history
 from churnwatch.pipeline.rules import RULES
 from churnwatch.pipeline.scoring import INPUT_FEATURES, ChurnModel
@@ -280,6 +297,7 @@ def backtest(
     churns = find_churns(orders, data_end, horizon)
 
     opened = openings(records)
+    values = OrderValues(order_amounts(events))
     rate = base_rate(orders, data_start, data_end, horizon)
     # Early warnings are about customers not yet flagged: like them, the same rhythm.
     unflagged, rhythms = base_rates(orders, data_start, data_end, horizon, active_days=horizon_days)
@@ -293,10 +311,23 @@ def backtest(
             rate,
             unflagged_base=unflagged,
             rhythm_rates=rhythms,
+            values=values,
         )
         for r, rule in RULES.items()
         if not rule.needs_model
     }
+    budget = budget_figures(
+        frames,
+        open_episodes(records),
+        lambda rows, at: _served_probabilities(served, rows, at),
+        last_owners(events),
+        churns,
+        values,
+        horizon_days,
+        (model_settings or ModelSettings()).calls_per_rep_week,
+        (model_settings or ModelSettings()).customers_per_rep,
+        data_end,
+    )
     model_summary: dict[str, Any] | None = None
     if served:
         since = served[0].serving_from
@@ -315,6 +346,7 @@ def backtest(
             first_sweeps(served, sweep_every_seconds),
             unflagged_since,
             rhythms_since,
+            values,
         )
         model_summary = {
             "retrain_every_days": retrain_every_days,
@@ -333,7 +365,7 @@ def backtest(
         }
     plain = [(c.customer_id, c.flagged_at) for c in churns]
     rules["plain_90_day" if horizon_days == 90 else f"plain_{horizon_days:g}_day"] = honest_score(
-        plain, orders, churns, data_end, horizon, rate, unflagged_base=unflagged
+        plain, orders, churns, data_end, horizon, rate, unflagged_base=unflagged, values=values
     )  # (never early: no customers-like-them figure)
     summary = {
         "horizon_days": horizon_days,
@@ -345,9 +377,17 @@ def backtest(
         "rhythm_base_rates": {
             label: round(rhythms[g], 3) for g, label in enumerate(RHYTHMS) if g in rhythms
         },
+        "value": {
+            "what": f"order value in the {VALUE_DAYS} days up to the moment",
+            "top_share": TOP_SHARE,
+            "top_customers": len(values.top),
+            "top_threshold": round(values.top_threshold, 2),
+            "early_days": EARLY_DAYS,
+        },
         "rules": rules,
         "model": model_summary,
         "ranking": ranking(frames, served),
+        "budget": budget,
     }
     out.mkdir(parents=True, exist_ok=True)
     write_warnings_csv(records, out / "warnings.csv")
@@ -396,6 +436,37 @@ def ranking(frames: list[pd.DataFrame], served: list[ServedModel]) -> dict[str, 
         out["health_score_where_model"] = auc(-np.nan_to_num(health, nan=50.0), scored)
         out["model_rows"] = int(scored.sum())
     return out
+
+
+def open_episodes(records: list[WarningRecord]) -> Callable[[str, float], bool]:
+    """Whether a warning of a customer is open at a moment (from the records)."""
+    spans: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        span = spans.setdefault(r.customer_id, {}).setdefault(r.warning_id, [math.inf, math.inf])
+        if r.status == "opened":
+            span[0] = to_epoch(r.opened_at)
+        elif r.status == "resolved":
+            span[1] = to_epoch(r.at)
+
+    def open_at(customer_id: str, t: float) -> bool:
+        return any(start <= t < end for start, end in spans.get(customer_id, {}).values())
+
+    return open_at
+
+
+def last_owners(events: list[CustomerEvent]) -> dict[str, str]:
+    """Each customer's owner as its latest master-data record names it."""
+    return {e.customer_id: e.owner for e in events if isinstance(e, CustomerUpdated)}
+
+
+def _served_probabilities(
+    served: list[ServedModel], rows: pd.DataFrame, at: float
+) -> np.ndarray | None:
+    """The walk-forward model serving at ``at``'s probabilities for ``rows`` (None: none)."""
+    serving = [s for s in served if s.serving_from <= at]
+    if not serving:
+        return None
+    return serving[-1].model.probabilities(rows[list(INPUT_FEATURES)].to_numpy(dtype=float))
 
 
 def openings(records: list[WarningRecord]) -> dict[str, list[tuple[str, float]]]:
@@ -483,6 +554,49 @@ def format_table(summary: dict[str, Any]) -> str:
             f"| {e['precision_over_base']} | {e['precision_over_unflagged']} "
             f"| {e['precision_over_like']} | {e['recall']} | {e['median_lead_days']} |"
         )
+    value = summary.get("value")
+    if value:
+        lines += [
+            "",
+            f"By value (each customer's {value['what']}; top {value['top_share']:.0%}: "
+            f"{value['top_customers']} customers, best year >= {value['top_threshold']:,.0f}): "
+            f"lost revenue warned early = at least {value['early_days']} days before the "
+            "plain rule:",
+            "",
+            "| rule | lost revenue warned early | precision by value "
+            "| top 20%: warned early | top 20%: precision | rest: warned early "
+            "| rest: precision |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, r in summary["rules"].items():
+            v = r["early"].get("value")
+            if v is None:
+                continue
+            top, rest = v["top_20"], v["rest"]
+            lines.append(
+                f"| {name} | {v['lost_revenue_warned_early']} | {v['precision_by_value']} "
+                f"| {top['lost_revenue_warned_early']} | {top['precision']} "
+                f"| {rest['lost_revenue_warned_early']} | {rest['precision']} |"
+            )
+    budget = summary.get("budget")
+    if budget:
+        lines += [
+            "",
+            f"At an alert budget of {budget['calls_per_rep_week']} customers a rep a week "
+            f"({budget['books']} books, {budget['cutoffs']} cutoffs, "
+            f"{budget['churns_reachable']} churns one could have called early), "
+            "what each ranking finds early:",
+            "",
+            "| ranking | churns found | of churns | lost revenue found | of lost revenue "
+            "| top 20%: of lost revenue |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, f in budget["strategies"].items():
+            lines.append(
+                f"| {name} | {f['churns_found']} | {f['of_churns']} "
+                f"| {f['lost_revenue_found']:,.0f} | {f['of_lost_revenue']} "
+                f"| {f['top_20']['of_lost_revenue']} |"
+            )
     ranked = summary.get("ranking")
     if ranked:
         lines += [

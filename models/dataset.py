@@ -39,6 +39,15 @@ def order_times(events: list[CustomerEvent]) -> dict[str, list[float]]:
     return orders
 
 
+def order_amounts(events: Iterable[CustomerEvent]) -> dict[str, list[tuple[float, float]]]:
+    """Each customer's orders as (epoch seconds, amount), in event order."""
+    orders: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for event in events:
+        if isinstance(event, OrderPlaced):
+            orders[event.customer_id].append((event.epoch, event.amount))
+    return orders
+
+
 def cutoffs_every(
     events: list[CustomerEvent], every_days: int, horizon_days: float
 ) -> list[datetime]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,7 @@ def honest_score(
     unsteady: frozenset[float] = frozenset(),
     unflagged_base: float | None = None,
     rhythm_rates: dict[int, float] | None = None,
+    values: OrderValues | None = None,
 ) -> dict[str, Any]:
     """:func:`score` as a sales team would judge the warnings: today's figures, then
     ``lost_customer_notices`` (openings about customers already silent past the
@@ -119,7 +121,8 @@ def honest_score(
     ``unflagged_base`` (the churn rate of customers the plain rule has not
     flagged: those an early warning is about) and, with ``rhythm_rates``
     (the second of :func:`base_rates`), over the base rate of customers like the ones
-    warned (``like_base_rate``: the same rhythm on the day)."""
+    warned (``like_base_rate``: the same rhythm on the day); with ``values``, the
+    early openings' figures by value too (``early.value``: :func:`value_figures`)."""
     gone = [is_lost(orders.get(c, []), t, horizon) for c, t in opened]
     steady = [
         (c, t) for (c, t), lost in zip(opened, gone, strict=True) if not lost and t not in unsteady
@@ -130,6 +133,8 @@ def honest_score(
     if rhythm_rates is not None:
         judged = [(c, t) for c, t in steady if t + horizon <= data_end]
         like = early["like_base_rate"] = like_base_rate(judged, orders, rhythm_rates)
+    if values is not None:
+        early["value"] = value_figures(steady, orders, churns, data_end, horizon, values)
     for name, rate in (
         ("precision_over_base", base),
         ("precision_over_unflagged", unflagged_base),
@@ -142,6 +147,104 @@ def honest_score(
         **score(opened, orders, churns, data_end, horizon),
         "lost_customer_notices": sum(gone),
         "early": early,
+    }
+
+
+#: What a figure "by value" weighs each customer-moment by: the customer's order
+#: value in the 52 weeks up to then.
+VALUE_DAYS = 364
+#: The share of customers "by value" figures report apart (the rest beside them).
+TOP_SHARE = 0.2
+#: How much earlier than the plain rule a warning must open to count as early
+#: in the value figures.
+EARLY_DAYS = 30
+
+
+class OrderValues:
+    """Each customer's order value in the :data:`VALUE_DAYS` up to any moment, and
+    the customers of the top :data:`TOP_SHARE` by their highest such value (their
+    best year: a customer that was big and shrank is still a key account lost)."""
+
+    def __init__(self, orders: dict[str, list[tuple[float, float]]]) -> None:
+        self.times: dict[str, list[float]] = {}
+        self.cumulative: dict[str, list[float]] = {}
+        best: dict[str, float] = {}
+        for customer, placed in orders.items():
+            ordered = sorted(placed)
+            times = [t for t, _ in ordered]
+            running, sums = 0.0, [0.0]
+            for _, amount in ordered:
+                running += amount
+                sums.append(running)
+            self.times[customer], self.cumulative[customer] = times, sums
+            best[customer] = max((self.at(customer, t) for t in times), default=0.0)
+        ranked = sorted(best, key=lambda c: (-best[c], c))
+        self.top: frozenset[str] = frozenset(ranked[: max(1, round(len(ranked) * TOP_SHARE))])
+        self.top_threshold = best[ranked[len(self.top) - 1]] if ranked else 0.0
+
+    def at(self, customer: str, t: float) -> float:
+        """Order value in the :data:`VALUE_DAYS` days up to ``t`` (inclusive)."""
+        times = self.times.get(customer)
+        if not times:
+            return 0.0
+        sums = self.cumulative[customer]
+        end = bisect.bisect_right(times, t)
+        start = bisect.bisect_right(times, t - VALUE_DAYS * DAY)
+        return sums[end] - sums[start]
+
+
+def value_figures(
+    early_openings: list[tuple[str, float]],
+    orders: dict[str, list[float]],
+    churns: list[Churn],
+    data_end: float,
+    horizon: float,
+    values: OrderValues,
+) -> dict[str, Any]:
+    """The early openings' figures weighed by value: the share of the lost revenue
+    (each churn's 52-week order value at its last order) warned at least
+    :data:`EARLY_DAYS` before the plain rule, the precision by value (each judged
+    opening weighs the customer's value at it), and both, with the counted
+    precision and recall, for the top :data:`TOP_SHARE` of customers by value
+    and for the rest."""
+    by_customer: dict[str, list[float]] = defaultdict(list)
+    for c, t in early_openings:
+        by_customer[c].append(t)
+
+    def warned_early(churn: Churn) -> bool:
+        latest = churn.flagged_at - EARLY_DAYS * DAY
+        return any(churn.last_order <= t <= latest for t in by_customer.get(churn.customer_id, ()))
+
+    def figures(keep: Callable[[str], bool]) -> dict[str, Any]:
+        mine = [c for c in churns if keep(c.customer_id)]
+        lost = [values.at(c.customer_id, c.last_order) for c in mine]
+        early = [warned_early(c) for c in mine]
+        judged = [(c, t) for c, t in early_openings if keep(c) and t + horizon <= data_end]
+        hit = [not _ordered_within(orders.get(c, []), t, horizon) for c, t in judged]
+        weight = [values.at(c, t) for c, t in judged]
+        total_weight = sum(weight)
+        return {
+            "churns": len(mine),
+            "lost_revenue": round(sum(lost), 2),
+            "lost_revenue_warned_early": (
+                round(sum(v for v, e in zip(lost, early, strict=True) if e) / sum(lost), 3)
+                if sum(lost) > 0
+                else None
+            ),
+            "recall_early": round(sum(early) / len(mine), 3) if mine else None,
+            "judged": len(judged),
+            "precision": round(sum(hit) / len(judged), 3) if judged else None,
+            "precision_by_value": (
+                round(sum(w for w, h in zip(weight, hit, strict=True) if h) / total_weight, 3)
+                if total_weight > 0
+                else None
+            ),
+        }
+
+    return {
+        **figures(lambda _c: True),
+        "top_20": figures(lambda c: c in values.top),
+        "rest": figures(lambda c: c not in values.top),
     }
 
 

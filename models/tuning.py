@@ -42,8 +42,15 @@ import yaml
 from churnwatch.core.settings import ModelSettings
 from churnwatch.core.thresholds import WarningThresholds, deep_merge
 from churnwatch.models.backtest import Bar, ServedModel, first_sweeps, openings, walk_forward
-from churnwatch.models.dataset import order_times
-from churnwatch.models.outcomes import Churn, base_rate, base_rates, find_churns, honest_score
+from churnwatch.models.dataset import order_amounts, order_times
+from churnwatch.models.outcomes import (
+    Churn,
+    OrderValues,
+    base_rate,
+    base_rates,
+    find_churns,
+    honest_score,
+)
 from churnwatch.pipeline.events import CustomerEvent, CustomerUpdated
 from churnwatch.pipeline.processing import run_history
 from churnwatch.pipeline.rules import RULES
@@ -142,8 +149,10 @@ def part_figures(
     base: float | None,
     unsteady: frozenset[float],
     rhythm_rates: dict[int, float],
+    values: OrderValues | None = None,
 ) -> dict[str, Any]:
-    """One type's early-warning figures on one part of the history."""
+    """One type's early-warning figures on one part of the history (by value too,
+    with ``values``)."""
     mine = [(c, t) for c, t in opened if part.holds(t)]
     result = honest_score(
         mine,
@@ -154,6 +163,7 @@ def part_figures(
         base,
         unsteady,
         rhythm_rates=rhythm_rates,
+        values=values,
     )
     return dict(result["early"])
 
@@ -208,6 +218,7 @@ def tune(
             f"{_day(last_judged)} (the period whose episodes can be judged)"
         )
     orders = order_times(events)
+    values = OrderValues(order_amounts(events))
     paces = book_paces(orders, split, segments_before(events, split))
     thresholds = WarningThresholds(**deep_merge(thresholds.model_dump(), pace_overrides(paces)))
     opened_by_level: list[dict[str, list[tuple[str, float]]]] = []
@@ -252,6 +263,7 @@ def tune(
                         bases[p.name],
                         unsteady,
                         rhythms[p.name],
+                        values,
                     )
                     for p in parts
                 ),
@@ -339,9 +351,11 @@ def _day(ts: float) -> str:
 def _cells(figures: dict[str, Any], base: float | None) -> str:
     precision = figures["precision"]
     over = None if precision is None or base is None else round(precision - base, 3)
+    value = figures.get("value") or {}
     return (
         f"{figures['judged']} | {precision} | {over} | {figures['precision_over_like']} "
-        f"| {figures['recall']} | {figures['median_lead_days']}"
+        f"| {figures['recall']} | {value.get('lost_revenue_warned_early')} "
+        f"| {figures['median_lead_days']}"
     )
 
 
@@ -380,9 +394,10 @@ def format_tuning(tuning: Tuning) -> str:
             f"{kind}: {verdict}",
             "",
             "| rung | earlier: judged | precision | over base | over like them | recall "
-            "| lead (days) | later: judged | precision | over base | over like them | recall "
+            "| lost revenue warned early | lead (days) | later: judged | precision "
+            "| over base | over like them | recall | lost revenue warned early "
             "| lead (days) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rungs:
             mark = " (chosen)" if r is chosen else ""

@@ -136,6 +136,11 @@ class ModelSettings(_Section):
     #: "not churning" training row at the cutoff before it opened (0: not used;
     #: docs/model.md, "What the team judged").
     false_alarm_weight: float = Field(0.0, ge=0, le=100)
+    #: The backtest's alert budget: how many customers a rep can act on a week, and
+    #: how many customers make a rep's book where the data names no owner
+    #: (docs/model.md, "At an alert budget").
+    calls_per_rep_week: int = Field(5, ge=1, le=500)
+    customers_per_rep: int = Field(250, ge=1)
 
 
 class SmtpSettings(_Section):

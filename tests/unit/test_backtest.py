@@ -207,3 +207,45 @@ def test_backtest_with_the_walk_forward_model_scores_churn_risk(simulated, setti
     assert rules_only["ranking"]["health_score"] == ranked["health_score"]  # (no model part)
     assert "model" not in rules_only["ranking"]
     assert "Ranking the customers active at" in format_table(summary)
+    # by value, and at an alert budget (3 owners in the simulation: 3 books)
+    early = risk["early"]["value"]
+    assert early["lost_revenue"] > 0 and 0 <= early["lost_revenue_warned_early"] <= 1
+    assert set(early) >= {"precision_by_value", "top_20", "rest"}
+    budget = summary["budget"]
+    assert budget["books"] == 3 and budget["calls_per_cutoff"] == 10  # 5 a week, 14 days
+    found = {name: f["churns_found"] for name, f in budget["strategies"].items()}
+    assert set(found) == {"warnings", "longest_silence", "rhythm", "revenue_drop"}
+    assert 0 < found["warnings"] <= budget["churns_reachable"]
+    print("budget on the simulation:", found, "of", budget["churns_reachable"])
+    table = format_table(summary)
+    assert "At an alert budget of 5 customers a rep a week" in table
+    assert "| warnings |" in table and "lost revenue warned early" in table
+
+
+def test_value_figures_weigh_each_churn_and_warning_by_the_customers_year_of_orders():
+    """Five customers: one big (ten orders of 1,000 in a year) and four small (ten of
+    10); all stop. Warning the big one and a small one early catches 97% of the
+    lost revenue with two of the five churners; warning the big one late (under 30
+    days before the plain rule) catches none of it."""
+    from churnwatch.models.outcomes import OrderValues, value_figures
+
+    days = range(0, 360, 36)  # ten orders, then silence
+    amounts = {"BIG": 1000.0} | {f"S{i}": 10.0 for i in range(4)}
+    placed = {c: [(d * DAY, a) for d in days] for c, a in amounts.items()}
+    orders = {c: [t for t, _ in p] for c, p in placed.items()}
+    values = OrderValues(placed)
+    assert values.top == {"BIG"} and values.at("BIG", 324 * DAY) == 10_000.0
+    assert values.at("BIG", 324 * DAY + 365 * DAY) == 0.0
+    churns = find_churns(orders, 800 * DAY, H)
+    assert len(churns) == 5
+    early = [("BIG", 330 * DAY), ("S0", 330 * DAY), ("S1", 200 * DAY)]  # S1: before its last
+    v = value_figures(early, orders, churns, 800 * DAY, H, values)
+    assert v["lost_revenue"] == 10_000.0 + 4 * 100.0
+    assert v["lost_revenue_warned_early"] == round(10_100 / 10_400, 3)
+    assert v["recall_early"] == 0.4  # BIG and S0 (S1's warning came before its last order)
+    assert v["precision"] == round(2 / 3, 3)  # S1 ordered again after its warning
+    assert v["precision_by_value"] == round(10_100 / (10_100 + values.at("S1", 200 * DAY)), 3)
+    assert v["top_20"]["churns"] == 1 and v["top_20"]["lost_revenue_warned_early"] == 1.0
+    assert v["rest"]["churns"] == 4 and v["rest"]["recall_early"] == 0.25
+    late = value_figures([("BIG", 324 * DAY + H - 10 * DAY)], orders, churns, 800 * DAY, H, values)
+    assert late["lost_revenue_warned_early"] == 0.0 and late["top_20"]["recall_early"] == 0.0
