@@ -10,11 +10,16 @@ each type's episodes are scored as the backtest's early warnings
 opened before the split day (the **earlier** part, where the choice is made)
 and from it on (the **later** part, where the choice is checked).
 
-The goal: the rung that catches the most churns early (recall from the last
-order on; ties: the longer median lead) among those whose early precision on
-the earlier part is at least ``over_base`` above that part's base rate, with
-at least ``min_episodes`` judged episodes. A type no rung qualifies for keeps
-its current thresholds, and the summary says so.
+The goal: the rung that warns the most lost revenue early (the share of the
+churns' lost revenue warned at least 30 days before the plain rule,
+:func:`models.outcomes.value_figures`; ties: the higher recall from the last
+order on, then the longer median lead) among those whose early precision on
+the earlier part is at least ``over_like`` above that of customers like the
+ones warned (not yet flagged, the same rhythm: what the warning knows beyond
+the order rhythm), with at least ``min_episodes`` judged episodes. The plain
+base rate is shown beside it, no longer the goal: a rung that only picks out
+rare buyers beats it without knowing anything. A type no rung qualifies for
+keeps its current thresholds, and the summary says so.
 
 Outcomes of an episode opened near the split are seen in the later part's
 events: on a history of a year or two there is no room for a gap of a whole
@@ -94,7 +99,7 @@ class Rung:
 @dataclass
 class Tuning:
     split: date
-    over_base: float
+    over_like: float
     min_episodes: int
     base_rates: dict[str, float | None]
     rungs: dict[str, list[Rung]]
@@ -117,25 +122,33 @@ def rung_thresholds(base: WarningThresholds, level: int) -> WarningThresholds:
     return WarningThresholds(**deep_merge(base.model_dump(), values))
 
 
-def qualifies(figures: dict[str, Any], base: float | None, over_base: float, least: int) -> bool:
-    precision = figures["precision"]
-    return (
-        base is not None
-        and precision is not None
-        and figures["judged"] >= least
-        and precision >= base + over_base
-    )
+def qualifies(figures: dict[str, Any], over_like: float, least: int) -> bool:
+    """Whether early figures meet the goal: ``least`` judged episodes, precision at
+    least ``over_like`` above customers like the ones warned."""
+    margin = figures.get("precision_over_like")
+    return margin is not None and figures["judged"] >= least and margin >= over_like - 1e-9
 
 
-def choose(rungs: list[Rung], base: float | None, over_base: float, least: int) -> Rung | None:
-    """The rung with the highest early recall on the earlier part (ties: the longer
-    median lead, then the stricter rung) among those that meet the goal there."""
-    eligible = [r for r in rungs if qualifies(r.earlier, base, over_base, least)]
+def warned_value(figures: dict[str, Any]) -> float:
+    """The share of lost revenue the figures warned early (0 without value figures)."""
+    return float((figures.get("value") or {}).get("lost_revenue_warned_early") or 0.0)
+
+
+def choose(rungs: list[Rung], over_like: float, least: int) -> Rung | None:
+    """The rung that warned the most lost revenue early on the earlier part (ties:
+    the higher recall, the longer median lead, then the stricter rung) among those
+    that meet the goal there."""
+    eligible = [r for r in rungs if qualifies(r.earlier, over_like, least)]
     if not eligible:
         return None
     return max(
         eligible,
-        key=lambda r: (r.earlier["recall"] or 0.0, r.earlier["median_lead_days"] or 0.0, -r.level),
+        key=lambda r: (
+            warned_value(r.earlier),
+            r.earlier["recall"] or 0.0,
+            r.earlier["median_lead_days"] or 0.0,
+            -r.level,
+        ),
     )
 
 
@@ -175,7 +188,7 @@ def tune(
     horizon_days: float,
     model_settings: ModelSettings | None,
     split_at: datetime | None = None,
-    over_base: float = 0.10,
+    over_like: float = 0.05,
     min_episodes: int = 20,
     retrain_every_days: float = 28,
     progress: Callable[[str], None] = lambda _message: None,
@@ -270,10 +283,10 @@ def tune(
             )
             for level in range(levels)
         ]
-    chosen = {k: choose(r, bases["earlier"], over_base, min_episodes) for k, r in rungs.items()}
+    chosen = {k: choose(r, over_like, min_episodes) for k, r in rungs.items()}
     return Tuning(
         datetime.fromtimestamp(split, tz=UTC).date(),
-        over_base,
+        over_like,
         min_episodes,
         bases,
         rungs,
@@ -364,8 +377,9 @@ def format_tuning(tuning: Tuning) -> str:
     earlier, later = tuning.base_rates["earlier"], tuning.base_rates["later"]
     lines = [
         f"split at {tuning.split}: base rate {earlier} before, {later} from then on; goal: "
-        f"early precision at least {tuning.over_base:g} over the base rate on the earlier "
-        f"part, with {tuning.min_episodes}+ judged episodes; then the most churns caught",
+        f"early precision at least {tuning.over_like:g} over customers like them on the "
+        f"earlier part, with {tuning.min_episodes}+ judged episodes; then the most lost "
+        "revenue warned early",
     ]
     if tuning.paces:
         each = ", ".join(
@@ -383,11 +397,13 @@ def format_tuning(tuning: Tuning) -> str:
         if chosen is None:
             verdict = "no rung meets the goal: thresholds left as they are"
         else:
-            holds = qualifies(chosen.later, later, tuning.over_base, 1)
+            holds = qualifies(chosen.later, tuning.over_like, 1)
             verdict = (
                 f"rung {chosen.level + 1}; on the later part precision "
-                f"{chosen.later['precision']} ({'meets' if holds else 'misses'} the goal), "
-                f"recall {chosen.later['recall']}"
+                f"{chosen.later['precision']}, {chosen.later['precision_over_like']} over "
+                f"customers like them ({'meets' if holds else 'misses'} the goal), recall "
+                f"{chosen.later['recall']}, lost revenue warned early "
+                f"{warned_value(chosen.later):.3f}"
             )
         lines += [
             "",

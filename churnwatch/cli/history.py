@@ -140,11 +140,12 @@ def backtest(
     "(default: the middle of the period whose episodes can be judged).",
 )
 @click.option(
-    "--over-base",
-    type=click.FloatRange(min=0, max=1),
-    default=0.10,
+    "--over-like",
+    type=click.FloatRange(min=-1, max=1),
+    default=0.05,
     show_default=True,
-    help="Goal: early-warning precision at least this far above the base rate.",
+    help="Goal: early-warning precision at least this far above that of customers "
+    "like the ones warned (not yet flagged, the same order rhythm).",
 )
 @click.option(
     "--min-episodes",
@@ -163,17 +164,18 @@ def tune(
     no_model: bool,
     out: Path,
     split_at: datetime | None,
-    over_base: float,
+    over_like: float,
     min_episodes: int,
 ) -> None:
     """Fit each warning's thresholds to this history: chosen on its earlier part,
     checked on its later part.
 
     Every warning type has a ladder of six threshold sets, strict to loose (the
-    third is the default). For each type, the rung that catches the most churns
-    early, among those whose early precision on the earlier part is --over-base
-    above the base rate, is written to --out with the figures of every rung on
-    both parts; serve it with `churnwatch --config OUT worker`. The file also
+    third is the default). For each type, the rung that warns the most lost
+    revenue early, among those whose early precision on the earlier part is
+    --over-like above that of customers like the ones warned, is written to
+    --out with the figures of every rung on both parts; serve it with
+    `churnwatch --config OUT worker`. The file also
     sets the pace a customer with few orders is judged by to the book's (and
     each segment's) usual gap before the split. See docs/features.md
     ("Fitting the thresholds to your history").
@@ -195,7 +197,7 @@ def tune(
             horizon_days,
             None if no_model else settings.model,
             split_at=None if split_at is None else split_at.replace(tzinfo=UTC),
-            over_base=over_base,
+            over_like=over_like,
             min_episodes=min_episodes,
             retrain_every_days=retrain_every_days,
             progress=_note,
