@@ -204,6 +204,9 @@ class WalkForward:
             estimator=estimator,
             usual=usual,
             horizon_days=self.settings.horizon_days,
+            # the churn rate of its training rows, as a card gives a served model: the
+            # book the warning's entry and the health score's risk part are set by
+            book_churn_rate=float(rows[LABEL].mean()),
             created_at=day,
             # Scored as a worker serving it would: compiled, checked to match.
             compiled=CompiledBoosters.compile(estimator, probe_rows(usual)),

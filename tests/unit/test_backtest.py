@@ -153,6 +153,10 @@ def test_a_walk_forward_model_never_learns_from_after_its_day(simulated, setting
     assert len(served) >= 3
     assert [s.serving_from for s in served] == sorted(s.serving_from for s in served)
     assert [s.train_rows for s in served] == sorted(s.train_rows for s in served)
+    # each knows its training rows' churn rate, as a worker's model knows it from the
+    # card: the book the churn-risk entry and the health score's risk part are set by
+    # (before 2026-12-08 the backtest's models had none: an entry for a 50% book)
+    assert all(0 < s.model.book_churn_rate < 0.5 for s in served)
     # The model serving from day D, retrained on a history cut a week after D,
     # is the same model: nothing after D went into it.
     day = served[1].serving_from
