@@ -45,7 +45,6 @@ from churnwatch.models.dataset import (
 )
 from churnwatch.models.outcomes import (
     EARLY_DAYS,
-    RHYTHMS,
     TOP_SHARE,
     VALUE_DAYS,
     OrderValues,
@@ -54,12 +53,12 @@ from churnwatch.models.outcomes import (
     find_churns,
     honest_score,
 )
-from churnwatch.models.train import fit_model, usual_values
+from churnwatch.models.train import fit_model, rhythm_rates, usual_values
 from churnwatch.pipeline.boosters import CompiledBoosters, probe_rows
 from churnwatch.pipeline.events import CustomerEvent, CustomerUpdated, WarningRecord
 from churnwatch.pipeline.processing import run_history
 from churnwatch.pipeline.rules import RULES
-from churnwatch.pipeline.scoring import INPUT_FEATURES, ChurnModel
+from churnwatch.pipeline.scoring import INPUT_FEATURES, RHYTHMS, ChurnModel
 from churnwatch.pipeline.state import DAY, StateBlock, to_epoch
 
 #: Iterates a history's events, e.g. with a progress bar (tqdm fits).
@@ -207,6 +206,7 @@ class WalkForward:
             # the churn rate of its training rows, as a card gives a served model: the
             # book the warning's entry and the health score's risk part are set by
             book_churn_rate=float(rows[LABEL].mean()),
+            rhythm_churn_rates=tuple(rhythm_rates(rows)),
             created_at=day,
             # Scored as a worker serving it would: compiled, checked to match.
             compiled=CompiledBoosters.compile(estimator, probe_rows(usual)),

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from churnwatch.pipeline.scoring import RHYTHM_BOUNDS  # (the worker's rhythms: one source)
 from churnwatch.pipeline.state import DAY
 
 
@@ -246,13 +247,6 @@ def value_figures(
         "top_20": figures(lambda c: c in values.top),
         "rest": figures(lambda c: c not in values.top),
     }
-
-
-#: Orders in the past year from which customers are of the next rhythm:
-#: 1 order, 2-4, 5-11, 12 or more (:func:`rhythm`).
-RHYTHM_BOUNDS = (2, 5, 12)
-#: The rhythms' names, in :func:`rhythm`'s order.
-RHYTHMS = ("1 order", "2-4 orders", "5-11 orders", "12+ orders")
 
 
 def rhythm(times: list[float], at: float) -> int:

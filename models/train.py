@@ -34,7 +34,7 @@ from churnwatch.models.baselines import LABEL, all_baselines
 from churnwatch.models.dataset import build_training_set, cutoffs_every
 from churnwatch.pipeline.drift import DRIFT_FEATURES, drift_reference
 from churnwatch.pipeline.events import CustomerEvent
-from churnwatch.pipeline.scoring import INPUT_FEATURES
+from churnwatch.pipeline.scoring import INPUT_FEATURES, RHYTHMS, rhythm_groups
 
 Vector = npt.NDArray[np.float64]
 TOP_SHARE = 0.10
@@ -172,6 +172,22 @@ def teach_false_alarms(
     return taught, weights, TeamExamples(len(alarms), len(chosen), relabelled, weight)
 
 
+#: Fewest training rows of a rhythm for its own churn rate (else the book's serves).
+RHYTHM_MIN_ROWS = 30
+
+
+def rhythm_rates(train_rows: pd.DataFrame) -> list[float | None]:
+    """The churn rate of the training rows of each rhythm (``pipeline.scoring.RHYTHMS``,
+    by orders in the 52 weeks before the cutoff); None where too few rows."""
+    groups = rhythm_groups(train_rows["rfm_orders_52w"].to_numpy(dtype=float))
+    labels = train_rows[LABEL].to_numpy(dtype=float)
+    out: list[float | None] = []
+    for g in range(len(RHYTHMS)):
+        mine = labels[groups == g]
+        out.append(round(float(mine.mean()), 4) if len(mine) >= RHYTHM_MIN_ROWS else None)
+    return out
+
+
 def usual_values(train_rows: pd.DataFrame) -> pd.Series:
     """Each input's median over the training rows: the "usual" value reasons compare with."""
     return train_rows[list(INPUT_FEATURES)].median(skipna=True)
@@ -268,6 +284,9 @@ def train(
             "train_rows": len(train_rows),
             "test_rows": len(test_rows),
             "train_churn_rate": round(float(y_train.mean()), 4),
+            # by rhythm (orders in the past 52 weeks: 1, 2-4, 5-11, 12+), what the
+            # churn-risk entry is measured from with churn_risk.relative_to: rhythm
+            "churn_rate_by_rhythm": rhythm_rates(train_rows),
             "test_churn_rate": round(float(y_test.mean()), 4),
         },
         "team_false_alarms": {

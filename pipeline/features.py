@@ -59,6 +59,7 @@ class Features:
     amount_same_weeks_last_year: float | None
     orders_4w: float
     orders_13w: float
+    orders_52w: float  # the customer's order rhythm (not a model input: pipeline.scoring)
     amount_13w: float
     orders_total: int
     days_since_last_order: float | None
@@ -199,8 +200,13 @@ def _read_many(
         out = window_sums(col[ring], head, rows, now_week, starts, ends)
         return list(out.T)
 
-    orders_recent, orders_baseline, orders_4w, orders_13w = sums(
-        "order_counts", (r0, last), (b0, r0), (last - 4, last), (last - 13, last)
+    orders_recent, orders_baseline, orders_4w, orders_13w, orders_52w = sums(
+        "order_counts",
+        (r0, last),
+        (b0, r0),
+        (last - 4, last),
+        (last - 13, last),
+        (last - 52, last),
     )
     amount_recent, amount_baseline_total, amount_ly, amount_13w, revenue_52w = sums(
         "order_amounts",
@@ -254,6 +260,7 @@ def _read_many(
         "amount_same_weeks_last_year": same_weeks_last_year,
         "orders_4w": orders_4w,
         "orders_13w": orders_13w,
+        "orders_52w": orders_52w,
         "amount_13w": amount_13w,
         "orders_total": orders_total.astype(np.int64),
         "days_since_last_order": days_since_last_order,

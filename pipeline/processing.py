@@ -26,7 +26,7 @@ from churnwatch.pipeline.features import FeatureColumns, features_of, read_many
 from churnwatch.pipeline.health import band_codes, health_of, record_health
 from churnwatch.pipeline.ordering import Apply, Sequencer, Sweep
 from churnwatch.pipeline.rules import Risk, Scores
-from churnwatch.pipeline.scoring import ChurnModel, Matrix, feature_matrix
+from churnwatch.pipeline.scoring import ChurnModel, Matrix, feature_matrix, rhythm_groups
 from churnwatch.pipeline.screening import changing
 from churnwatch.pipeline.state import CustomerState, StateBlock
 
@@ -146,10 +146,12 @@ def sweep(
             for i in np.flatnonzero((was != new) & (new >= 0)).tolist():
                 crossed.append((int(rows[i]), int(before[i]), int(now[i])))
     screens = []
+    bounds: list[tuple[Matrix, Matrix]] = []
     for g, (rows, t, columns) in enumerate(groups):
         scored_here = None
         if model is not None:
-            enter, leave = t.churn_risk.bounds(model.book_churn_rate)
+            enter, leave = t.churn_risk.bounds_of(churn_rates(model, t, columns))
+            bounds.append((enter, leave))
             scored_here = Scores(scores[g], enter, leave)
         screens.append(changing(columns, t, data["episode_severity"][rows], scored_here))
     # The reasons of every churn-risk warning that opens or worsens, in one call.
@@ -176,9 +178,14 @@ def sweep(
                     if (g, i) in reasons
                     else functools.partial(model.explain, row, t.language, top_reasons)
                 )
-                enter, leave = t.churn_risk.bounds(model.book_churn_rate)
+                enter, leave = bounds[g]
                 risk = Risk(
-                    float(scores[g][i]), model.version, model.horizon_days, explain, enter, leave
+                    float(scores[g][i]),
+                    model.version,
+                    model.horizon_days,
+                    explain,
+                    float(enter[i]),
+                    float(leave[i]),
                 )
             judged = (features_of(columns, i), screen.rows(i))
             records = evaluate(state, as_of, thresholds, risk, judged)
@@ -186,6 +193,19 @@ def sweep(
                 changed.append((state, records))
     changed.sort(key=lambda pair: pair[0].row)
     return changed
+
+
+def churn_rates(model: ChurnModel, t: WarningThresholds, columns: FeatureColumns) -> Matrix:
+    """The churn rate each customer's churn-risk entry is measured from: the book's
+    (the model's training rows'), or with ``churn_risk.relative_to: rhythm`` that of
+    its training rows of the customer's rhythm (the book's where a rhythm had too
+    few rows to say)."""
+    n = len(columns["orders_52w"])
+    book = np.nan if model.book_churn_rate is None else model.book_churn_rate
+    if t.churn_risk.relative_to == "book" or model.rhythm_churn_rates is None:
+        return np.full(n, book)
+    by_rhythm = np.array([book if r is None else r for r in model.rhythm_churn_rates])
+    return np.asarray(by_rhythm[rhythm_groups(columns["orders_52w"])], dtype=float)
 
 
 @dataclass(slots=True)  # not frozen: one is made per event, and frozen is slower to make

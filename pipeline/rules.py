@@ -53,11 +53,12 @@ class Risk:
 
 @dataclass(frozen=True, slots=True)
 class Scores:
-    """The churn model's probabilities for a block, and the (enter, exit) bounds."""
+    """The churn model's probabilities for a block, and the (enter, exit) bounds
+    (one for all, or each customer's own)."""
 
     probability: FloatArray
-    enter: float
-    exit: float
+    enter: float | FloatArray
+    exit: float | FloatArray
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,9 +34,11 @@ log = logging.getLogger(__name__)
 
 Matrix = npt.NDArray[np.float64]
 
-#: Feature fields that are not model inputs: the moment itself, and a label
-#: that enters one-hot encoded (``quadrant_<name>``).
-NOT_INPUTS = ("as_of", "quadrant")
+#: Feature fields that are not model inputs: the moment itself, a label that
+#: enters one-hot encoded (``quadrant_<name>``), and the orders of the past 52
+#: weeks, which place a customer in its rhythm (:func:`rhythm_groups`) for the
+#: churn-risk entry (the model has the 13 weeks' and the pace already).
+NOT_INPUTS = ("as_of", "quadrant", "orders_52w")
 _NUMERIC = tuple(f.name for f in fields(Features) if f.name not in NOT_INPUTS)
 _QUADRANTS = tuple(sorted(set(QUADRANTS.values())))
 #: The model's inputs, in the order of its feature vector.
@@ -58,6 +60,19 @@ def feature_matrix(columns: FeatureColumns) -> Matrix:
     return np.column_stack(inputs) if inputs[0].size else np.empty((0, len(INPUT_FEATURES)))
 
 
+#: Orders in the past 52 weeks from which a customer is of the next rhythm:
+#: 1 order (or none), 2-4, 5-11, 12 or more.
+RHYTHM_BOUNDS = (2, 5, 12)
+#: The rhythms' names, in :func:`rhythm_groups`' order.
+RHYTHMS = ("1 order", "2-4 orders", "5-11 orders", "12+ orders")
+
+
+def rhythm_groups(orders_52w: Matrix) -> npt.NDArray[np.intp]:
+    """Each customer's rhythm: the index of its orders in the past 52 weeks among
+    :data:`RHYTHM_BOUNDS`."""
+    return np.searchsorted(np.array(RHYTHM_BOUNDS), np.asarray(orders_52w), side="right")
+
+
 class Classifier(Protocol):
     def predict_proba(self, x: Matrix) -> Matrix: ...
 
@@ -77,6 +92,9 @@ class ChurnModel:
     horizon_days: float
     #: The churn rate of its training rows: the book's rate the warning is relative to.
     book_churn_rate: float | None = None
+    #: The same for the training rows of each rhythm (:data:`RHYTHMS`; None: too
+    #: few rows of it): what the customer's rhythm alone predicts.
+    rhythm_churn_rates: tuple[float | None, ...] | None = None
     #: When the model was trained (UTC epoch seconds, from the card).
     created_at: float = 0.0
     #: Training distribution of the :data:`DRIFT_FEATURES` (from the card).
@@ -176,6 +194,13 @@ def _rate(value: object) -> float | None:
     return rate if 0 <= rate < 1 else None
 
 
+def _rhythm_rates(value: object) -> tuple[float | None, ...] | None:
+    """The card's churn rate by rhythm (a list, one per :data:`RHYTHMS`), if whole."""
+    if not isinstance(value, list) or len(value) != len(RHYTHMS):
+        return None
+    return tuple(_rate(v) for v in value)
+
+
 def _epoch(iso: object) -> float:
     try:
         return datetime.fromisoformat(str(iso)).timestamp()
@@ -217,6 +242,7 @@ def load_model(folder: Path) -> ChurnModel:
         usual=usual,
         horizon_days=float(card.get("label", {}).get("horizon_days", 90)),
         book_churn_rate=_rate(card.get("data_window", {}).get("train_churn_rate")),
+        rhythm_churn_rates=_rhythm_rates(card.get("data_window", {}).get("churn_rate_by_rhythm")),
         drift=dict(card.get("drift", {})),
         created_at=_epoch(card.get("created_at")),
         compiled=CompiledBoosters.compile(estimator, probe_rows(usual)),

@@ -103,6 +103,11 @@ class ChurnRiskThresholds(Section):
     high_step: float = Field(0.5, gt=0, lt=1)
     enter_probability: float | None = Field(None, gt=0, lt=1)
     exit_probability: float | None = Field(None, gt=0, lt=1)
+    #: What the shares are measured from: ``book``, the churn rate of the model's
+    #: training rows; ``rhythm``, that of its training rows of the customer's own
+    #: order rhythm (orders in the past 52 weeks: 1, 2-4, 5-11, 12+), so the
+    #: warning opens on what the model sees beyond the rhythm (docs/model.md).
+    relative_to: Literal["book", "rhythm"] = "book"
 
     @model_validator(mode="after")
     def _exit_below_enter(self) -> ChurnRiskThresholds:
@@ -128,7 +133,18 @@ class ChurnRiskThresholds(Section):
         rate = min(max(rate, 0.0), 0.99)
         return rate + self.enter_share * (1 - rate), rate + self.exit_share * (1 - rate)
 
-    def severity_steps(self, enter: float) -> tuple[float, float]:
+    def bounds_of(self, rates: Any) -> tuple[Any, Any]:
+        """:meth:`bounds` for many customers at once, each from its own ``rates``
+        (an array; NaN: unknown, as :data:`UNKNOWN_BOOK_CHURN_RATE`)."""
+        import numpy as np
+
+        if self.enter_probability is not None and self.exit_probability is not None:
+            shape = np.shape(rates)
+            return np.full(shape, self.enter_probability), np.full(shape, self.exit_probability)
+        rate = np.clip(np.where(np.isnan(rates), UNKNOWN_BOOK_CHURN_RATE, rates), 0.0, 0.99)
+        return rate + self.enter_share * (1 - rate), rate + self.exit_share * (1 - rate)
+
+    def severity_steps(self, enter: Any) -> tuple[Any, Any]:
         """The probabilities at which an open warning (opened at ``enter``) becomes
         medium and high."""
         return enter + self.medium_step * (1 - enter), enter + self.high_step * (1 - enter)

@@ -370,3 +370,31 @@ def test_training_on_the_teams_false_alarms_lowers_their_risk(history, tmp_path)
     after = load_model(second.folder).estimator.predict_proba(x)[:, 1]
     print(f"false alarms {len(alarms)}: mean risk {before.mean():.3f} -> {after.mean():.3f}")
     assert after.mean() < before.mean() - 0.1
+
+
+def test_the_churn_risk_entry_can_be_measured_from_the_customers_rhythm(trained):
+    """The card keeps the training rows' churn rate by rhythm; with
+    churn_risk.relative_to: rhythm, each customer's entry is measured from its own
+    rhythm's rate (the book's where a rhythm had too few rows)."""
+    import dataclasses
+
+    from churnwatch.core.thresholds import WarningThresholds
+    from churnwatch.pipeline.processing import churn_rates
+
+    _, result = trained
+    by_rhythm = result.card["data_window"]["churn_rate_by_rhythm"]
+    assert len(by_rhythm) == 4
+    loaded = load_model(result.folder)
+    assert loaded.rhythm_churn_rates == tuple(by_rhythm)
+    model = dataclasses.replace(
+        loaded, book_churn_rate=0.4, rhythm_churn_rates=(0.7, 0.4, 0.1, None)
+    )
+    columns = {"orders_52w": np.array([1.0, 3.0, 8.0, 20.0])}
+    book = WarningThresholds()
+    rhythm = WarningThresholds(churn_risk={"relative_to": "rhythm"})
+    assert churn_rates(model, book, columns).tolist() == [0.4] * 4
+    rates = churn_rates(model, rhythm, columns)
+    assert rates.tolist() == [0.7, 0.4, 0.1, 0.4]
+    enter, leave = rhythm.churn_risk.bounds_of(rates)
+    np.testing.assert_allclose(enter, [0.73, 0.46, 0.19, 0.46])
+    np.testing.assert_allclose(leave, rates)
