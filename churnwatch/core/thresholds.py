@@ -83,12 +83,13 @@ UNKNOWN_BOOK_CHURN_RATE = 0.5
 
 
 class ChurnRiskThresholds(Section):
-    """The model's churn-risk warning, relative to the book by default: it opens once
-    a customer's probability is ``enter_share`` of the way from the book's churn
-    rate (the model's training rows) to certainty, and resolves below
-    ``exit_share`` of the way. On a book where 46% churn, 0.1 and 0 open at 0.514
-    and resolve below 0.46; where 6% churn, at 0.154 and below 0.06: never silent
-    because the book churns little. ``enter_probability`` and
+    """The model's churn-risk warning, relative to what the customer's rhythm
+    predicts: it opens once a customer's probability is ``enter_share`` of the way
+    from the churn rate of the model's training rows of the customer's rhythm
+    (``relative_to: rhythm``; ``book``: of all its training rows) to certainty,
+    and resolves below ``exit_share`` of the way. Where 46% churn, 0.1 and 0 open
+    at 0.514 and resolve below 0.46; where 6% churn, at 0.154 and below 0.06:
+    never silent because the book or the rhythm churns little. ``enter_probability`` and
     ``exit_probability`` set absolute thresholds instead (both or neither).
 
     An open warning gets worse as the probability climbs: medium once it is
@@ -107,7 +108,7 @@ class ChurnRiskThresholds(Section):
     #: training rows; ``rhythm``, that of its training rows of the customer's own
     #: order rhythm (orders in the past 52 weeks: 1, 2-4, 5-11, 12+), so the
     #: warning opens on what the model sees beyond the rhythm (docs/model.md).
-    relative_to: Literal["book", "rhythm"] = "book"
+    relative_to: Literal["book", "rhythm"] = "rhythm"
 
     @model_validator(mode="after")
     def _exit_below_enter(self) -> ChurnRiskThresholds:

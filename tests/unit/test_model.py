@@ -390,8 +390,8 @@ def test_the_churn_risk_entry_can_be_measured_from_the_customers_rhythm(trained)
         loaded, book_churn_rate=0.4, rhythm_churn_rates=(0.7, 0.4, 0.1, None)
     )
     columns = {"orders_52w": np.array([1.0, 3.0, 8.0, 20.0])}
-    book = WarningThresholds()
-    rhythm = WarningThresholds(churn_risk={"relative_to": "rhythm"})
+    book = WarningThresholds(churn_risk={"relative_to": "book"})
+    rhythm = WarningThresholds()  # (the default)
     assert churn_rates(model, book, columns).tolist() == [0.4] * 4
     rates = churn_rates(model, rhythm, columns)
     assert rates.tolist() == [0.7, 0.4, 0.1, 0.4]
