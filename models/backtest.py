@@ -523,6 +523,11 @@ def write_warnings_csv(records: list[WarningRecord], path: Path) -> None:
             )
 
 
+#: The early precision over customers like them below which the backtest says a
+#: warning knows little beyond the order rhythm.
+BEYOND_RHYTHM = 0.05
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as Markdown tables: every episode, then the early warnings only."""
     lines = [
@@ -617,6 +622,14 @@ def format_table(summary: dict[str, Any]) -> str:
         ]
     rhythms = ", ".join(f"{k} {v}" for k, v in summary["rhythm_base_rates"].items())
     lines += ["", f"not yet flagged, by orders in the past year: {rhythms}"]
+    for name, r in summary["rules"].items():
+        margin = r["early"].get("precision_over_like")
+        if margin is not None and margin < BEYOND_RHYTHM:
+            lines.append(
+                f"{name}: {margin:+.3f} over customers like them: on this history it knows "
+                "little beyond the customers' order rhythm (read its lead and its value "
+                "figures, not its precision)"
+            )
     model = summary.get("model")
     if model:
         lines += [

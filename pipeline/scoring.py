@@ -60,6 +60,26 @@ def feature_matrix(columns: FeatureColumns) -> Matrix:
     return np.column_stack(inputs) if inputs[0].size else np.empty((0, len(INPUT_FEATURES)))
 
 
+#: The inputs that say how often and how lately the customer orders: its rhythm.
+#: A warning's reasons name what beyond these pushed the risk up (payments,
+#: complaints, contacts, basket and value trends) when anything did.
+RHYTHM_INPUTS = frozenset(
+    {
+        "history_weeks",
+        "orders_recent",
+        "orders_baseline_per_week",
+        "orders_4w",
+        "orders_13w",
+        "orders_total",
+        "days_since_last_order",
+        "mean_order_gap_days",
+        "silence_vs_usual_gap",
+        "longest_gap_past_year_days",
+        "tenure_days",
+        "order_regularity",
+    }
+)
+
 #: Orders in the past 52 weeks from which a customer is of the next rhythm:
 #: 1 order (or none), 2-4, 5-11, 12 or more.
 RHYTHM_BOUNDS = (2, 5, 12)
@@ -119,7 +139,9 @@ class ChurnModel:
     def reasons(
         self, row: Matrix, language: Language, top: int = 3
     ) -> list[tuple[str, float, float, float]]:
-        """The inputs that pushed this row's score up the most, strongest first.
+        """The inputs that pushed this row's score up the most, strongest first:
+        those beyond the order rhythm (:data:`RHYTHM_INPUTS`) when any did, the
+        rhythm's otherwise (nothing else to say).
 
         Each input in turn is set to its usual value and the row re-scored;
         the drop in probability is how much that input raised the score.
@@ -143,15 +165,19 @@ class ChurnModel:
         out = []
         for row, row_raises, language in zip(rows, raises, languages, strict=True):
             labels = FEATURE_LABELS[language]
-            found = []
-            for j in np.argsort(-row_raises, kind="stable")[:top]:
-                if row_raises[j] <= 0.005:
-                    break
-                name = INPUT_FEATURES[j]
-                found.append(
-                    (labels[name], float(row[j]), float(self.usual[j]), float(row_raises[j]))
-                )
-            out.append(found)
+            raised = [j for j in np.argsort(-row_raises, kind="stable") if row_raises[j] > 0.005]
+            beyond = [j for j in raised if INPUT_FEATURES[j] not in RHYTHM_INPUTS]
+            out.append(
+                [
+                    (
+                        labels[INPUT_FEATURES[j]],
+                        float(row[j]),
+                        float(self.usual[j]),
+                        float(row_raises[j]),
+                    )
+                    for j in (beyond or raised)[:top]
+                ]
+            )
         return out
 
     def explain(self, row: Matrix, language: Language, top: int = 3) -> str:

@@ -224,6 +224,15 @@ def test_backtest_with_the_walk_forward_model_scores_churn_risk(simulated, setti
     table = format_table(summary)
     assert "At an alert budget of 5 customers a rep a week" in table
     assert "| warnings |" in table and "lost revenue warned early" in table
+    # a type barely above customers like them is said to know little beyond the rhythm
+    assert "churn_risk: +" not in table.split("not yet flagged, by orders")[1]
+    import copy
+
+    weak = copy.deepcopy(summary)
+    weak["rules"]["churn_risk"]["early"]["precision_over_like"] = 0.012
+    assert "churn_risk: +0.012 over customers like them: on this history it knows little" in (
+        format_table(weak)
+    )
 
 
 def test_value_figures_weigh_each_churn_and_warning_by_the_customers_year_of_orders():

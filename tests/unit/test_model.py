@@ -398,3 +398,31 @@ def test_the_churn_risk_entry_can_be_measured_from_the_customers_rhythm(trained)
     enter, leave = rhythm.churn_risk.bounds_of(rates)
     np.testing.assert_allclose(enter, [0.73, 0.46, 0.19, 0.46])
     np.testing.assert_allclose(leave, rates)
+
+
+def test_the_reasons_say_what_beyond_the_rhythm_pushed_the_risk_up(trained):
+    """A risk raised by a long silence and by overdue debt is explained by the debt
+    (the rhythm is what customers like it share); one raised by the silence alone,
+    by the silence."""
+    import dataclasses
+
+    from churnwatch.pipeline.scoring import INPUT_FEATURES
+
+    silence, debt = (INPUT_FEATURES.index(n) for n in ("days_since_last_order", "overdue_amount"))
+
+    class Stub:
+        def predict_proba(self, x):
+            z = 0.02 * (x[:, silence] - 30) + 0.001 * x[:, debt] - 2
+            p = 1 / (1 + np.exp(-z))
+            return np.column_stack([1 - p, p])
+
+    _, result = trained
+    loaded = load_model(result.folder)
+    usual = loaded.usual.copy()
+    usual[silence], usual[debt] = 30.0, 0.0
+    model = dataclasses.replace(loaded, estimator=Stub(), compiled=None, usual=usual)
+    both, quiet = usual.copy(), usual.copy()
+    both[silence], both[debt] = 200.0, 3000.0
+    quiet[silence] = 200.0
+    assert [r[0] for r in model.reasons(both, "en")] == ["overdue amount"]
+    assert [r[0] for r in model.reasons(quiet, "en")] == ["days since the last order"]
