@@ -49,6 +49,7 @@ from churnwatch.consumers.alerts.ledger import (
 )
 from churnwatch.consumers.alerts.links import ActionLinks
 from churnwatch.consumers.alerts.messages import (
+    Message,
     digest_message,
     episode_message,
     page_link,
@@ -247,23 +248,7 @@ class Dispatcher:
             page_link(self.base_url, episode.customer_id),
             self.links.links(episode.warning_id, name),
         )
-        session.add(
-            Notification(
-                short_id=sid,
-                dedup_key=key,
-                warning_id=episode.warning_id,
-                customer_id=episode.customer_id,
-                recipient=name,
-                channel=channel.name,
-                kind=kind.split("-")[0],
-                status="pending",  # whether and when it goes out: the stages, when due
-                subject=message.subject,
-                body_text=message.text,
-                body_markdown=message.markdown,
-                created_at=now,
-                due_at=now,
-            )
-        )
+        queue(session, sid, key, name, channel, kind.split("-")[0], message, now, episode)
         if kind != NotificationKind.RESOLVED and session.get(DigestDue, name) is None:
             due = self.policy.next_digest(recipient, now, after_today=False)
             session.add(DigestDue(recipient=name, due_at=due))
@@ -369,24 +354,7 @@ class Dispatcher:
                         page_link(self.base_url, episode.customer_id),
                         actions,
                     )
-                    session.add(
-                        Notification(
-                            short_id=sid,
-                            dedup_key=key,
-                            warning_id=episode.warning_id,
-                            task_id=task.id,
-                            customer_id=episode.customer_id,
-                            recipient=name,
-                            channel=channel.name,
-                            kind=kind,
-                            status="pending",
-                            subject=message.subject,
-                            body_text=message.text,
-                            body_markdown=message.markdown,
-                            created_at=now,
-                            due_at=now,
-                        )
-                    )
+                    queue(session, sid, key, name, channel, kind, message, now, episode, task.id)
                     created += 1
         return created
 
@@ -430,21 +398,7 @@ class Dispatcher:
                     message = digest_message(
                         episodes, recipient.language, sid, page_link(self.base_url)
                     )
-                    session.add(
-                        Notification(
-                            short_id=sid,
-                            dedup_key=key,
-                            recipient=name,
-                            channel=channel.name,
-                            kind=NotificationKind.DIGEST,
-                            status="pending",
-                            subject=message.subject,
-                            body_text=message.text,
-                            body_markdown=message.markdown,
-                            created_at=now,
-                            due_at=now,
-                        )
-                    )
+                    queue(session, sid, key, name, channel, NotificationKind.DIGEST, message, now)
                     created += 1
         return created
 
@@ -507,6 +461,41 @@ class Dispatcher:
         self.feed.deliver_due()
         self.digests()
         self.deliver_due()
+
+
+def queue(
+    session: Session,
+    sid: str,
+    key: str,
+    name: str,
+    channel: Channel,
+    kind: str,
+    message: Message,
+    now: datetime,
+    episode: Episode | None = None,
+    task_id: int | None = None,
+) -> Notification:
+    """Put one notification in the outbox, due now: whether and when it goes out is
+    the delivery stages' to say, when it is due (``episode``: what it is about, none
+    for a digest; ``task_id``: the task a task notice is about)."""
+    note = Notification(
+        short_id=sid,
+        dedup_key=key,
+        warning_id=episode.warning_id if episode is not None else None,
+        task_id=task_id,
+        customer_id=episode.customer_id if episode is not None else "",
+        recipient=name,
+        channel=channel.name,
+        kind=kind,
+        status="pending",
+        subject=message.subject,
+        body_text=message.text,
+        body_markdown=message.markdown,
+        created_at=now,
+        due_at=now,
+    )
+    session.add(note)
+    return note
 
 
 def make_dispatcher(settings: Settings, **kwargs: Any) -> Dispatcher:
