@@ -396,7 +396,11 @@ class Dispatcher:
                         continue
                     sid = short_id(session, key)
                     message = digest_message(
-                        episodes, recipient.language, sid, page_link(self.base_url)
+                        episodes,
+                        recipient.language,
+                        sid,
+                        page_link(self.base_url),
+                        overdue_tasks(session, name, now),
                     )
                     queue(session, sid, key, name, channel, NotificationKind.DIGEST, message, now)
                     created += 1
@@ -461,6 +465,17 @@ class Dispatcher:
         self.feed.deliver_due()
         self.digests()
         self.deliver_due()
+
+
+def overdue_tasks(session: Session, owner: str, now: datetime) -> list[tuple[Task, Episode]]:
+    """The owner's open tasks past their due time, each with its warning."""
+    query = (
+        select(Task, Episode)
+        .join(Episode, Episode.warning_id == Task.warning_id)
+        .where(Task.owner == owner, Task.state == "open", Task.due_at < now)
+        .order_by(Task.due_at, Task.id)
+    )
+    return [(task, episode) for task, episode in session.execute(query)]
 
 
 def queue(

@@ -53,6 +53,8 @@ WORDS: dict[Language, dict[str, str]] = {
         "digest_line": "{rank}. {customer} - {title} ({severity}), {loss_label} {loss:,.0f}: "
         "{summary}",
         "digest_empty": "No open warnings.",
+        "digest_tasks": "Your overdue tasks ({count}), oldest due first",
+        "digest_task": "{customer} - {text} (due {due})",
         "link": "Open in churnwatch",
         "one_click": "One click (asks you to confirm)",
         "do_acknowledged": "Acknowledge",
@@ -86,6 +88,8 @@ WORDS: dict[Language, dict[str, str]] = {
             "{rank}. {customer} - {title}（{severity}），{loss_label} {loss:,.0f}：{summary}"
         ),
         "digest_empty": "没有未解决的预警。",
+        "digest_tasks": "您的逾期任务（{count} 个），按截止日期排序",
+        "digest_task": "{customer} - {text}（截止 {due}）",
         "link": "在 churnwatch 中查看",
         "one_click": "一键操作（需确认）",
         "do_acknowledged": "确认收到",
@@ -254,10 +258,33 @@ def _episode_message(
 
 
 def digest_message(
-    episodes: list[Episode], language: Language, short_id: str, link: str = ""
+    episodes: list[Episode],
+    language: Language,
+    short_id: str,
+    link: str = "",
+    overdue: list[tuple[Task, Episode]] | None = None,
 ) -> Message:
-    """The recipient's open warnings, highest expected loss first."""
-    return _with_link(_digest_message(episodes, language, short_id), link, language)
+    """The recipient's open warnings, highest expected loss first, and their overdue
+    tasks (``overdue``: each with its warning), oldest due first."""
+    message = _digest_message(episodes, language, short_id)
+    if overdue:
+        w = WORDS[language]
+        head = w["digest_tasks"].format(count=len(overdue))
+        lines = [
+            w["digest_task"].format(
+                customer=_customer(e), text=t.text, due=t.due_at.strftime("%Y-%m-%d")
+            )
+            for t, e in sorted(overdue, key=lambda pair: pair[0].due_at)
+        ]
+        message = Message(
+            message.subject,
+            message.text + "\n" + "\n".join([head, *lines]) + "\n",
+            message.markdown
+            + "\n"
+            + "\n".join([f"**{_md(head)}**", "", *(f"- {_md(line)}" for line in lines)])
+            + "\n",
+        )
+    return _with_link(message, link, language)
 
 
 def _digest_message(episodes: list[Episode], language: Language, short_id: str) -> Message:

@@ -135,3 +135,19 @@ def test_task_counts_per_owner_and_hand_over(make):
     assert counts["rep1@sales.example.com"].overdue == 1
     assert counts["rep2@x.com"].open == 1 and counts["rep2@x.com"].overdue == 0
     assert counts["rep2@x.com"].done == 1
+
+
+def test_the_daily_digest_lists_the_owners_overdue_tasks(make, inbox):
+    dispatcher = make(digest_hour=17)
+    dispatcher.on_warning(record(severity="critical"))  # due Tuesday 10:00
+    dispatcher.tick()
+    make.clock.advance(hours=7, minutes=1)  # Monday 17:01: the first digest
+    dispatcher.tick()
+    make.clock.advance(days=1)  # Tuesday 17:01: the task is 7 hours overdue
+    dispatcher.tick()
+    digests = [m for m in inbox.received() if "Your open warnings" in m["Subject"]]
+    assert len(digests) == 2
+    assert "overdue tasks" not in LocalInbox.text(digests[0])
+    text = LocalInbox.text(digests[1])
+    assert "Your overdue tasks (1), oldest due first" in text
+    assert "Customer C1 (C1) - Call the customer this week. (due 2026-03-03)" in text
