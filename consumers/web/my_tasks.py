@@ -45,10 +45,6 @@ def listed(session: Session, user: User, state: str, limit: int | None = None) -
     return [Listed(t, e, t.state == "open" and t.due_at < now) for t, e in session.execute(query)]
 
 
-def open_count(session: Session, user: User) -> int:
-    return len(listed(session, user, "open"))
-
-
 def tasks_page(request: Request, session: Session, user: User) -> Response:
     return page(
         request,
